@@ -1,0 +1,18 @@
+// Host-device portability layer: the headers in csrc/common/ are compiled by both
+// g++ (csrc/cpu/*.cpp) and nvcc (csrc/cuda/*.cu), so the CPU tests exercise the same
+// math the GPU runs.
+#pragma once
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define FASTWARP_HD __host__ __device__ __forceinline__
+#else
+#define FASTWARP_HD inline
+#endif
+
+// Placed before a host-device template that calls a functor which may be device-only
+// (the CUDA atomic accumulator): nvcc then checks the call only where it is instantiated.
+#if defined(__CUDACC__)
+#define FASTWARP_EXEC_CHECK_DISABLE _Pragma("nv_exec_check_disable")
+#else
+#define FASTWARP_EXEC_CHECK_DISABLE
+#endif

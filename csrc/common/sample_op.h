@@ -1,0 +1,156 @@
+// The host bodies of the four sampling ops (warp / grid_sample, forward / backward),
+// written once over a Backend that only knows how to loop:
+//
+//   struct Backend {
+//     static Guard device_guard(const at::Tensor&);   // RAII: run on this tensor's device
+//     template <typename scalar_t, typename coord_t, int NDIM>
+//     static void forward(const SampleParams<NDIM>&, const scalar_t* image,
+//                         const coord_t* coords, scalar_t* out);
+//     template <typename scalar_t, int NDIM>
+//     static void backward(const SampleParams<NDIM>&, const scalar_t* grad_out,
+//                          const scalar_t* image, const scalar_t* coords,
+//                          at::opmath_type<scalar_t>* grad_image,  // zeroed, or nullptr
+//                          scalar_t* grad_coords);                 // or nullptr
+//   };
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <torch/library.h>
+
+#include "params.h"
+
+namespace fastwarp {
+
+template <typename Backend>
+at::Tensor sample_forward(const at::Tensor& image, const at::Tensor& coords, CoordKind kind,
+                          int64_t interp_code, int64_t padding_code, bool align_corners) {
+  const Interp interp = to_interp(interp_code);
+  const Padding padding = to_padding(padding_code);
+  check_sample_args(image, coords, kind, interp);
+  at::Tensor out = at::empty(output_shape(image.sizes(), coords, kind), image.options());
+  dispatch_ndim(image.dim() - 2, [&](auto ndim_tag) {
+    constexpr int NDIM = decltype(ndim_tag)::value;
+    SampleParams<NDIM> P =
+        make_params<NDIM>(image.sizes(), image, coords, kind, interp, padding, align_corners);
+    set_output(&P, out);
+    dispatch_sample_types(image.scalar_type(), coords.scalar_type(),
+                          [&](auto image_tag, auto coord_tag) {
+                            using scalar_t = typename decltype(image_tag)::type;
+                            using coord_t = typename decltype(coord_tag)::type;
+                            Backend::template forward<scalar_t, coord_t, NDIM>(
+                                P, image.const_data_ptr<scalar_t>(),
+                                coords.const_data_ptr<coord_t>(), out.mutable_data_ptr<scalar_t>());
+                          });
+  });
+  return out;
+}
+
+// output_mask = {grad of the image, grad of the coordinates}; a gradient not asked for
+// comes back as an empty tensor. `image` is only needed (and only saved by autograd) for
+// the coordinate gradient of linear interpolation.
+template <typename Backend>
+std::tuple<at::Tensor, at::Tensor> sample_backward(const at::Tensor& grad_out,
+                                                   const std::optional<at::Tensor>& image_opt,
+                                                   at::IntArrayRef image_size,
+                                                   const at::Tensor& coords, CoordKind kind,
+                                                   int64_t interp_code, int64_t padding_code,
+                                                   bool align_corners,
+                                                   std::array<bool, 2> output_mask) {
+  const Interp interp = to_interp(interp_code);
+  const Padding padding = to_padding(padding_code);
+  const at::Tensor image = image_opt.has_value() ? *image_opt : at::Tensor();
+  const bool want_image = output_mask[0];
+  const bool want_coords = output_mask[1];
+  TORCH_CHECK(image_size.size() == 4 || image_size.size() == 5,
+              "fastwarp: image_size must have 4 or 5 entries");
+  TORCH_CHECK(at::isFloatingType(grad_out.scalar_type()) &&
+                  grad_out.scalar_type() == coords.scalar_type(),
+              "fastwarp: grad_output must be floating point with the coordinates' dtype");
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(output_shape(image_size, coords, kind)),
+              "fastwarp: grad_output has the wrong shape");
+  const bool need_image = want_coords && interp == Interp::Linear;
+  TORCH_CHECK(!need_image || image.defined(),
+              "fastwarp: the coordinate gradient needs the image");
+  if (image.defined()) {
+    TORCH_CHECK(image.sizes() == image_size, "fastwarp: image does not match image_size");
+    check_sample_args(image, coords, kind, interp);
+  }
+
+  at::Tensor grad_image = want_image ? at::zeros(image_size, grad_out.options())
+                                     : at::empty({0}, grad_out.options());
+  at::Tensor grad_coords = want_coords ? at::empty(coords.sizes(), coords.options())
+                                       : at::empty({0}, coords.options());
+  if (!want_image && !want_coords) return {grad_image, grad_coords};
+
+  // Half and bfloat16 image gradients are accumulated in float, then rounded once.
+  const bool low_precision = grad_out.scalar_type() == at::kHalf ||
+                             grad_out.scalar_type() == at::kBFloat16;
+  at::Tensor grad_image_acc =
+      (want_image && low_precision) ? at::zeros(image_size, grad_out.options().dtype(at::kFloat))
+                                    : grad_image;
+
+  dispatch_ndim(static_cast<int64_t>(image_size.size()) - 2, [&](auto ndim_tag) {
+    constexpr int NDIM = decltype(ndim_tag)::value;
+    SampleParams<NDIM> P =
+        make_params<NDIM>(image_size, image, coords, kind, interp, padding, align_corners);
+    set_output(&P, grad_out);
+    if (want_coords) set_grad_coords(&P, grad_coords, kind);
+    if (want_image) set_grad_image(&P, grad_image_acc);
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, grad_out.scalar_type(), "fastwarp_sample_backward", [&] {
+          using acc_t = at::opmath_type<scalar_t>;
+          Backend::template backward<scalar_t, NDIM>(
+              P, grad_out.const_data_ptr<scalar_t>(),
+              need_image ? image.const_data_ptr<scalar_t>() : nullptr,
+              coords.const_data_ptr<scalar_t>(),
+              want_image ? grad_image_acc.mutable_data_ptr<acc_t>() : nullptr,
+              want_coords ? grad_coords.mutable_data_ptr<scalar_t>() : nullptr);
+        });
+  });
+  if (want_image && low_precision) grad_image.copy_(grad_image_acc);
+  return {grad_image, grad_coords};
+}
+
+// The schemas (csrc/fastwarp.cpp) bound to one backend.
+template <typename Backend>
+struct SampleOps {
+  static at::Tensor warp(const at::Tensor& image, const at::Tensor& disp, int64_t interp,
+                         int64_t padding) {
+    const auto guard = Backend::device_guard(image);
+    return sample_forward<Backend>(image, disp, CoordKind::Displacement, interp, padding, true);
+  }
+
+  static std::tuple<at::Tensor, at::Tensor> warp_backward(
+      const at::Tensor& grad_out, const std::optional<at::Tensor>& image,
+      at::IntArrayRef image_size, const at::Tensor& disp, int64_t interp, int64_t padding,
+      std::array<bool, 2> output_mask) {
+    const auto guard = Backend::device_guard(grad_out);
+    return sample_backward<Backend>(grad_out, image, image_size, disp, CoordKind::Displacement,
+                                    interp, padding, true, output_mask);
+  }
+
+  static at::Tensor grid_sample(const at::Tensor& input, const at::Tensor& grid, int64_t interp,
+                                int64_t padding, bool align_corners) {
+    const auto guard = Backend::device_guard(input);
+    return sample_forward<Backend>(input, grid, CoordKind::Grid, interp, padding, align_corners);
+  }
+
+  static std::tuple<at::Tensor, at::Tensor> grid_sample_backward(
+      const at::Tensor& grad_out, const std::optional<at::Tensor>& input,
+      at::IntArrayRef input_size, const at::Tensor& grid, int64_t interp, int64_t padding,
+      bool align_corners, std::array<bool, 2> output_mask) {
+    const auto guard = Backend::device_guard(grad_out);
+    return sample_backward<Backend>(grad_out, input, input_size, grid, CoordKind::Grid, interp,
+                                    padding, align_corners, output_mask);
+  }
+};
+
+template <typename Backend>
+void register_sample_ops(torch::Library& m) {
+  m.impl("warp", &SampleOps<Backend>::warp);
+  m.impl("warp_backward", &SampleOps<Backend>::warp_backward);
+  m.impl("grid_sample", &SampleOps<Backend>::grid_sample);
+  m.impl("grid_sample_backward", &SampleOps<Backend>::grid_sample_backward);
+}
+
+}  // namespace fastwarp

@@ -1,0 +1,443 @@
+// The sampling math of fastwarp, written once and compiled by g++ and nvcc.
+//
+// Everything that decides *what* is computed lives here: the map from a coordinate value
+// to a source index (voxel-unit displacement or normalized grid), the padding transforms
+// and their derivatives (each `_set_grad` function returns d(out)/d(in) alongside its
+// value, as in ATen's GridSampler.h), the interpolation weights, and the per-point bodies
+// of the forward and backward passes. csrc/cpu and csrc/cuda only decide *how* the points
+// are looped over (at::parallel_for rows, or one CUDA thread per point) and how gradient
+// contributions to the image are accumulated.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "macros.h"
+
+namespace fastwarp {
+
+// Mirrored by the string tables in fastwarp/_ops.py.
+enum class Interp : int64_t { Linear = 0, Nearest = 1 };
+enum class Padding : int64_t { Zeros = 0, Border = 1, Reflection = 2 };
+
+// Note [Coordinate conventions]
+// ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+// Images are (N, C, *spatial) with spatial = (H, W) or (D, H, W). A point is sampled at a
+// *source index* x_k along each spatial axis k (k = 0 is the slowest axis, D or H), in
+// voxel units: x_k = 0 is the centre of the first voxel, x_k = size_k - 1 the last.
+//
+// * warp (displacement field, VoxelMorph's convention): disp is (N or 1, NDIM, *spatial)
+//   and channel k displaces axis k, so  x_k = pos_k + disp[k](pos).
+//   This is grid_sample(align_corners=True) on the normalized grid VoxelMorph builds,
+//   without building it.
+// * grid_sample (normalized grid): grid is (N, *out_spatial, NDIM) whose last dimension
+//   holds (x, y[, z]) = (W, H[, D]), i.e. component NDIM-1-k addresses axis k, in [-1, 1]:
+//     align_corners=True : -1 and +1 are the centres of the corner voxels,
+//                          x = (v + 1) / 2 * (size - 1)
+//     align_corners=False: -1 and +1 are the outer edges of the corner voxels,
+//                          x = ((v + 1) * size - 1) / 2
+// Both are x_k = scale_k * v_k + offset_k (+ pos_k for a displacement), which is how
+// SampleParams stores them.
+//
+// Padding (same meaning as grid_sample): "zeros" reads 0 outside the image; "border"
+// clamps x to [0, size-1]; "reflection" reflects x about the image bounds (the corner
+// voxel centres under align_corners=True, which warp always uses; the outer edges
+// otherwise) and then clamps.
+//
+// Note [Non-finite and far-away coordinates]
+// ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+// After padding, a source index that is NaN (NaN input, or Inf through reflection) or
+// that lies more than one voxel outside the image can touch no voxel: the point reads 0
+// and contributes no gradient, in every padding mode. The test `x > -2 && x < size + 1`
+// is false for NaN, so it also keeps the float -> integer conversion below defined
+// (converting NaN or 1e30 to an integer is undefined behaviour, which is what crashes
+// torch's own CPU grid_sample backward on NaN grids). +-Inf under "border" clamps to the
+// edge like any other large value.
+
+template <int NDIM>
+struct SampleParams {
+  // input image: (N, C, *in_size), arbitrary strides
+  int64_t N, C;
+  int64_t in_size[NDIM];
+  int64_t img_stride_n, img_stride_c, img_stride[NDIM];
+  // coordinates: one NDIM-vector per (coordinate batch, output point). coord_batch is N,
+  // or 1 for a field shared by the whole batch.
+  int64_t coord_batch;
+  int64_t out_size[NDIM];
+  int64_t coord_stride_n, coord_stride[NDIM];
+  int64_t coord_axis_offset[NDIM];  // element offset of the component that addresses axis k
+  double scale[NDIM], offset[NDIM];  // x_k = scale_k * v_k + offset_k (+ pos_k)
+  bool displacement;                 // add the point's own position (warp)
+  bool align_corners;                // reflection bounds (see Note [Coordinate conventions])
+  Interp interp;
+  Padding padding;
+  // output (forward) or grad_output (backward): (N, C, *out_size), arbitrary strides
+  int64_t out_stride_n, out_stride_c, out_stride[NDIM];
+  // gradient of the coordinates (backward only): same layout as the coordinates
+  int64_t gcoord_stride_n, gcoord_stride[NDIM], gcoord_axis_offset[NDIM];
+  // gradient of the image (backward only): (N, C, *in_size), contiguous
+  int64_t gimg_stride_n, gimg_stride_c, gimg_stride[NDIM];
+};
+
+// ---------------------------------------------------------------------------------------
+// Padding transforms, each with its derivative.
+
+// Clamp x to [0, size - 1]; *grad = d(out)/d(x). NaN passes through (with grad 1) and is
+// rejected later by axis_sample.
+template <typename T>
+FASTWARP_HD T clip_coordinates_set_grad(T x, int64_t size, T* grad) {
+  const T hi = static_cast<T>(size - 1);
+  if (x <= T(0)) {
+    *grad = T(0);
+    return T(0);
+  }
+  if (x >= hi) {
+    *grad = T(0);
+    return hi;
+  }
+  *grad = T(1);
+  return x;
+}
+
+// Reflect x about twice_low / 2 and twice_high / 2 (bounds given doubled so that the
+// align_corners=False case, -0.5 and size - 0.5, stays integral); *grad = +-1.
+// The parity of the number of flips is taken in floating point, so a huge x cannot
+// overflow an integer.
+template <typename T>
+FASTWARP_HD T reflect_coordinates_set_grad(T x, int64_t twice_low, int64_t twice_high, T* grad) {
+  if (twice_low == twice_high) {
+    *grad = T(0);
+    return T(0);
+  }
+  T g = T(1);
+  const T lo = static_cast<T>(twice_low) / T(2);
+  const T span = static_cast<T>(twice_high - twice_low) / T(2);
+  x = x - lo;
+  if (x < T(0)) {
+    g = -g;
+    x = -x;
+  }
+  const T extra = std::fmod(x, span);
+  const T flips = std::floor(x / span);
+  if (std::fmod(flips, T(2)) == T(0)) {
+    *grad = g;
+    return extra + lo;
+  }
+  *grad = -g;
+  return span - extra + lo;
+}
+
+// Source index of one coordinate value along an axis of `size` voxels, with padding;
+// *dxdv = d(source index)/d(v).
+template <typename T>
+FASTWARP_HD T source_index_set_grad(T v, T scale, T offset, int64_t size, Padding padding,
+                                    bool align_corners, T* dxdv) {
+  T x = scale * v + offset;
+  T g = scale;
+  if (padding == Padding::Border) {
+    T gc;
+    x = clip_coordinates_set_grad(x, size, &gc);
+    g *= gc;
+  } else if (padding == Padding::Reflection) {
+    T gr, gc;
+    x = align_corners ? reflect_coordinates_set_grad(x, 0, 2 * (size - 1), &gr)
+                      : reflect_coordinates_set_grad(x, -1, 2 * size - 1, &gr);
+    x = clip_coordinates_set_grad(x, size, &gc);
+    g *= gr * gc;
+  }
+  *dxdv = g;
+  return x;
+}
+
+// ---------------------------------------------------------------------------------------
+// Interpolation along one axis.
+
+template <typename T>
+struct AxisSample {
+  int64_t i0;  // lower neighbour (linear) or nearest voxel
+  T w1;        // linear: weight of i0 + 1 (i0 gets 1 - w1); nearest: unused
+  T dxdv;      // d(source index)/d(coordinate value), padding included
+  bool in0;    // i0 inside [0, size)
+  bool in1;    // i0 + 1 inside [0, size) (linear only)
+};
+
+// Returns false when the point can touch no voxel along this axis (see Note [Non-finite
+// and far-away coordinates]).
+template <typename T>
+FASTWARP_HD bool axis_sample(T x, T dxdv, int64_t size, Interp interp, AxisSample<T>* s) {
+  if (!(x > T(-2) && x < static_cast<T>(size + 1))) return false;
+  if (interp == Interp::Linear) {
+    const T f = std::floor(x);
+    s->i0 = static_cast<int64_t>(f);
+    s->w1 = x - f;
+    s->in1 = s->i0 + 1 >= 0 && s->i0 + 1 < size;
+  } else {
+    // round half to even, as grid_sample's nearest mode does
+    s->i0 = static_cast<int64_t>(std::nearbyint(x));
+    s->w1 = T(0);
+    s->in1 = false;
+  }
+  s->in0 = s->i0 >= 0 && s->i0 < size;
+  s->dxdv = dxdv;
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------
+// One output point: its source indices, and its interpolation corners.
+
+template <typename T, int NDIM>
+struct PointSample {
+  AxisSample<T> ax[NDIM];
+};
+
+// Reads the NDIM coordinate values of point `pos` of coordinate batch `nd` and maps them
+// to source indices. Returns false when the point touches no voxel.
+template <typename T, typename coord_t, typename index_t, int NDIM>
+FASTWARP_HD bool compute_point(const SampleParams<NDIM>& P, const coord_t* coords, index_t nd,
+                               const index_t (&pos)[NDIM], PointSample<T, NDIM>* ps) {
+  index_t base = nd * static_cast<index_t>(P.coord_stride_n);
+#pragma unroll
+  for (int k = 0; k < NDIM; ++k) base += pos[k] * static_cast<index_t>(P.coord_stride[k]);
+  bool ok = true;
+#pragma unroll
+  for (int k = 0; k < NDIM; ++k) {
+    const T v = static_cast<T>(coords[base + static_cast<index_t>(P.coord_axis_offset[k])]);
+    T offset = static_cast<T>(P.offset[k]);
+    if (P.displacement) offset += static_cast<T>(pos[k]);
+    T dxdv;
+    const T x = source_index_set_grad(v, static_cast<T>(P.scale[k]), offset, P.in_size[k],
+                                      P.padding, P.align_corners, &dxdv);
+    ok = ok && axis_sample(x, dxdv, P.in_size[k], P.interp, &ps->ax[k]);
+  }
+  return ok;
+}
+
+// Number of interpolation corners: 2^NDIM for linear, 1 for nearest.
+template <int NDIM>
+FASTWARP_HD int num_corners(Interp interp) {
+  return interp == Interp::Linear ? (1 << NDIM) : 1;
+}
+
+// Bit of corner b that selects i0 + 1 along axis k (axis 0 is the most significant bit,
+// so corners are visited in memory order for a contiguous image).
+template <int NDIM>
+FASTWARP_HD int corner_bit(int b, int k) {
+  return (b >> (NDIM - 1 - k)) & 1;
+}
+
+// Element offset of corner b for the given spatial strides, and whether it is inside.
+template <typename T, typename index_t, int NDIM>
+FASTWARP_HD bool corner_offset(const PointSample<T, NDIM>& ps, int b, const int64_t (&stride)[NDIM],
+                               index_t* off) {
+  index_t o = 0;
+  bool in = true;
+#pragma unroll
+  for (int k = 0; k < NDIM; ++k) {
+    const int bit = corner_bit<NDIM>(b, k);
+    in = in && (bit ? ps.ax[k].in1 : ps.ax[k].in0);
+    o += static_cast<index_t>(ps.ax[k].i0 + bit) * static_cast<index_t>(stride[k]);
+  }
+  *off = o;
+  return in;
+}
+
+// Interpolation weight of corner b (product of the per-axis weights).
+template <typename T, int NDIM>
+FASTWARP_HD T corner_weight(const PointSample<T, NDIM>& ps, int b, Interp interp) {
+  if (interp == Interp::Nearest) return T(1);
+  T w = T(1);
+#pragma unroll
+  for (int k = 0; k < NDIM; ++k) {
+    const T t = ps.ax[k].w1;
+    w *= corner_bit<NDIM>(b, k) ? t : T(1) - t;
+  }
+  return w;
+}
+
+// d(weight of corner b)/d(source index along axis k), linear only: the product of the
+// other axes' weights, with the sign of this axis' neighbour.
+template <typename T, int NDIM>
+FASTWARP_HD T corner_weight_grad(const PointSample<T, NDIM>& ps, int b, int k) {
+  T w = corner_bit<NDIM>(b, k) ? T(1) : T(-1);
+#pragma unroll
+  for (int j = 0; j < NDIM; ++j) {
+    if (j == k) continue;
+    const T t = ps.ax[j].w1;
+    w *= corner_bit<NDIM>(b, j) ? t : T(1) - t;
+  }
+  return w;
+}
+
+// Batch images served by coordinate batch nd: all of them for a shared field, else nd.
+template <typename index_t, int NDIM>
+FASTWARP_HD void image_batch_range(const SampleParams<NDIM>& P, index_t nd, index_t* n0,
+                                   index_t* n1) {
+  if (P.coord_batch == 1) {
+    *n0 = 0;
+    *n1 = static_cast<index_t>(P.N);
+  } else {
+    *n0 = nd;
+    *n1 = nd + 1;
+  }
+}
+
+template <typename index_t, int NDIM>
+FASTWARP_HD index_t spatial_offset(const index_t (&pos)[NDIM], const int64_t (&stride)[NDIM]) {
+  index_t o = 0;
+#pragma unroll
+  for (int k = 0; k < NDIM; ++k) o += pos[k] * static_cast<index_t>(stride[k]);
+  return o;
+}
+
+// ---------------------------------------------------------------------------------------
+// The per-point bodies. T is the arithmetic type (float for half/bfloat16/float, double
+// for double); the callers loop over (coordinate batch, output point) and each body loops
+// over the images that point serves and over the channels, so the source indices and
+// weights are computed once per point whatever N and C are.
+
+template <typename T, typename index_t, int NDIM>
+struct Corners {
+  static constexpr int K = 1 << NDIM;
+  index_t off[K];  // element offsets for the strides they were computed with
+  T w[K];          // interpolation weights
+  bool in[K];      // corner inside the image (never read otherwise)
+  int count;       // corners in use: 2^NDIM (linear) or 1 (nearest)
+};
+
+template <typename T, typename index_t, int NDIM>
+FASTWARP_HD void make_corners(const SampleParams<NDIM>& P, const PointSample<T, NDIM>& ps, bool any,
+                              const int64_t (&stride)[NDIM], Corners<T, index_t, NDIM>* cs) {
+  cs->count = num_corners<NDIM>(P.interp);
+#pragma unroll
+  for (int b = 0; b < Corners<T, index_t, NDIM>::K; ++b) {
+    cs->in[b] = false;
+    cs->off[b] = 0;
+    cs->w[b] = T(0);
+    if (any && b < cs->count) {
+      cs->in[b] = corner_offset<T, index_t, NDIM>(ps, b, stride, &cs->off[b]);
+      cs->w[b] = corner_weight(ps, b, P.interp);
+    }
+  }
+}
+
+// Forward: out[n, c, pos] = sum over corners of weight * image[n, c, corner]. Nearest
+// mode copies the voxel as it is, so integer label maps come back exact.
+template <typename scalar_t, typename T, typename coord_t, typename index_t, int NDIM>
+FASTWARP_HD void forward_point(const SampleParams<NDIM>& P, const scalar_t* image,
+                               const coord_t* coords, scalar_t* out, index_t nd,
+                               const index_t (&pos)[NDIM]) {
+  constexpr int K = 1 << NDIM;
+  PointSample<T, NDIM> ps;
+  const bool any = compute_point<T>(P, coords, nd, pos, &ps);
+  Corners<T, index_t, NDIM> cs;
+  make_corners(P, ps, any, P.img_stride, &cs);
+  index_t n0, n1;
+  image_batch_range(P, nd, &n0, &n1);
+  const index_t out_sp = spatial_offset(pos, P.out_stride);
+  for (index_t n = n0; n < n1; ++n) {
+    const scalar_t* img_n = image + n * static_cast<index_t>(P.img_stride_n);
+    scalar_t* out_n = out + n * static_cast<index_t>(P.out_stride_n) + out_sp;
+    for (index_t c = 0; c < static_cast<index_t>(P.C); ++c) {
+      const scalar_t* img_c = img_n + c * static_cast<index_t>(P.img_stride_c);
+      scalar_t* dst = out_n + c * static_cast<index_t>(P.out_stride_c);
+      if (P.interp == Interp::Nearest) {
+        *dst = cs.in[0] ? img_c[cs.off[0]] : static_cast<scalar_t>(0);
+      } else {
+        T acc = T(0);
+#pragma unroll
+        for (int b = 0; b < K; ++b) {
+          if (cs.in[b]) acc += cs.w[b] * static_cast<T>(img_c[cs.off[b]]);
+        }
+        *dst = static_cast<scalar_t>(acc);
+      }
+    }
+  }
+}
+
+// Backward of one point.
+//  * grad_image (nullable, arithmetic type T, layout gimg_stride_*): every corner receives
+//    weight * grad_out through `add(ptr, value)`, a plain += on the CPU (thread-private
+//    buffers) and an atomicAdd on the GPU.
+//  * grad_coords (nullable): d(loss)/d(v_k) = sum over n, c of grad_out * sum over corners
+//    of image[corner] * d(weight)/d(x_k), times d(x_k)/d(v_k) from the coordinate map and
+//    padding. Summing over n here is what reduces a field shared by the batch, with no
+//    atomics. Nearest interpolation is piecewise constant: its coordinate gradient is 0.
+FASTWARP_EXEC_CHECK_DISABLE
+template <typename scalar_t, typename T, typename coord_t, typename index_t, int NDIM,
+          typename AddFn>
+FASTWARP_HD void backward_point(const SampleParams<NDIM>& P, const scalar_t* grad_out,
+                                const scalar_t* image, const coord_t* coords, T* grad_image,
+                                coord_t* grad_coords, index_t nd, const index_t (&pos)[NDIM],
+                                AddFn add) {
+  constexpr int K = 1 << NDIM;
+  PointSample<T, NDIM> ps;
+  const bool any = compute_point<T>(P, coords, nd, pos, &ps);
+  const bool want_coord = grad_coords != nullptr && P.interp == Interp::Linear && any;
+  T gx[NDIM];
+#pragma unroll
+  for (int k = 0; k < NDIM; ++k) gx[k] = T(0);
+
+  if (any) {
+    Corners<T, index_t, NDIM> cs;  // offsets into the image (for want_coord)
+    Corners<T, index_t, NDIM> gs;  // offsets into grad_image
+    if (want_coord) make_corners(P, ps, any, P.img_stride, &cs);
+    if (grad_image != nullptr) make_corners(P, ps, any, P.gimg_stride, &gs);
+    T dw[K][NDIM];
+    if (want_coord) {
+#pragma unroll
+      for (int b = 0; b < K; ++b)
+#pragma unroll
+        for (int k = 0; k < NDIM; ++k) dw[b][k] = corner_weight_grad(ps, b, k);
+    }
+    index_t n0, n1;
+    image_batch_range(P, nd, &n0, &n1);
+    const index_t go_sp = spatial_offset(pos, P.out_stride);
+    for (index_t n = n0; n < n1; ++n) {
+      for (index_t c = 0; c < static_cast<index_t>(P.C); ++c) {
+        const T g = static_cast<T>(grad_out[n * static_cast<index_t>(P.out_stride_n) +
+                                            c * static_cast<index_t>(P.out_stride_c) + go_sp]);
+        if (grad_image != nullptr) {
+          T* gi = grad_image + n * static_cast<index_t>(P.gimg_stride_n) +
+                  c * static_cast<index_t>(P.gimg_stride_c);
+          for (int b = 0; b < gs.count; ++b) {
+            if (gs.in[b]) add(gi + gs.off[b], gs.w[b] * g);
+          }
+        }
+        if (want_coord) {
+          const scalar_t* img_c = image + n * static_cast<index_t>(P.img_stride_n) +
+                                  c * static_cast<index_t>(P.img_stride_c);
+#pragma unroll
+          for (int b = 0; b < K; ++b) {
+            if (!cs.in[b]) continue;
+            const T gv = g * static_cast<T>(img_c[cs.off[b]]);
+#pragma unroll
+            for (int k = 0; k < NDIM; ++k) gx[k] += gv * dw[b][k];
+          }
+        }
+      }
+    }
+  }
+
+  if (grad_coords != nullptr) {
+    const index_t base = nd * static_cast<index_t>(P.gcoord_stride_n) +
+                         spatial_offset(pos, P.gcoord_stride);
+#pragma unroll
+    for (int k = 0; k < NDIM; ++k) {
+      const T v = want_coord ? gx[k] * ps.ax[k].dxdv : T(0);
+      grad_coords[base + static_cast<index_t>(P.gcoord_axis_offset[k])] = static_cast<coord_t>(v);
+    }
+  }
+}
+
+// Decomposes a linear point index (row-major over out_size) into its position.
+template <typename index_t, int NDIM>
+FASTWARP_HD void unravel_point(const SampleParams<NDIM>& P, index_t p, index_t (&pos)[NDIM]) {
+#pragma unroll
+  for (int k = NDIM - 1; k >= 0; --k) {
+    const index_t s = static_cast<index_t>(P.out_size[k]);
+    pos[k] = p % s;
+    p /= s;
+  }
+}
+
+}  // namespace fastwarp

@@ -1,0 +1,133 @@
+// CPU kernels of fastwarp::warp and fastwarp::grid_sample: how the points are looped
+// (at::parallel_for over rows of the output) and how the image gradient is accumulated.
+// The per-point math is csrc/common/sampling.h, shared with the CUDA kernels.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "../common/sample_op.h"
+
+namespace fastwarp {
+namespace {
+
+// Points per task: a 3-D trilinear point costs tens of nanoseconds, so this keeps the
+// scheduling overhead of at::parallel_for well under 1%.
+constexpr int64_t kPointsPerTask = 4096;
+
+// Thread-private image-gradient buffers are capped at this many bytes in all (see
+// Note [CPU image gradient]).
+constexpr int64_t kMaxScratchBytes = int64_t(1) << 30;
+
+// Rows are (coordinate batch, all output axes but the last); a row is a contiguous run of
+// points along the last axis.
+template <int NDIM>
+int64_t num_rows(const SampleParams<NDIM>& P) {
+  int64_t rows = P.coord_batch;
+  for (int k = 0; k < NDIM - 1; ++k) rows *= P.out_size[k];
+  return rows;
+}
+
+template <int NDIM>
+int64_t rows_per_task(const SampleParams<NDIM>& P) {
+  const int64_t per_row = P.out_size[NDIM - 1] * P.C * (P.coord_batch == 1 ? P.N : 1);
+  return std::max<int64_t>(1, kPointsPerTask / std::max<int64_t>(1, per_row));
+}
+
+// Calls f(nd, pos) for every point of rows [r0, r1).
+template <int NDIM, typename F>
+void for_each_point(const SampleParams<NDIM>& P, int64_t r0, int64_t r1, const F& f) {
+  int64_t pos[NDIM];
+  for (int64_t r = r0; r < r1; ++r) {
+    int64_t rest = r;
+    for (int k = NDIM - 2; k >= 0; --k) {
+      pos[k] = rest % P.out_size[k];
+      rest /= P.out_size[k];
+    }
+    const int64_t nd = rest;
+    for (int64_t w = 0; w < P.out_size[NDIM - 1]; ++w) {
+      pos[NDIM - 1] = w;
+      f(nd, pos);
+    }
+  }
+}
+
+struct PlainAdd {
+  template <typename T>
+  void operator()(T* p, T v) const {
+    *p += v;
+  }
+};
+
+struct CpuBackend {
+  struct NoGuard {};
+  static NoGuard device_guard(const at::Tensor&) { return {}; }
+
+  template <typename scalar_t, typename coord_t, int NDIM>
+  static void forward(const SampleParams<NDIM>& P, const scalar_t* image, const coord_t* coords,
+                      scalar_t* out) {
+    using T = at::opmath_type<coord_t>;
+    at::parallel_for(0, num_rows(P), rows_per_task(P), [&](int64_t r0, int64_t r1) {
+      for_each_point(P, r0, r1, [&](int64_t nd, const int64_t(&pos)[NDIM]) {
+        forward_point<scalar_t, T, coord_t, int64_t, NDIM>(P, image, coords, out, nd, pos);
+      });
+    });
+  }
+
+  // Note [CPU image gradient]
+  // ~~~~~~~~~~~~~~~~~~~~~~~~~
+  // The image gradient is a scatter: any output point may add to any voxel. Rather than
+  // atomics (slow, and their order makes the result vary run to run), the rows are split
+  // into one contiguous chunk per thread, each chunk adds into its own zeroed buffer
+  // (chunk 0 straight into the result), and the buffers are summed at the end. The split
+  // depends only on the shape and the thread count, so the result is reproducible for a
+  // given number of threads, with or without torch.use_deterministic_algorithms. The
+  // buffers are capped at kMaxScratchBytes, using fewer chunks (down to a serial loop) for
+  // very large images.
+  template <typename scalar_t, int NDIM>
+  static void backward(const SampleParams<NDIM>& P, const scalar_t* grad_out,
+                       const scalar_t* image, const scalar_t* coords,
+                       at::opmath_type<scalar_t>* grad_image, scalar_t* grad_coords) {
+    using T = at::opmath_type<scalar_t>;
+    const int64_t rows = num_rows(P);
+    auto run_rows = [&](int64_t r0, int64_t r1, T* gi) {
+      for_each_point(P, r0, r1, [&](int64_t nd, const int64_t(&pos)[NDIM]) {
+        backward_point<scalar_t, T, scalar_t, int64_t, NDIM>(P, grad_out, image, coords, gi,
+                                                             grad_coords, nd, pos, PlainAdd{});
+      });
+    };
+    if (grad_image == nullptr) {
+      at::parallel_for(0, rows, rows_per_task(P),
+                       [&](int64_t r0, int64_t r1) { run_rows(r0, r1, nullptr); });
+      return;
+    }
+
+    int64_t image_numel = P.N * P.C;
+    for (int k = 0; k < NDIM; ++k) image_numel *= P.in_size[k];
+    const int64_t work_chunks = (rows + rows_per_task(P) - 1) / rows_per_task(P);
+    const int64_t memory_chunks =
+        1 + kMaxScratchBytes / std::max<int64_t>(1, image_numel * int64_t(sizeof(T)));
+    const int64_t chunks = std::min<int64_t>(
+        {static_cast<int64_t>(at::get_num_threads()), work_chunks, memory_chunks});
+    if (chunks <= 1 || at::in_parallel_region()) {
+      run_rows(0, rows, grad_image);
+      return;
+    }
+    const auto acc_options = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+    at::Tensor scratch = at::zeros({chunks - 1, image_numel}, acc_options);
+    T* scratch_ptr = scratch.mutable_data_ptr<T>();
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t ch = c0; ch < c1; ++ch) {
+        T* dst = ch == 0 ? grad_image : scratch_ptr + (ch - 1) * image_numel;
+        run_rows(rows * ch / chunks, rows * (ch + 1) / chunks, dst);
+      }
+    });
+    at::from_blob(grad_image, {image_numel}, acc_options).add_(scratch.sum(0));
+  }
+};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastwarp, CPU, m) { register_sample_ops<CpuBackend>(m); }
+
+}  // namespace fastwarp

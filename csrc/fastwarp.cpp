@@ -1,0 +1,36 @@
+// fastwarp._C: the operator schemas (the only m.def in the project) and an empty Python
+// module whose import loads this library and so registers them. The kernels are bound
+// per backend in csrc/cpu and csrc/cuda; fake kernels, autograd and the friendly Python
+// API are in fastwarp/_ops.py and fastwarp/warp.py.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+namespace fastwarp {
+
+// interp: 0 linear (bilinear / trilinear), 1 nearest.
+// padding: 0 zeros, 1 border, 2 reflection.
+// The backward ops return (grad_image, grad_coordinates); a gradient whose output_mask
+// entry is false comes back as an empty tensor. `image` / `input` may be None when the
+// coordinate gradient is not requested; the image's shape is then taken from
+// image_size / input_size.
+TORCH_LIBRARY(fastwarp, m) {
+  m.def("warp(Tensor image, Tensor disp, int interp, int padding) -> Tensor");
+  m.def(
+      "warp_backward(Tensor grad_output, Tensor? image, SymInt[] image_size, Tensor disp, "
+      "int interp, int padding, bool[2] output_mask) -> (Tensor, Tensor)");
+  m.def(
+      "grid_sample(Tensor input, Tensor grid, int interp, int padding, bool align_corners) "
+      "-> Tensor");
+  m.def(
+      "grid_sample_backward(Tensor grad_output, Tensor? input, SymInt[] input_size, Tensor grid, "
+      "int interp, int padding, bool align_corners, bool[2] output_mask) -> (Tensor, Tensor)");
+}
+
+}  // namespace fastwarp

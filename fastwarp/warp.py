@@ -1,0 +1,161 @@
+"""Functional API of the warp: ``warp`` (voxel-unit displacement fields) and
+``grid_sample`` (a drop-in for ``torch.nn.functional.grid_sample``)."""
+
+from __future__ import annotations
+
+import torch
+
+from ._ops import INTERP, NEAREST, PADDING, has_cuda_kernels
+
+__all__ = ["warp", "grid_sample"]
+
+_WARP_MODES = ("linear", "bilinear", "trilinear", "nearest")
+_GRID_MODES = ("bilinear", "nearest")
+
+
+def _code(table, value, name, allowed):
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    return table[value]
+
+
+def _check_tensor(name, t):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def _check_image(name, image, layout):
+    _check_tensor(name, image)
+    if image.dim() not in (4, 5):
+        raise ValueError(f"{name} must be {layout}, got a {image.dim()}-D tensor of shape {tuple(image.shape)}")
+    if image.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(image.shape)}); every dimension must be at least 1")
+    if image.is_complex() or not (image.is_floating_point() or image.dtype == torch.bool or _is_integer(image)):
+        raise TypeError(f"{name} must be a real floating-point or integer tensor, got {image.dtype}")
+
+
+def _is_integer(t):
+    return not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool
+
+
+def _check_coords(name, coords, image_name, image, layout):
+    _check_tensor(name, coords)
+    if coords.dim() != image.dim():
+        raise ValueError(
+            f"{name} must be {layout} for a {image.dim()}-D {image_name}, "
+            f"got a {coords.dim()}-D tensor of shape {tuple(coords.shape)}"
+        )
+    if coords.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(coords.shape)}); every dimension must be at least 1")
+    if not coords.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {coords.dtype}")
+    if coords.device != image.device:
+        raise ValueError(f"{name} is on {coords.device} but {image_name} is on {image.device}; they must share a device")
+    if coords.device.type not in ("cpu", "cuda", "meta"):
+        raise ValueError(f"fastwarp runs on cpu and cuda tensors, got {name} on {coords.device}")
+    if coords.device.type == "cuda" and not has_cuda_kernels():
+        raise RuntimeError(
+            "fastwarp was built without CUDA kernels, so it cannot run on cuda tensors: reinstall it on a "
+            "machine with the CUDA toolkit (or with FASTWARP_CUDA=1 and CUDA_HOME set), see README.md"
+        )
+
+
+def _promote(image, coords, interp, image_name, coords_name):
+    """Floating images and coordinates are computed in their common dtype (as grid_sample
+    does under autocast); integer label maps keep their dtype and use float32 or float64
+    coordinates."""
+    if image.is_floating_point():
+        dtype = torch.promote_types(image.dtype, coords.dtype)
+        return image.to(dtype), coords.to(dtype)
+    if interp != NEAREST:
+        raise TypeError(
+            f"{image_name} has dtype {image.dtype}: integer and bool images (label maps) can only be "
+            "sampled with mode='nearest'; convert to floating point for linear interpolation"
+        )
+    if coords.dtype not in (torch.float32, torch.float64):
+        coords = coords.float()
+    return image, coords
+
+
+def warp(
+    image: torch.Tensor,
+    disp: torch.Tensor,
+    mode: str = "linear",
+    padding_mode: str = "zeros",
+) -> torch.Tensor:
+    r"""Resample ``image`` at ``p + disp(p)``: the warp layer of deformable registration.
+
+    Args:
+        image: ``(N, C, H, W)`` or ``(N, C, D, H, W)``. Floating point, or an integer/bool
+            label map with ``mode="nearest"`` (it comes back with its own dtype, exactly).
+        disp: displacement field in **voxel units**, ``(N or 1, 2, H, W)`` or
+            ``(N or 1, 3, D, H, W)``, floating point. Channel ``k`` displaces spatial axis
+            ``k`` (``0`` is D in 3-D, H in 2-D): VoxelMorph's convention, the same result as
+            ``voxelmorph``'s ``SpatialTransformer`` (``align_corners=True``). A field with
+            batch 1 serves every image of the batch.
+        mode: ``"linear"`` (bilinear in 2-D, trilinear in 3-D; ``"bilinear"`` and
+            ``"trilinear"`` are accepted aliases) or ``"nearest"``.
+        padding_mode: ``"zeros"``, ``"border"`` or ``"reflection"``, as in
+            ``torch.nn.functional.grid_sample`` with ``align_corners=True``.
+
+    Returns:
+        The warped image, ``(N, C, *spatial)``, contiguous, in the dtype of ``image``
+        (floating images and fields of different dtypes are first promoted to their common
+        dtype, as ``grid_sample`` does under autocast).
+
+    Gradients flow to ``image`` and to ``disp``, each computed only when required; the
+    image gradient is deterministic under ``torch.use_deterministic_algorithms(True)``.
+    Points whose source lies more than a voxel outside the image, or is NaN, read 0 and
+    pass no gradient, whatever the padding.
+    """
+    interp = _code(INTERP, mode, "mode", _WARP_MODES)
+    padding = _code(PADDING, padding_mode, "padding_mode", tuple(PADDING))
+    _check_image("image", image, "(N, C, H, W) or (N, C, D, H, W)")
+    nd = image.dim() - 2
+    layout = "(N or 1, 2, H, W)" if nd == 2 else "(N or 1, 3, D, H, W)"
+    _check_coords("disp", disp, "image", image, layout)
+    if disp.shape[1] != nd:
+        raise ValueError(
+            f"disp must have {nd} components in dim 1 (one displacement per spatial axis of the "
+            f"{nd}-D image), got shape {tuple(disp.shape)}"
+        )
+    if disp.shape[2:] != image.shape[2:]:
+        raise ValueError(
+            f"disp spatial shape {tuple(disp.shape[2:])} must match image spatial shape {tuple(image.shape[2:])}"
+        )
+    if disp.shape[0] not in (1, image.shape[0]):
+        raise ValueError(f"disp batch must be 1 or the image batch {image.shape[0]}, got {disp.shape[0]}")
+    image, disp = _promote(image, disp, interp, "image", "disp")
+    return torch.ops.fastwarp.warp(image, disp, interp, padding)
+
+
+def grid_sample(
+    input: torch.Tensor,
+    grid: torch.Tensor,
+    mode: str = "bilinear",
+    padding_mode: str = "zeros",
+    align_corners: bool | None = None,
+) -> torch.Tensor:
+    r"""Drop-in for :func:`torch.nn.functional.grid_sample` on fastwarp's kernels.
+
+    Same arguments and result: ``input`` ``(N, C, H_in, W_in)`` or ``(N, C, D_in, H_in, W_in)``,
+    ``grid`` ``(N, H_out, W_out, 2)`` or ``(N, D_out, H_out, W_out, 3)`` holding normalized
+    ``(x, y[, z])`` in ``[-1, 1]``; output ``(N, C, *out_spatial)``. ``mode`` is
+    ``"bilinear"`` (trilinear for 5-D) or ``"nearest"``; ``"bicubic"`` is handed to torch.
+    ``align_corners=None`` means ``False``, as in torch. Integer/bool inputs are accepted
+    with ``mode="nearest"`` and keep their dtype.
+    """
+    if mode == "bicubic":
+        return torch.nn.functional.grid_sample(input, grid, mode, padding_mode, align_corners)
+    interp = _code(INTERP, mode, "mode", _GRID_MODES + ("bicubic",))
+    padding = _code(PADDING, padding_mode, "padding_mode", tuple(PADDING))
+    _check_image("input", input, "(N, C, H, W) or (N, C, D, H, W)")
+    nd = input.dim() - 2
+    layout = "(N, H_out, W_out, 2)" if nd == 2 else "(N, D_out, H_out, W_out, 3)"
+    _check_coords("grid", grid, "input", input, layout)
+    if grid.shape[-1] != nd:
+        raise ValueError(f"grid must be {layout}: its last dimension must be {nd}, got shape {tuple(grid.shape)}")
+    if grid.shape[0] != input.shape[0]:
+        raise ValueError(f"grid batch {grid.shape[0]} must equal input batch {input.shape[0]}")
+    input, grid = _promote(input, grid, interp, "input", "grid")
+    return torch.ops.fastwarp.grid_sample(input, grid, interp, padding, bool(align_corners))
