@@ -16,3 +16,13 @@
 #else
 #define FASTWARP_EXEC_CHECK_DISABLE
 #endif
+
+// Full unrolling of the small fixed loops over axes and corners, so their arrays live in
+// registers. (`#pragma unroll` is nvcc's and clang's spelling; gcc ignores it.)
+#if defined(__CUDA_ARCH__) || defined(__clang__)
+#define FASTWARP_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define FASTWARP_UNROLL _Pragma("GCC unroll 16")
+#else
+#define FASTWARP_UNROLL
+#endif

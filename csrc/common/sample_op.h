@@ -116,7 +116,7 @@ template <typename Backend>
 struct SampleOps {
   static at::Tensor warp(const at::Tensor& image, const at::Tensor& disp, int64_t interp,
                          int64_t padding) {
-    const auto guard = Backend::device_guard(image);
+    [[maybe_unused]] const auto guard = Backend::device_guard(image);
     return sample_forward<Backend>(image, disp, CoordKind::Displacement, interp, padding, true);
   }
 
@@ -124,14 +124,14 @@ struct SampleOps {
       const at::Tensor& grad_out, const std::optional<at::Tensor>& image,
       at::IntArrayRef image_size, const at::Tensor& disp, int64_t interp, int64_t padding,
       std::array<bool, 2> output_mask) {
-    const auto guard = Backend::device_guard(grad_out);
+    [[maybe_unused]] const auto guard = Backend::device_guard(grad_out);
     return sample_backward<Backend>(grad_out, image, image_size, disp, CoordKind::Displacement,
                                     interp, padding, true, output_mask);
   }
 
   static at::Tensor grid_sample(const at::Tensor& input, const at::Tensor& grid, int64_t interp,
                                 int64_t padding, bool align_corners) {
-    const auto guard = Backend::device_guard(input);
+    [[maybe_unused]] const auto guard = Backend::device_guard(input);
     return sample_forward<Backend>(input, grid, CoordKind::Grid, interp, padding, align_corners);
   }
 
@@ -139,7 +139,7 @@ struct SampleOps {
       const at::Tensor& grad_out, const std::optional<at::Tensor>& input,
       at::IntArrayRef input_size, const at::Tensor& grid, int64_t interp, int64_t padding,
       bool align_corners, std::array<bool, 2> output_mask) {
-    const auto guard = Backend::device_guard(grad_out);
+    [[maybe_unused]] const auto guard = Backend::device_guard(grad_out);
     return sample_backward<Backend>(grad_out, input, input_size, grid, CoordKind::Grid, interp,
                                     padding, align_corners, output_mask);
   }

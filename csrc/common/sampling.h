@@ -154,30 +154,55 @@ FASTWARP_HD T source_index_set_grad(T v, T scale, T offset, int64_t size, Paddin
 
 template <typename T>
 struct AxisSample {
+  // Neighbour indices, clamped into [0, size): every offset formed from them is safe to
+  // read, and in0 / in1 say whether the neighbour really lies inside the image (a clamped
+  // one is read but multiplied by nothing; see forward_point).
   int64_t i0;  // lower neighbour (linear) or nearest voxel
-  T w1;        // linear: weight of i0 + 1 (i0 gets 1 - w1); nearest: unused
+  int64_t i1;  // upper neighbour (linear only)
+  T w0, w1;    // linear weights 1 - t and t; nearest: 1 and 0
   T dxdv;      // d(source index)/d(coordinate value), padding included
-  bool in0;    // i0 inside [0, size)
-  bool in1;    // i0 + 1 inside [0, size) (linear only)
+  bool in0, in1;
 };
+
+// floor() for x in (-2, size + 1): truncation corrected for negatives. std::floor is a
+// library call on baseline x86-64 (no SSE4.1), and this is the hottest line of the CPU
+// forward.
+template <typename T>
+FASTWARP_HD int64_t floor_in_range(T x) {
+  const int64_t i = static_cast<int64_t>(x);
+  return static_cast<T>(i) > x ? i - 1 : i;
+}
+
+FASTWARP_HD int64_t clamp_index(int64_t i, int64_t size) {
+  return i < 0 ? 0 : (i >= size ? size - 1 : i);
+}
 
 // Returns false when the point can touch no voxel along this axis (see Note [Non-finite
 // and far-away coordinates]).
 template <typename T>
 FASTWARP_HD bool axis_sample(T x, T dxdv, int64_t size, Interp interp, AxisSample<T>* s) {
-  if (!(x > T(-2) && x < static_cast<T>(size + 1))) return false;
+  if (!(x > T(-2) && x < static_cast<T>(size + 1))) {
+    *s = AxisSample<T>{0, 0, T(0), T(0), T(0), false, false};
+    return false;
+  }
+  int64_t i0, i1;
   if (interp == Interp::Linear) {
-    const T f = std::floor(x);
-    s->i0 = static_cast<int64_t>(f);
-    s->w1 = x - f;
-    s->in1 = s->i0 + 1 >= 0 && s->i0 + 1 < size;
+    i0 = floor_in_range(x);
+    i1 = i0 + 1;
+    const T t = x - static_cast<T>(i0);
+    s->w0 = T(1) - t;
+    s->w1 = t;
   } else {
     // round half to even, as grid_sample's nearest mode does
-    s->i0 = static_cast<int64_t>(std::nearbyint(x));
+    i0 = static_cast<int64_t>(std::nearbyint(x));
+    i1 = -1;
+    s->w0 = T(1);
     s->w1 = T(0);
-    s->in1 = false;
   }
-  s->in0 = s->i0 >= 0 && s->i0 < size;
+  s->in0 = i0 >= 0 && i0 < size;
+  s->in1 = i1 >= 0 && i1 < size;
+  s->i0 = clamp_index(i0, size);
+  s->i1 = clamp_index(i1, size);
   s->dxdv = dxdv;
   return true;
 }
@@ -196,10 +221,10 @@ template <typename T, typename coord_t, typename index_t, int NDIM>
 FASTWARP_HD bool compute_point(const SampleParams<NDIM>& P, const coord_t* coords, index_t nd,
                                const index_t (&pos)[NDIM], PointSample<T, NDIM>* ps) {
   index_t base = nd * static_cast<index_t>(P.coord_stride_n);
-#pragma unroll
+FASTWARP_UNROLL
   for (int k = 0; k < NDIM; ++k) base += pos[k] * static_cast<index_t>(P.coord_stride[k]);
-  bool ok = true;
-#pragma unroll
+  bool ok = true;  // every axis is filled in, even after one fails, with safe indices
+FASTWARP_UNROLL
   for (int k = 0; k < NDIM; ++k) {
     const T v = static_cast<T>(coords[base + static_cast<index_t>(P.coord_axis_offset[k])]);
     T offset = static_cast<T>(P.offset[k]);
@@ -207,7 +232,7 @@ FASTWARP_HD bool compute_point(const SampleParams<NDIM>& P, const coord_t* coord
     T dxdv;
     const T x = source_index_set_grad(v, static_cast<T>(P.scale[k]), offset, P.in_size[k],
                                       P.padding, P.align_corners, &dxdv);
-    ok = ok && axis_sample(x, dxdv, P.in_size[k], P.interp, &ps->ax[k]);
+    ok = axis_sample(x, dxdv, P.in_size[k], P.interp, &ps->ax[k]) && ok;
   }
   return ok;
 }
@@ -231,11 +256,11 @@ FASTWARP_HD bool corner_offset(const PointSample<T, NDIM>& ps, int b, const int6
                                index_t* off) {
   index_t o = 0;
   bool in = true;
-#pragma unroll
+FASTWARP_UNROLL
   for (int k = 0; k < NDIM; ++k) {
     const int bit = corner_bit<NDIM>(b, k);
     in = in && (bit ? ps.ax[k].in1 : ps.ax[k].in0);
-    o += static_cast<index_t>(ps.ax[k].i0 + bit) * static_cast<index_t>(stride[k]);
+    o += static_cast<index_t>(bit ? ps.ax[k].i1 : ps.ax[k].i0) * static_cast<index_t>(stride[k]);
   }
   *off = o;
   return in;
@@ -243,29 +268,48 @@ FASTWARP_HD bool corner_offset(const PointSample<T, NDIM>& ps, int b, const int6
 
 // Interpolation weight of corner b (product of the per-axis weights).
 template <typename T, int NDIM>
-FASTWARP_HD T corner_weight(const PointSample<T, NDIM>& ps, int b, Interp interp) {
-  if (interp == Interp::Nearest) return T(1);
+FASTWARP_HD T corner_weight(const PointSample<T, NDIM>& ps, int b) {
   T w = T(1);
-#pragma unroll
-  for (int k = 0; k < NDIM; ++k) {
-    const T t = ps.ax[k].w1;
-    w *= corner_bit<NDIM>(b, k) ? t : T(1) - t;
-  }
+FASTWARP_UNROLL
+  for (int k = 0; k < NDIM; ++k) w *= corner_bit<NDIM>(b, k) ? ps.ax[k].w1 : ps.ax[k].w0;
   return w;
 }
 
-// d(weight of corner b)/d(source index along axis k), linear only: the product of the
-// other axes' weights, with the sign of this axis' neighbour.
+// Note [Coordinate gradient of linear interpolation]
+// ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+// With weights w_b = prod_j (bit_j(b) ? t_j : 1 - t_j), d(w_b)/d(x_k) is +-1 (the sign of
+// bit k) times the product of the *other* axes' weights, so
+//   d(out)/d(x_k) = sum over the K/2 corners r of the other axes of
+//                   W_{-k}[r] * (v[r with bit k = 1] - v[r with bit k = 0]).
+// W_{-k} is built like make_corners' weights, skipping axis k: 3 x 4 products in 3-D
+// instead of 8 x 3 x 2.
+
+// Products of the weights of every axis but k, in corner order with bit k removed.
 template <typename T, int NDIM>
-FASTWARP_HD T corner_weight_grad(const PointSample<T, NDIM>& ps, int b, int k) {
-  T w = corner_bit<NDIM>(b, k) ? T(1) : T(-1);
-#pragma unroll
+FASTWARP_HD void weights_without_axis(const PointSample<T, NDIM>& ps, int k,
+                                      T (&w)[(1 << NDIM) / 2]) {
+  w[0] = T(1);
+  int m = 1;
+FASTWARP_UNROLL
   for (int j = 0; j < NDIM; ++j) {
     if (j == k) continue;
-    const T t = ps.ax[j].w1;
-    w *= corner_bit<NDIM>(b, j) ? t : T(1) - t;
+FASTWARP_UNROLL
+    for (int i = m - 1; i >= 0; --i) {
+      const T wi = w[i];
+      w[2 * i] = wi * ps.ax[j].w0;
+      w[2 * i + 1] = wi * ps.ax[j].w1;
+    }
+    m *= 2;
   }
-  return w;
+}
+
+// Corner index with a bit for axis k (value `bit`) inserted into r, a corner of the
+// other axes.
+template <int NDIM>
+FASTWARP_HD int insert_axis_bit(int r, int k, int bit) {
+  const int shift = NDIM - 1 - k;
+  const int low = r & ((1 << shift) - 1);
+  return ((r >> shift) << (shift + 1)) | (bit << shift) | low;
 }
 
 // Batch images served by coordinate batch nd: all of them for a shared field, else nd.
@@ -284,7 +328,7 @@ FASTWARP_HD void image_batch_range(const SampleParams<NDIM>& P, index_t nd, inde
 template <typename index_t, int NDIM>
 FASTWARP_HD index_t spatial_offset(const index_t (&pos)[NDIM], const int64_t (&stride)[NDIM]) {
   index_t o = 0;
-#pragma unroll
+FASTWARP_UNROLL
   for (int k = 0; k < NDIM; ++k) o += pos[k] * static_cast<index_t>(stride[k]);
   return o;
 }
@@ -298,26 +342,54 @@ FASTWARP_HD index_t spatial_offset(const index_t (&pos)[NDIM], const int64_t (&s
 template <typename T, typename index_t, int NDIM>
 struct Corners {
   static constexpr int K = 1 << NDIM;
-  index_t off[K];  // element offsets for the strides they were computed with
+  index_t off[K];  // element offsets for the strides they were computed with (always safe)
   T w[K];          // interpolation weights
-  bool in[K];      // corner inside the image (never read otherwise)
+  bool in[K];      // corner inside the image
   int count;       // corners in use: 2^NDIM (linear) or 1 (nearest)
 };
 
+// Offsets, weights and inside flags of all corners, built axis by axis (2 + 4 + 8 terms
+// in 3-D rather than 8 products of 3), in the order of corner_bit. A point that touches
+// no voxel gets no corner inside, and safe offsets.
 template <typename T, typename index_t, int NDIM>
 FASTWARP_HD void make_corners(const SampleParams<NDIM>& P, const PointSample<T, NDIM>& ps, bool any,
                               const int64_t (&stride)[NDIM], Corners<T, index_t, NDIM>* cs) {
   cs->count = num_corners<NDIM>(P.interp);
-#pragma unroll
-  for (int b = 0; b < Corners<T, index_t, NDIM>::K; ++b) {
-    cs->in[b] = false;
-    cs->off[b] = 0;
-    cs->w[b] = T(0);
-    if (any && b < cs->count) {
-      cs->in[b] = corner_offset<T, index_t, NDIM>(ps, b, stride, &cs->off[b]);
-      cs->w[b] = corner_weight(ps, b, P.interp);
+  cs->off[0] = 0;
+  cs->w[0] = T(1);
+  cs->in[0] = any;
+FASTWARP_UNROLL
+  for (int k = 0; k < NDIM; ++k) {
+    const AxisSample<T>& a = ps.ax[k];
+    const index_t o0 = static_cast<index_t>(a.i0) * static_cast<index_t>(stride[k]);
+    const index_t o1 = static_cast<index_t>(a.i1) * static_cast<index_t>(stride[k]);
+    // expand in place from the back so that corner j becomes corners 2j and 2j + 1
+FASTWARP_UNROLL
+    for (int j = (1 << k) - 1; j >= 0; --j) {
+      const index_t o = cs->off[j];
+      const T w = cs->w[j];
+      const bool in = cs->in[j];
+      cs->off[2 * j] = o + o0;
+      cs->w[2 * j] = w * a.w0;
+      cs->in[2 * j] = in && a.in0;
+      cs->off[2 * j + 1] = o + o1;
+      cs->w[2 * j + 1] = w * a.w1;
+      cs->in[2 * j + 1] = in && a.in1;
     }
   }
+}
+
+// Pairwise sum of K terms (K a power of two): log2(K) dependent additions instead of K,
+// which matters on the CPU, where the latency of a serial chain of 8 adds was the largest
+// single cost of the 3-D forward.
+template <int K, typename T>
+FASTWARP_HD T tree_sum(T (&t)[K]) {
+FASTWARP_UNROLL
+  for (int width = K / 2; width >= 1; width /= 2) {
+FASTWARP_UNROLL
+    for (int j = 0; j < width; ++j) t[j] += t[j + width];
+  }
+  return t[0];
 }
 
 // Forward: out[n, c, pos] = sum over corners of weight * image[n, c, corner]. Nearest
@@ -343,12 +415,16 @@ FASTWARP_HD void forward_point(const SampleParams<NDIM>& P, const scalar_t* imag
       if (P.interp == Interp::Nearest) {
         *dst = cs.in[0] ? img_c[cs.off[0]] : static_cast<scalar_t>(0);
       } else {
-        T acc = T(0);
-#pragma unroll
+        // Every corner is loaded (its offset is clamped, so the load is safe) and a
+        // corner outside contributes a selected zero, not weight * value: an Inf or NaN
+        // voxel beside the border must not leak into a point that does not touch it.
+        T terms[K];
+FASTWARP_UNROLL
         for (int b = 0; b < K; ++b) {
-          if (cs.in[b]) acc += cs.w[b] * static_cast<T>(img_c[cs.off[b]]);
+          const T v = static_cast<T>(img_c[cs.off[b]]);
+          terms[b] = cs.in[b] ? cs.w[b] * v : T(0);
         }
-        *dst = static_cast<scalar_t>(acc);
+        *dst = static_cast<scalar_t>(tree_sum<K>(terms));
       }
     }
   }
@@ -374,7 +450,7 @@ FASTWARP_HD void backward_point(const SampleParams<NDIM>& P, const scalar_t* gra
   const bool any = compute_point<T>(P, coords, nd, pos, &ps);
   const bool want_coord = grad_coords != nullptr && P.interp == Interp::Linear && any;
   T gx[NDIM];
-#pragma unroll
+FASTWARP_UNROLL
   for (int k = 0; k < NDIM; ++k) gx[k] = T(0);
 
   if (any) {
@@ -382,12 +458,10 @@ FASTWARP_HD void backward_point(const SampleParams<NDIM>& P, const scalar_t* gra
     Corners<T, index_t, NDIM> gs;  // offsets into grad_image
     if (want_coord) make_corners(P, ps, any, P.img_stride, &cs);
     if (grad_image != nullptr) make_corners(P, ps, any, P.gimg_stride, &gs);
-    T dw[K][NDIM];
+    T wk[NDIM][K / 2];  // see Note [Coordinate gradient of linear interpolation]
     if (want_coord) {
-#pragma unroll
-      for (int b = 0; b < K; ++b)
-#pragma unroll
-        for (int k = 0; k < NDIM; ++k) dw[b][k] = corner_weight_grad(ps, b, k);
+FASTWARP_UNROLL
+      for (int k = 0; k < NDIM; ++k) weights_without_axis(ps, k, wk[k]);
     }
     index_t n0, n1;
     image_batch_range(P, nd, &n0, &n1);
@@ -406,12 +480,21 @@ FASTWARP_HD void backward_point(const SampleParams<NDIM>& P, const scalar_t* gra
         if (want_coord) {
           const scalar_t* img_c = image + n * static_cast<index_t>(P.img_stride_n) +
                                   c * static_cast<index_t>(P.img_stride_c);
-#pragma unroll
+          T v[K];
+FASTWARP_UNROLL
           for (int b = 0; b < K; ++b) {
-            if (!cs.in[b]) continue;
-            const T gv = g * static_cast<T>(img_c[cs.off[b]]);
-#pragma unroll
-            for (int k = 0; k < NDIM; ++k) gx[k] += gv * dw[b][k];
+            const T val = static_cast<T>(img_c[cs.off[b]]);  // clamped offset: safe
+            v[b] = cs.in[b] ? val : T(0);
+          }
+FASTWARP_UNROLL
+          for (int k = 0; k < NDIM; ++k) {
+            T terms[K / 2];
+FASTWARP_UNROLL
+            for (int r = 0; r < K / 2; ++r) {
+              terms[r] = wk[k][r] * (v[insert_axis_bit<NDIM>(r, k, 1)] -
+                                     v[insert_axis_bit<NDIM>(r, k, 0)]);
+            }
+            gx[k] += g * tree_sum<K / 2>(terms);
           }
         }
       }
@@ -421,7 +504,7 @@ FASTWARP_HD void backward_point(const SampleParams<NDIM>& P, const scalar_t* gra
   if (grad_coords != nullptr) {
     const index_t base = nd * static_cast<index_t>(P.gcoord_stride_n) +
                          spatial_offset(pos, P.gcoord_stride);
-#pragma unroll
+FASTWARP_UNROLL
     for (int k = 0; k < NDIM; ++k) {
       const T v = want_coord ? gx[k] * ps.ax[k].dxdv : T(0);
       grad_coords[base + static_cast<index_t>(P.gcoord_axis_offset[k])] = static_cast<coord_t>(v);
@@ -432,7 +515,7 @@ FASTWARP_HD void backward_point(const SampleParams<NDIM>& P, const scalar_t* gra
 // Decomposes a linear point index (row-major over out_size) into its position.
 template <typename index_t, int NDIM>
 FASTWARP_HD void unravel_point(const SampleParams<NDIM>& P, index_t p, index_t (&pos)[NDIM]) {
-#pragma unroll
+FASTWARP_UNROLL
   for (int k = NDIM - 1; k >= 0; --k) {
     const index_t s = static_cast<index_t>(P.out_size[k]);
     pos[k] = p % s;

@@ -137,7 +137,7 @@ __global__ void __launch_bounds__(kThreads)
       compute_point<T>(P, coords, nd, pos, &ps);
       const T g = static_cast<T>(grad_out[n * P.out_stride_n + c * P.out_stride_c +
                                           spatial_offset(pos, P.out_stride)]);
-      acc += corner_weight(ps, b, P.interp) * g;
+      acc += corner_weight(ps, b) * g;
     }
     grad_image[n * P.gimg_stride_n + c * P.gimg_stride_c + voxel] = acc;
   }
