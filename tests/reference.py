@@ -1,0 +1,87 @@
+"""Plain-PyTorch references for the tests, independent of fastwarp's kernels.
+
+``warp_reference`` gathers the interpolation corners explicitly (no grid_sample), so it
+checks the voxel-unit convention on its own; ``voxelmorph_warp`` is VoxelMorph's
+SpatialTransformer written out (identity grid + flow, normalized, grid_sample with
+align_corners=True), the path fastwarp.warp replaces.
+"""
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+
+
+def _reflect(x, size):
+    """Reflection about the corner voxel centres 0 and size - 1 (align_corners=True)."""
+    if size == 1:
+        return torch.zeros_like(x)
+    span = size - 1
+    x = (x % (2 * span)).abs()
+    return torch.where(x > span, 2 * span - x, x)
+
+
+def source_index(x, size, padding):
+    if padding == "border":
+        return x.clamp(0, size - 1)
+    if padding == "reflection":
+        return _reflect(x, size).clamp(0, size - 1)
+    return x
+
+
+def warp_reference(image, disp, mode="linear", padding="zeros"):
+    """image (N, C, *S), disp (N or 1, nd, *S) in voxel units: channel k displaces axis k."""
+    nd = image.dim() - 2
+    spatial = image.shape[2:]
+    n, c = image.shape[:2]
+    disp = disp.expand(n, *disp.shape[1:])
+    pos = torch.meshgrid([torch.arange(s, dtype=disp.dtype) for s in spatial], indexing="ij")
+    coords = [source_index(pos[k] + disp[:, k], spatial[k], padding) for k in range(nd)]
+    flat = image.reshape(n, c, -1)
+    strides = [int(torch.tensor(spatial[k + 1 :]).prod()) for k in range(nd)]
+    out = torch.zeros(n, c, *spatial, dtype=image.dtype)
+
+    def gather(idx):  # idx: nd tensors (n, *S) of integer indices; zero outside
+        inside = torch.ones_like(idx[0], dtype=torch.bool)
+        flat_idx = torch.zeros_like(idx[0])
+        for k in range(nd):
+            inside &= (idx[k] >= 0) & (idx[k] < spatial[k])
+            flat_idx = flat_idx + idx[k].clamp(0, spatial[k] - 1) * strides[k]
+        vals = torch.gather(flat, 2, flat_idx.reshape(n, 1, -1).expand(n, c, -1)).reshape(n, c, *spatial)
+        return vals * inside.unsqueeze(1)
+
+    if mode == "nearest":
+        idx = [torch.round(x).long() for x in coords]  # round half to even, like grid_sample
+        return gather(idx)
+    lo = [torch.floor(x) for x in coords]
+    frac = [(x - f).to(image.dtype) for x, f in zip(coords, lo)]
+    for bits in itertools.product((0, 1), repeat=nd):
+        w = torch.ones_like(frac[0])
+        for k, b in enumerate(bits):
+            w = w * (frac[k] if b else 1 - frac[k])
+        idx = [lo[k].long() + b for k, b in enumerate(bits)]
+        out = out + w.unsqueeze(1) * gather(idx)
+    return out
+
+
+def voxelmorph_grid(flow):
+    """VoxelMorph's sampling grid for a voxel-unit flow: identity + flow, normalized to
+    [-1, 1] with align_corners=True, channels last in (x, y[, z]) order."""
+    spatial = flow.shape[2:]
+    grid = torch.stack(torch.meshgrid([torch.arange(s, dtype=flow.dtype, device=flow.device) for s in spatial], indexing="ij"))
+    locs = grid.unsqueeze(0) + flow
+    locs = torch.stack([2 * (locs[:, i] / (spatial[i] - 1) - 0.5) for i in range(len(spatial))], dim=1)
+    return locs.movedim(1, -1).flip(-1)
+
+
+def voxelmorph_warp(image, flow, mode="bilinear", padding="zeros"):
+    grid = voxelmorph_grid(flow).expand(image.shape[0], *([-1] * (flow.dim() - 1)))
+    return F.grid_sample(image, grid, mode=mode, padding_mode=padding, align_corners=True)
+
+
+def smooth_field(shape, magnitude, generator=None, dtype=torch.float64):
+    """A smooth random displacement (N, nd, *S): coarse noise upsampled, in voxels."""
+    n, nd, *spatial = shape
+    coarse = torch.randn(n, nd, *[max(2, s // 4) for s in spatial], generator=generator, dtype=dtype)
+    mode = "bilinear" if nd == 2 else "trilinear"
+    return F.interpolate(coarse, size=spatial, mode=mode, align_corners=True) * magnitude

@@ -1,0 +1,351 @@
+"""Values and gradients of fastwarp.warp / fastwarp.grid_sample against float64
+references, on CPU (and CUDA when present), at odd sizes."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastwarp
+from reference import smooth_field, voxelmorph_warp, warp_reference
+
+PADDINGS = ["zeros", "border", "reflection"]
+SHAPES = {2: (2, 3, 7, 9), 3: (2, 2, 5, 7, 6)}
+
+
+def rand(shape, gen, lo=-1.0, hi=1.0, dtype=torch.float64):
+    return torch.rand(shape, generator=gen, dtype=dtype) * (hi - lo) + lo
+
+
+def make_grid(n, out_spatial, nd, gen):
+    # reaches past [-1, 1] so that every padding mode matters
+    return rand((n, *out_spatial, nd), gen, -1.25, 1.25)
+
+
+def make_disp(shape, gen, magnitude=3.0):
+    n, nd, *spatial = shape
+    return rand(shape, gen, -magnitude, magnitude)
+
+
+# ------------------------------------------------------------------------- grid_sample
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_grid_sample_matches_torch(nd, mode, padding, align_corners, device, gen):
+    x = torch.randn(SHAPES[nd], generator=gen, dtype=torch.float64)
+    out_spatial = (4, 5, 3)[:nd]  # output size differs from the input's
+    grid = make_grid(x.shape[0], out_spatial, nd, gen)
+    expected = F.grid_sample(x, grid, mode, padding, align_corners)
+    got = fastwarp.grid_sample(x.to(device), grid.to(device), mode, padding, align_corners)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got.cpu(), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_grid_sample_gradients_match_torch(nd, padding, align_corners, device, gen):
+    x = torch.randn(SHAPES[nd], generator=gen, dtype=torch.float64)
+    grid = make_grid(x.shape[0], (4, 5, 3)[:nd], nd, gen)
+    grad_out = torch.randn((*x.shape[:2], *grid.shape[1:-1]), generator=gen, dtype=torch.float64)
+
+    def grads(fn, dev):
+        xi = x.to(dev).requires_grad_()
+        gi = grid.to(dev).requires_grad_()
+        fn(xi, gi, "bilinear", padding, align_corners).backward(grad_out.to(dev))
+        return xi.grad.cpu(), gi.grad.cpu()
+
+    ex, eg = grads(F.grid_sample, "cpu")
+    gx, gg = grads(fastwarp.grid_sample, device)
+    torch.testing.assert_close(gx, ex, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gg, eg, rtol=1e-10, atol=1e-10)
+
+
+def test_grid_sample_defaults_and_bicubic(gen):
+    x = torch.randn(1, 2, 6, 7, generator=gen)
+    grid = make_grid(1, (5, 4), 2, gen).float()
+    torch.testing.assert_close(fastwarp.grid_sample(x, grid), F.grid_sample(x, grid, align_corners=False))
+    # bicubic is not one of ours: it is handed to torch unchanged
+    torch.testing.assert_close(
+        fastwarp.grid_sample(x, grid, mode="bicubic", align_corners=True),
+        F.grid_sample(x, grid, mode="bicubic", align_corners=True),
+    )
+
+
+# ------------------------------------------------------------------------- warp
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+@pytest.mark.parametrize("mode", ["linear", "nearest"])
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("disp_batch", [1, 2])
+def test_warp_matches_reference(nd, mode, padding, disp_batch, device, gen):
+    image = torch.randn(SHAPES[nd], generator=gen, dtype=torch.float64)
+    disp = make_disp((disp_batch, nd, *image.shape[2:]), gen)
+    expected = warp_reference(image, disp, mode, padding)
+    got = fastwarp.warp(image.to(device), disp.to(device), mode, padding)
+    torch.testing.assert_close(got.cpu(), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_warp_matches_voxelmorph_path(nd, mode, padding, device, gen):
+    image = torch.randn(SHAPES[nd], generator=gen, dtype=torch.float64)
+    disp = smooth_field((2, nd, *image.shape[2:]), 2.5, gen)
+    expected = voxelmorph_warp(image, disp, mode, padding)
+    got = fastwarp.warp(image.to(device), disp.to(device), mode, padding)
+    torch.testing.assert_close(got.cpu(), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_warp_gradients_match_voxelmorph_path(nd, padding, device, gen):
+    image = torch.randn(SHAPES[nd], generator=gen, dtype=torch.float64)
+    disp = smooth_field((1, nd, *image.shape[2:]), 2.5, gen)  # one field for the batch
+    grad_out = torch.randn(image.shape, generator=gen, dtype=torch.float64)
+
+    def grads(fn, dev):
+        im = image.to(dev).requires_grad_()
+        d = disp.to(dev).requires_grad_()
+        fn(im, d, "bilinear", padding).backward(grad_out.to(dev))
+        return im.grad.cpu(), d.grad.cpu()
+
+    ei, ed = grads(voxelmorph_warp, "cpu")
+    gi, gd = grads(fastwarp.warp, device)
+    torch.testing.assert_close(gi, ei, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gd, ed, rtol=1e-9, atol=1e-9)
+
+
+def _voxelmorph_transform():
+    """voxelmorph's own warp: the torch-native API (0.3+) or the legacy torch layers."""
+    vxm = pytest.importorskip("voxelmorph")
+    functional = getattr(getattr(vxm, "nn", None), "functional", None)
+    if functional is not None and hasattr(functional, "spatial_transform"):
+        return lambda image, disp: functional.spatial_transform(image, disp)
+    layers = getattr(getattr(vxm, "torch", None), "layers", None)
+    if layers is not None and hasattr(layers, "SpatialTransformer"):
+        return lambda image, disp: layers.SpatialTransformer(image.shape[2:])(image, disp)
+    pytest.skip("this voxelmorph version has no torch spatial transform")
+
+
+def test_warp_matches_voxelmorph_package(gen, monkeypatch):
+    monkeypatch.setenv("VXM_BACKEND", "pytorch")  # legacy versions pick their backend from this
+    transform = _voxelmorph_transform()
+    for nd in (2, 3):
+        image = torch.randn(SHAPES[nd], generator=gen).float()
+        disp = smooth_field((2, nd, *image.shape[2:]), 2.5, gen).float()
+        # float32 tolerance: voxelmorph normalizes to [-1, 1] and grid_sample undoes it
+        torch.testing.assert_close(fastwarp.warp(image, disp), transform(image, disp), rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_warp_gradcheck(nd, padding, device, gen):
+    shape = {2: (2, 2, 4, 5), 3: (1, 2, 3, 4, 5)}[nd]
+    image = torch.randn(shape, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    # non-integer positions everywhere: interpolation is not differentiable at integers
+    disp = (make_disp((shape[0], nd, *shape[2:]), gen, 1.6) + 0.013).to(device).requires_grad_()
+    assert torch.autograd.gradcheck(lambda i, d: fastwarp.warp(i, d, "linear", padding), (image, disp))
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_grid_sample_gradcheck(nd, padding, align_corners, device, gen):
+    shape = {2: (2, 2, 4, 5), 3: (1, 2, 3, 4, 5)}[nd]
+    x = torch.randn(shape, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    grid = (make_grid(shape[0], (3, 2, 4)[:nd], nd, gen) + 0.0123).to(device).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda a, g: fastwarp.grid_sample(a, g, "bilinear", padding, align_corners), (x, grid)
+    )
+
+
+def test_gradients_only_when_required(gen):
+    image = torch.randn(1, 1, 5, 6, generator=gen, dtype=torch.float64)
+    disp = make_disp((1, 2, 5, 6), gen)
+    d = disp.clone().requires_grad_()
+    out = fastwarp.warp(image, d)
+    (gd,) = torch.autograd.grad(out, d, torch.ones_like(out))
+    assert image.grad is None and gd.shape == disp.shape
+    im = image.clone().requires_grad_()
+    out = fastwarp.warp(im, disp)
+    (gi,) = torch.autograd.grad(out, im, torch.ones_like(out))
+    # the image gradient of a linear warp is the adjoint: <warp(x), y> == <x, warp^T(y)>
+    y = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    (adj,) = torch.autograd.grad(fastwarp.warp(im, disp), im, y)
+    torch.testing.assert_close((fastwarp.warp(image, disp) * y).sum(), (image * adj).sum())
+
+
+def test_nearest_mode_coordinate_gradient_is_zero(gen):
+    image = torch.randn(1, 1, 5, 6, generator=gen, dtype=torch.float64)
+    disp = make_disp((1, 2, 5, 6), gen).requires_grad_()
+    fastwarp.warp(image, disp, mode="nearest").sum().backward()
+    assert torch.equal(disp.grad, torch.zeros_like(disp))
+
+
+# ------------------------------------------------------------------------- dtypes and layout
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.int64, torch.bool])
+def test_nearest_label_maps_keep_dtype_and_values(dtype, device, gen):
+    labels = torch.randint(0, 2 if dtype == torch.bool else 200, (2, 1, 6, 7, 5), generator=gen)
+    if dtype == torch.int64:
+        labels = labels + 2**40  # exact only if never routed through float
+    labels = labels.to(dtype)
+    disp = make_disp((2, 3, 6, 7, 5), gen).float()
+    got = fastwarp.warp(labels.to(device), disp.to(device), mode="nearest")
+    assert got.dtype == dtype
+    expected = warp_reference(labels.long(), disp.double(), "nearest")
+    assert torch.equal(got.cpu().long(), expected)
+
+
+def test_integer_image_needs_nearest(gen):
+    labels = torch.randint(0, 5, (1, 1, 4, 4), generator=gen)
+    with pytest.raises(TypeError, match="image.*nearest"):
+        fastwarp.warp(labels, torch.zeros(1, 2, 4, 4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("nd", [2, 3])
+def test_low_precision_error_within_twice_naive(dtype, nd, device, gen):
+    """Error against the float64 truth at most ~2x that of a naive implementation computing
+    in the same precision (fp32 arithmetic inside, as documented)."""
+    image = torch.rand((2, 3, 17, 19, 15)[: 2 + nd], generator=gen, dtype=torch.float64) * 4
+    disp = smooth_field((2, nd, *image.shape[2:]), 3.0, gen)
+    truth = warp_reference(image, disp.to(dtype).double())
+    ours = fastwarp.warp(image.to(dtype).to(device), disp.to(dtype).to(device)).cpu()
+    assert ours.dtype == dtype
+    naive = warp_reference(image.to(dtype), disp.to(dtype))
+    err = (ours.double() - truth).abs().max()
+    naive_err = (naive.double() - truth).abs().max()
+    assert err <= 2 * naive_err + 1e-6, (err, naive_err)
+
+    # gradients in the same precision: compared with float64 autograd, same bound shape
+    d = disp.to(dtype).to(device).requires_grad_()
+    im = image.to(dtype).to(device).requires_grad_()
+    g = torch.rand(image.shape, generator=gen, dtype=torch.float64)
+    fastwarp.warp(im, d).backward(g.to(dtype).to(device))
+    d64 = disp.to(dtype).double().requires_grad_()
+    im64 = image.to(dtype).double().requires_grad_()
+    fastwarp.warp(im64, d64).backward(g.to(dtype).double())
+    for got, exp in ((im.grad, im64.grad), (d.grad, d64.grad)):
+        assert got.dtype == dtype
+        rel = (got.cpu().double() - exp).abs().max() / exp.abs().max()
+        assert rel < (1e-2 if dtype == torch.bfloat16 else 2e-3), rel
+
+
+def test_mixed_dtypes_are_promoted(gen):
+    image = torch.randn(1, 1, 6, 7, generator=gen)
+    disp = make_disp((1, 2, 6, 7), gen)
+    out = fastwarp.warp(image, disp.half())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, fastwarp.warp(image, disp.half().float()))
+
+
+def test_autocast(gen):
+    image = torch.randn(1, 1, 8, 9, 7, generator=gen)
+    conv = torch.nn.Conv3d(2, 3, 3, padding=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        disp = conv(torch.cat([image, image], 1))
+        assert disp.dtype == torch.bfloat16
+        out = fastwarp.warp(image, disp)
+    assert out.dtype == torch.float32  # promoted like grid_sample
+    out.square().mean().backward()
+    assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+def test_non_contiguous_inputs(nd, device, gen):
+    shape = SHAPES[nd]
+    image = torch.randn((shape[0], shape[1], *reversed(shape[2:])), generator=gen, dtype=torch.float64)
+    image = image.transpose(2, -1)  # strided view
+    disp = make_disp((shape[0], *reversed(shape[2:]), nd), gen).movedim(-1, 1).transpose(2, -1)
+    assert not image.is_contiguous() and not disp.is_contiguous()
+    expected = warp_reference(image.contiguous(), disp.contiguous())
+    got = fastwarp.warp(image.to(device), disp.to(device))
+    torch.testing.assert_close(got.cpu(), expected)
+
+    # channels_last, an expanded (stride 0) gradient, a sliced grid
+    cl = image.contiguous(memory_format=torch.channels_last if nd == 2 else torch.channels_last_3d)
+    im = cl.to(device).detach().requires_grad_()
+    d = disp.to(device).detach().requires_grad_()
+    fastwarp.warp(im, d).sum().backward()  # sum's gradient is an expanded ones tensor
+    ri = image.contiguous().requires_grad_()
+    rd = disp.contiguous().requires_grad_()
+    voxelmorph_warp(ri, rd).sum().backward()
+    torch.testing.assert_close(im.grad.cpu(), ri.grad)
+    torch.testing.assert_close(d.grad.cpu(), rd.grad)
+
+    big_grid = make_grid(shape[0], (6, 8, 4)[:nd], nd, gen)
+    grid = big_grid[:, ::2]
+    torch.testing.assert_close(
+        fastwarp.grid_sample(image.to(device), grid.to(device), align_corners=True).cpu(),
+        F.grid_sample(image, grid, align_corners=True),
+    )
+
+
+def test_image_gradient_deterministic(device, gen):
+    image = torch.randn(2, 3, 9, 10, 11, generator=gen).to(device)
+    disp = (smooth_field((2, 3, 9, 10, 11), 4.0, gen).float()).to(device)
+    grad_out = torch.randn(image.shape, generator=gen).to(device)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        results = []
+        for _ in range(3):
+            im = image.clone().requires_grad_()
+            fastwarp.warp(im, disp).backward(grad_out)
+            results.append(im.grad)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert all(torch.equal(results[0], r) for r in results[1:])
+    # and it is the right gradient
+    ref = image.double().cpu().requires_grad_()
+    voxelmorph_warp(ref, disp.double().cpu()).backward(grad_out.double().cpu())
+    torch.testing.assert_close(results[0].cpu().double(), ref.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_offsets_beyond_int32(gen):
+    """A view whose elements lie more than 2**31 elements apart is indexed correctly."""
+    try:
+        storage = torch.empty(2**31 + 2**20, dtype=torch.uint8)
+    except RuntimeError:  # pragma: no cover - machine without the address space
+        pytest.skip("cannot reserve 2 GiB")
+    stride = 2**31 // 3 + 7
+    labels = storage.as_strided((1, 1, 2, 2), (0, 0, 2 * stride, stride))
+    vals = torch.tensor([[3, 5], [7, 11]], dtype=torch.uint8)
+    for i in range(2):
+        for j in range(2):
+            storage[2 * stride * i + stride * j] = vals[i, j]
+    disp = torch.zeros(1, 2, 2, 2)
+    disp[0, 0, 0, 0] = 1.0  # (0, 0) reads (1, 0), the element past 2**31
+    got = fastwarp.warp(labels, disp, mode="nearest")
+    assert got[0, 0].tolist() == [[7, 5], [7, 11]]
+
+
+# ------------------------------------------------------------------------- modules
+
+
+def test_spatial_transformer_is_voxelmorph_compatible(gen):
+    image = torch.randn(2, 1, 6, 7, 5, generator=gen, dtype=torch.float64)
+    flow = smooth_field((2, 3, 6, 7, 5), 2.0, gen)
+    st = fastwarp.nn.SpatialTransformer((6, 7, 5))
+    torch.testing.assert_close(st(image, flow), voxelmorph_warp(image, flow))
+    st_nn = fastwarp.nn.SpatialTransformer((6, 7, 5), mode="nearest")
+    torch.testing.assert_close(st_nn(image, flow), voxelmorph_warp(image, flow, mode="nearest"))
+    assert "size=(6, 7, 5)" in repr(st)
+    with pytest.raises(ValueError, match="flow spatial shape"):
+        st(image, flow[..., :4])
+    with pytest.raises(ValueError, match="mode"):
+        fastwarp.nn.SpatialTransformer((6, 7, 5), mode="bicubic")
+
+
+def test_warp_module(gen):
+    image = torch.randn(1, 2, 5, 6, generator=gen, dtype=torch.float64)
+    disp = make_disp((1, 2, 5, 6), gen)
+    m = fastwarp.nn.Warp(padding_mode="border")
+    torch.testing.assert_close(m(image, disp), warp_reference(image, disp, padding="border"))
+    assert "border" in repr(m)
