@@ -19,7 +19,7 @@
 
 // Full unrolling of the small fixed loops over axes and corners, so their arrays live in
 // registers. (`#pragma unroll` is nvcc's and clang's spelling; gcc ignores it.)
-#if defined(__CUDA_ARCH__) || defined(__clang__)
+#if defined(__CUDACC__) || defined(__clang__)
 #define FASTWARP_UNROLL _Pragma("unroll")
 #elif defined(__GNUC__)
 #define FASTWARP_UNROLL _Pragma("GCC unroll 16")

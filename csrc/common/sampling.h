@@ -454,8 +454,8 @@ FASTWARP_UNROLL
   for (int k = 0; k < NDIM; ++k) gx[k] = T(0);
 
   if (any) {
-    Corners<T, index_t, NDIM> cs;  // offsets into the image (for want_coord)
-    Corners<T, index_t, NDIM> gs;  // offsets into grad_image
+    Corners<T, index_t, NDIM> cs{};  // offsets into the image (for want_coord)
+    Corners<T, index_t, NDIM> gs{};  // offsets into grad_image
     if (want_coord) make_corners(P, ps, any, P.img_stride, &cs);
     if (grad_image != nullptr) make_corners(P, ps, any, P.gimg_stride, &gs);
     T wk[NDIM][K / 2];  // see Note [Coordinate gradient of linear interpolation]
