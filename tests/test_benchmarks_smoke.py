@@ -1,0 +1,33 @@
+"""The benchmarks run: benchmarks/bench_warp.py at tiny sizes and untimed, in a subprocess (it has
+its own conftest and options). Its ``test_agreement`` cases check, in float64, that the baselines
+(grid_sample, the plain-PyTorch VoxelMorph transformer and, where installed, voxelmorph's and
+MONAI's own) compute what fastwarp.warp does; here we make sure they ran rather than skipped."""
+
+import importlib.util
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_benchmarks_run_tiny():
+    cmd = [sys.executable, "-m", "pytest", "benchmarks/bench_warp.py", "--benchmark-disable", "--fw-size=tiny"]
+    cmd += ["-q", "-p", "no:cacheprovider", "-rA"]  # -rA lists every passed test by id
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+
+    passed = re.search(r"(\d+) passed", output)
+    assert passed and int(passed.group(1)) > 0, output
+
+    baselines = ["grid_sample", "voxelmorph"]
+    if importlib.util.find_spec("monai") is not None:
+        baselines.append("monai")
+    for nd in ("2d", "3d"):
+        for impl in baselines:
+            assert f"PASSED benchmarks/bench_warp.py::test_agreement[cpu-{nd}-{impl}]" in output, output
