@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "../common/sample_op.h"
 
@@ -52,6 +53,35 @@ void for_each_point(const SampleParams<NDIM>& P, int64_t r0, int64_t r1, const F
   }
 }
 
+// Calls f(Config) with a StaticConfig for linear interpolation of floating images (see
+// Note [Sampling configurations]) and DynamicConfig otherwise.
+template <typename scalar_t, int NDIM, typename F>
+void dispatch_config(const SampleParams<NDIM>& P, const F& f) {
+  if (std::is_integral<scalar_t>::value || P.interp != Interp::Linear) {
+    f(DynamicConfig{});
+    return;
+  }
+  auto with_padding = [&](auto displacement) {
+    constexpr bool kDisp = decltype(displacement)::value;
+    switch (P.padding) {
+      case Padding::Zeros:
+        f(StaticConfig<kDisp, Interp::Linear, Padding::Zeros>{});
+        break;
+      case Padding::Border:
+        f(StaticConfig<kDisp, Interp::Linear, Padding::Border>{});
+        break;
+      case Padding::Reflection:
+        f(StaticConfig<kDisp, Interp::Linear, Padding::Reflection>{});
+        break;
+    }
+  };
+  if (P.displacement) {
+    with_padding(std::true_type{});
+  } else {
+    with_padding(std::false_type{});
+  }
+}
+
 struct PlainAdd {
   template <typename T>
   void operator()(T* p, T v) const {
@@ -67,9 +97,12 @@ struct CpuBackend {
   static void forward(const SampleParams<NDIM>& P, const scalar_t* image, const coord_t* coords,
                       scalar_t* out) {
     using T = at::opmath_type<coord_t>;
-    at::parallel_for(0, num_rows(P), rows_per_task(P), [&](int64_t r0, int64_t r1) {
-      for_each_point(P, r0, r1, [&](int64_t nd, const int64_t(&pos)[NDIM]) {
-        forward_point<scalar_t, T, coord_t, int64_t, NDIM>(P, image, coords, out, nd, pos);
+    dispatch_config<scalar_t>(P, [&](auto config) {
+      using Cfg = decltype(config);
+      at::parallel_for(0, num_rows(P), rows_per_task(P), [&](int64_t r0, int64_t r1) {
+        for_each_point(P, r0, r1, [&](int64_t nd, const int64_t(&pos)[NDIM]) {
+          forward_point<Cfg, scalar_t, T, coord_t, int64_t, NDIM>(P, image, coords, out, nd, pos);
+        });
       });
     });
   }
@@ -88,12 +121,21 @@ struct CpuBackend {
   static void backward(const SampleParams<NDIM>& P, const scalar_t* grad_out,
                        const scalar_t* image, const scalar_t* coords,
                        at::opmath_type<scalar_t>* grad_image, scalar_t* grad_coords) {
+    dispatch_config<scalar_t>(P, [&](auto config) {
+      backward_loop<decltype(config)>(P, grad_out, image, coords, grad_image, grad_coords);
+    });
+  }
+
+  template <typename Cfg, typename scalar_t, int NDIM>
+  static void backward_loop(const SampleParams<NDIM>& P, const scalar_t* grad_out,
+                            const scalar_t* image, const scalar_t* coords,
+                            at::opmath_type<scalar_t>* grad_image, scalar_t* grad_coords) {
     using T = at::opmath_type<scalar_t>;
     const int64_t rows = num_rows(P);
     auto run_rows = [&](int64_t r0, int64_t r1, T* gi) {
       for_each_point(P, r0, r1, [&](int64_t nd, const int64_t(&pos)[NDIM]) {
-        backward_point<scalar_t, T, scalar_t, int64_t, NDIM>(P, grad_out, image, coords, gi,
-                                                             grad_coords, nd, pos, PlainAdd{});
+        backward_point<Cfg, scalar_t, T, scalar_t, int64_t, NDIM>(
+            P, grad_out, image, coords, gi, grad_coords, nd, pos, PlainAdd{});
       });
     };
     if (grad_image == nullptr) {

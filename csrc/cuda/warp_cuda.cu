@@ -49,7 +49,8 @@ __global__ void __launch_bounds__(kThreads)
   if (i >= total) return;
   index_t nd, pos[NDIM];
   thread_point(P, i, points, &nd, pos);
-  forward_point<scalar_t, T, coord_t, index_t, NDIM>(P, image, coords, out, nd, pos);
+  forward_point<DynamicConfig, scalar_t, T, coord_t, index_t, NDIM>(P, image, coords, out, nd,
+                                                                   pos);
 }
 
 struct AtomicAdd {
@@ -70,8 +71,8 @@ __global__ void __launch_bounds__(kThreads)
   if (i >= total) return;
   index_t nd, pos[NDIM];
   thread_point(P, i, points, &nd, pos);
-  backward_point<scalar_t, T, scalar_t, index_t, NDIM>(P, grad_out, image, coords, grad_image,
-                                                       grad_coords, nd, pos, AtomicAdd{});
+  backward_point<DynamicConfig, scalar_t, T, scalar_t, index_t, NDIM>(
+      P, grad_out, image, coords, grad_image, grad_coords, nd, pos, AtomicAdd{});
 }
 
 // Note [Deterministic image gradient on the GPU]
@@ -104,7 +105,7 @@ __global__ void __launch_bounds__(kThreads)
   nd = P.coord_batch == 1 ? 0 : n;
   PointSample<T, NDIM> ps;
   int64_t key = kNoVoxel;
-  if (b < num_corners<NDIM>(P.interp) && compute_point<T>(P, coords, nd, pos, &ps)) {
+  if (b < num_corners<NDIM>(P.interp) && compute_point<DynamicConfig, T>(P, coords, nd, pos, &ps)) {
     int64_t off;
     if (corner_offset<T, int64_t, NDIM>(ps, b, P.gimg_stride, &off)) key = n * voxels + off;
   }
@@ -134,7 +135,7 @@ __global__ void __launch_bounds__(kThreads)
       thread_point(P, (e / K) % points, points, &nd, pos);
       nd = P.coord_batch == 1 ? 0 : n;
       PointSample<T, NDIM> ps;
-      compute_point<T>(P, coords, nd, pos, &ps);
+      compute_point<DynamicConfig, T>(P, coords, nd, pos, &ps);
       const T g = static_cast<T>(grad_out[n * P.out_stride_n + c * P.out_stride_c +
                                           spatial_offset(pos, P.out_stride)]);
       acc += corner_weight(ps, b) * g;
