@@ -12,23 +12,49 @@ PADDING = {"zeros": 0, "border": 1, "reflection": 2}
 LINEAR = INTERP["linear"]
 NEAREST = INTERP["nearest"]
 
+# The forward Jacobian (csrc/common/sampling.h, Note [Forward Jacobian]) holds ndim values
+# per output element; it is asked for only while that is at most this many per point of the
+# coordinate field (e.g. one or two single-channel images per field).
+JACOBIAN_MAX_IMAGES_PER_FIELD = 2
+
 
 def has_cuda_kernels() -> bool:
     """Whether this build of fastwarp has CUDA kernels (it was compiled with a toolkit)."""
     return torch._C._dispatch_has_kernel_for_dispatch_key("fastwarp::warp", "CUDA")
 
 
+def want_jacobian(image, coords, interp):
+    """Whether the forward should also return its Jacobian: the training case, where only
+    the coordinates need a gradient and the Jacobian is small."""
+    return (
+        interp == LINEAR
+        and torch.is_grad_enabled()
+        and coords.requires_grad
+        and not image.requires_grad
+        and image.is_floating_point()
+        and image.shape[0] * image.shape[1] <= JACOBIAN_MAX_IMAGES_PER_FIELD * coords.shape[0]
+    )
+
+
 # --------------------------------------------------------------------------- fake kernels
 
 
+def _jacobian_fake(out, nd, jacobian):
+    if jacobian:
+        return out.new_empty((*out.shape[:2], nd, *out.shape[2:]))
+    return out.new_empty(0)
+
+
 @torch.library.register_fake("fastwarp::warp")
-def _warp_fake(image, disp, interp, padding):
-    return image.new_empty(image.shape)
+def _warp_fake(image, disp, interp, padding, jacobian=False):
+    out = image.new_empty(image.shape)
+    return out, _jacobian_fake(out, image.dim() - 2, jacobian)
 
 
 @torch.library.register_fake("fastwarp::grid_sample")
-def _grid_sample_fake(input, grid, interp, padding, align_corners):
-    return input.new_empty((*input.shape[:2], *grid.shape[1:-1]))
+def _grid_sample_fake(input, grid, interp, padding, align_corners, jacobian=False):
+    out = input.new_empty((*input.shape[:2], *grid.shape[1:-1]))
+    return out, _jacobian_fake(out, input.dim() - 2, jacobian)
 
 
 def _backward_fake(grad_output, image_size, coords, output_mask):
@@ -51,28 +77,54 @@ def _grid_sample_backward_fake(
 
 # --------------------------------------------------------------------------- autograd
 #
-# Both ops are linear in the image, so the image gradient needs only the coordinates;
-# the coordinate gradient also needs the image, which is therefore saved only when that
-# gradient is wanted. Nearest sampling is piecewise constant: its coordinate gradient is
-# zero and needs no kernel. Second derivatives are not implemented.
+# Both ops are linear in the image, so the image gradient needs only the coordinates; the
+# coordinate gradient also needs the image, which is therefore saved only when that
+# gradient is wanted and no forward Jacobian was computed. With the Jacobian, the
+# coordinate gradient is sum over channels of grad * jacobian. Nearest sampling is
+# piecewise constant: its coordinate gradient is zero and needs no kernel. Second
+# derivatives are not implemented.
 
 
 def _setup_context(ctx, inputs, output):
     image, coords, interp = inputs[0], inputs[1], inputs[2]
+    jac = output[1]
+    ctx.mark_non_differentiable(jac)
     ctx.interp = interp
-    ctx.extra = tuple(inputs[3:])  # padding (and align_corners for grid_sample)
+    ctx.extra = tuple(inputs[3:-1])  # padding (and align_corners for grid_sample)
     ctx.image_size = image.shape
-    need_image = ctx.needs_input_grad[1] and interp == LINEAR
-    ctx.save_for_backward(image if need_image else None, coords)
+    ctx.coord_batch = coords.shape[0]
+    ctx.use_jacobian = jac.numel() > 0
+    need_image = ctx.needs_input_grad[1] and interp == LINEAR and not ctx.use_jacobian
+    ctx.save_for_backward(
+        image if need_image else None, coords, jac if ctx.use_jacobian else None
+    )
 
 
-def _make_backward(backward_op, n_extra):
-    def backward(ctx, grad):
-        image, coords = ctx.saved_tensors
+def _coords_grad_from_jacobian(grad, jac, coord_batch, grid_layout):
+    # grad (N, C, *S), jac (N, C, ndim, *S) -> (N or 1, ndim, *S), axis order
+    if jac.dtype in (torch.float16, torch.bfloat16):
+        g = (grad.float().unsqueeze(2) * jac.float()).sum(1).to(jac.dtype)
+    else:
+        g = (grad.unsqueeze(2) * jac).sum(1)
+    if coord_batch == 1 and g.shape[0] != 1:
+        g = g.sum(0, keepdim=True)
+    if grid_layout:  # grid components are (x, y[, z]): axis order reversed, channels last
+        g = g.movedim(1, -1).flip(-1)
+    return g
+
+
+def _make_backward(backward_op, grid_layout):
+    n_extra = 4 if grid_layout else 3  # interp, padding, [align_corners,] jacobian
+
+    def backward(ctx, grad, _grad_jac):
+        image, coords, jac = ctx.saved_tensors
         want_image, want_coords = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_image = grad_coords = None
         if want_coords and ctx.interp == NEAREST:
             grad_coords = torch.zeros_like(coords)
+            want_coords = False
+        if want_coords and jac is not None:
+            grad_coords = _coords_grad_from_jacobian(grad, jac, ctx.coord_batch, grid_layout)
             want_coords = False
         if want_image or want_coords:
             gi, gc = backward_op(
@@ -80,18 +132,18 @@ def _make_backward(backward_op, n_extra):
             )
             grad_image = gi if want_image else None
             grad_coords = gc if want_coords else grad_coords
-        return (grad_image, grad_coords) + (None,) * (1 + n_extra)
+        return (grad_image, grad_coords) + (None,) * n_extra
 
     return backward
 
 
 torch.library.register_autograd(
     "fastwarp::warp",
-    _make_backward(torch.ops.fastwarp.warp_backward.default, 1),
+    _make_backward(torch.ops.fastwarp.warp_backward.default, grid_layout=False),
     setup_context=_setup_context,
 )
 torch.library.register_autograd(
     "fastwarp::grid_sample",
-    _make_backward(torch.ops.fastwarp.grid_sample_backward.default, 2),
+    _make_backward(torch.ops.fastwarp.grid_sample_backward.default, grid_layout=True),
     setup_context=_setup_context,
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ._ops import INTERP, NEAREST, PADDING, has_cuda_kernels
+from ._ops import INTERP, NEAREST, PADDING, has_cuda_kernels, want_jacobian
 
 __all__ = ["warp", "grid_sample"]
 
@@ -126,7 +126,8 @@ def warp(
     if disp.shape[0] not in (1, image.shape[0]):
         raise ValueError(f"disp batch must be 1 or the image batch {image.shape[0]}, got {disp.shape[0]}")
     image, disp = _promote(image, disp, interp, "image", "disp")
-    return torch.ops.fastwarp.warp(image, disp, interp, padding)
+    jacobian = want_jacobian(image, disp, interp)
+    return torch.ops.fastwarp.warp(image, disp, interp, padding, jacobian)[0]
 
 
 def grid_sample(
@@ -158,4 +159,5 @@ def grid_sample(
     if grid.shape[0] != input.shape[0]:
         raise ValueError(f"grid batch {grid.shape[0]} must equal input batch {input.shape[0]}")
     input, grid = _promote(input, grid, interp, "input", "grid")
-    return torch.ops.fastwarp.grid_sample(input, grid, interp, padding, bool(align_corners))
+    jacobian = want_jacobian(input, grid, interp)
+    return torch.ops.fastwarp.grid_sample(input, grid, interp, padding, bool(align_corners), jacobian)[0]

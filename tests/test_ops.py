@@ -15,9 +15,11 @@ def _warp_samples(device):
             for padding in (0, 1, 2):
                 image = torch.randn(shape, generator=g, dtype=torch.float64).to(device)
                 disp = smooth_field((shape[0], nd, *shape[2:]), 1.5, g).to(device)
-                yield (image.requires_grad_(), disp.requires_grad_(), interp, padding)
+                yield (image.requires_grad_(), disp.requires_grad_(), interp, padding, False)
+                if interp == 0:  # the training path: forward Jacobian, disp gradient only
+                    yield (image.detach(), disp, interp, padding, True)
     labels = torch.randint(0, 9, (1, 1, 5, 6), generator=g).to(device)
-    yield (labels, torch.randn(1, 2, 5, 6, generator=g).to(device), 1, 0)
+    yield (labels, torch.randn(1, 2, 5, 6, generator=g).to(device), 1, 0, False)
 
 
 def _grid_sample_samples(device):
@@ -27,7 +29,8 @@ def _grid_sample_samples(device):
             for align in (True, False):
                 x = torch.randn(shape, generator=g, dtype=torch.float64).to(device)
                 grid = (torch.rand((shape[0], 3, 4, 2)[: nd + 1] + (nd,), generator=g, dtype=torch.float64) * 2.2 - 1.1).to(device)
-                yield (x.requires_grad_(), grid.requires_grad_(), 0, padding, align)
+                yield (x.requires_grad_(), grid.requires_grad_(), 0, padding, align, False)
+                yield (x.detach(), grid, 0, padding, align, True)
 
 
 def test_opcheck_warp(device):
@@ -73,11 +76,16 @@ def test_compile_fullgraph(device):
         return (warped - fixed).square().mean() + resampled.abs().mean()
 
     compiled = torch.compile(loss_fn, fullgraph=True)
-    d_eager = disp0.clone().requires_grad_()
-    d_comp = disp0.clone().requires_grad_()
-    eager = loss_fn(image, d_eager, fixed)
-    comp = compiled(image, d_comp, fixed)
-    eager.backward()
-    comp.backward()
-    torch.testing.assert_close(comp, eager)
-    torch.testing.assert_close(d_comp.grad, d_eager.grad)
+    for image_grad in (False, True):  # the training path (forward Jacobian), and both grads
+        im_eager = image.clone().requires_grad_(image_grad)
+        im_comp = image.clone().requires_grad_(image_grad)
+        d_eager = disp0.clone().requires_grad_()
+        d_comp = disp0.clone().requires_grad_()
+        eager = loss_fn(im_eager, d_eager, fixed)
+        comp = compiled(im_comp, d_comp, fixed)
+        eager.backward()
+        comp.backward()
+        torch.testing.assert_close(comp, eager)
+        torch.testing.assert_close(d_comp.grad, d_eager.grad)
+        if image_grad:
+            torch.testing.assert_close(im_comp.grad, im_eager.grad)

@@ -163,6 +163,33 @@ def test_grid_sample_gradcheck(nd, padding, align_corners, device, gen):
     )
 
 
+@pytest.mark.parametrize("nd", [2, 3])
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("disp_batch", [1, 2])
+def test_training_path_forward_jacobian(nd, padding, disp_batch, device, gen, monkeypatch):
+    """Only the displacement needs a gradient (training): the forward also returns its
+    Jacobian and the backward is a multiply-and-sum. It must equal the recomputing kernel."""
+    image = torch.randn((2, 1, 6, 7, 5)[: 2 + nd], generator=gen, dtype=torch.float64).to(device)
+    disp0 = smooth_field((disp_batch, nd, *image.shape[2:]), 2.5, gen).to(device)
+    grid0 = make_grid(2, (4, 5, 3)[:nd], nd, gen).to(device)
+    grad = torch.randn(image.shape, generator=gen, dtype=torch.float64).to(device)
+    grad_g = torch.randn((2, 1, 4, 5, 3)[: 2 + nd], generator=gen, dtype=torch.float64).to(device)
+
+    def grads(max_images):
+        monkeypatch.setattr(fastwarp._ops, "JACOBIAN_MAX_IMAGES_PER_FIELD", max_images)
+        d = disp0.clone().requires_grad_()
+        g = grid0.clone().requires_grad_()
+        (gd,) = torch.autograd.grad(fastwarp.warp(image, d, padding_mode=padding), d, grad)
+        (gg,) = torch.autograd.grad(fastwarp.grid_sample(image, g, padding_mode=padding), g, grad_g)
+        return gd, gg
+
+    with_jac, without = grads(8), grads(0)
+    torch.testing.assert_close(with_jac[0], without[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(with_jac[1], without[1], rtol=1e-12, atol=1e-12)
+    d = (disp0 + 0.013).clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda d: fastwarp.warp(image, d, "linear", padding), (d,))
+
+
 def test_gradients_only_when_required(gen):
     image = torch.randn(1, 1, 5, 6, generator=gen, dtype=torch.float64)
     disp = make_disp((1, 2, 5, 6), gen)

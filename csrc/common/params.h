@@ -130,6 +130,13 @@ void set_output(SampleParams<NDIM>* P, const at::Tensor& out) {
 }
 
 template <int NDIM>
+void set_jacobian(SampleParams<NDIM>* P, const at::Tensor& jac) {
+  P->jac_stride_n = jac.stride(0);
+  P->jac_stride_c = jac.stride(1);
+  P->jac_stride_k = jac.stride(2);
+}
+
+template <int NDIM>
 void set_grad_coords(SampleParams<NDIM>* P, const at::Tensor& grad_coords, CoordKind kind) {
   P->gcoord_stride_n = grad_coords.stride(0);
   for (int k = 0; k < NDIM; ++k) {
@@ -166,6 +173,8 @@ bool params_fit_int32(const SampleParams<NDIM>& P, int64_t threads) {
          reach(P.img_stride_n, P.N, P.img_stride_c, P.C, P.img_stride, P.in_size) < lim &&
          reach(P.gimg_stride_n, P.N, P.gimg_stride_c, P.C, P.gimg_stride, P.in_size) < lim &&
          reach(P.out_stride_n, P.N, P.out_stride_c, P.C, P.out_stride, P.out_size) < lim &&
+         reach(P.jac_stride_n, P.N, P.jac_stride_c, P.C, P.out_stride, P.out_size) +
+                 std::abs(P.jac_stride_k) * NDIM < lim &&
          reach(P.coord_stride_n, P.coord_batch, 0, 0, P.coord_stride, P.out_size) +
                  std::abs(P.coord_axis_offset[NDIM - 1]) + std::abs(P.coord_axis_offset[0]) < lim &&
          reach(P.gcoord_stride_n, P.coord_batch, 0, 0, P.gcoord_stride, P.out_size) +

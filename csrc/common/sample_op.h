@@ -5,7 +5,8 @@
 //     static Guard device_guard(const at::Tensor&);   // RAII: run on this tensor's device
 //     template <typename scalar_t, typename coord_t, int NDIM>
 //     static void forward(const SampleParams<NDIM>&, const scalar_t* image,
-//                         const coord_t* coords, scalar_t* out);
+//                         const coord_t* coords, scalar_t* out,
+//                         scalar_t* jacobian);                    // or nullptr
 //     template <typename scalar_t, int NDIM>
 //     static void backward(const SampleParams<NDIM>&, const scalar_t* grad_out,
 //                          const scalar_t* image, const scalar_t* coords,
@@ -21,28 +22,44 @@
 
 namespace fastwarp {
 
+// Returns (output, jacobian); the jacobian d(output)/d(coordinate value along axis k),
+// (N, C, NDIM, *out_spatial), is computed only when asked (see Note [Forward Jacobian]) and
+// is an empty tensor otherwise.
 template <typename Backend>
-at::Tensor sample_forward(const at::Tensor& image, const at::Tensor& coords, CoordKind kind,
-                          int64_t interp_code, int64_t padding_code, bool align_corners) {
+std::tuple<at::Tensor, at::Tensor> sample_forward(const at::Tensor& image, const at::Tensor& coords,
+                                                  CoordKind kind, int64_t interp_code,
+                                                  int64_t padding_code, bool align_corners,
+                                                  bool jacobian) {
   const Interp interp = to_interp(interp_code);
   const Padding padding = to_padding(padding_code);
   check_sample_args(image, coords, kind, interp);
-  at::Tensor out = at::empty(output_shape(image.sizes(), coords, kind), image.options());
+  TORCH_CHECK(!jacobian || (interp == Interp::Linear && at::isFloatingType(image.scalar_type())),
+              "fastwarp: the forward Jacobian needs linear interpolation of a floating image");
+  const std::vector<int64_t> out_shape = output_shape(image.sizes(), coords, kind);
+  at::Tensor out = at::empty(out_shape, image.options());
+  std::vector<int64_t> jac_shape = {0};
+  if (jacobian) {
+    jac_shape = {out_shape[0], out_shape[1], image.dim() - 2};
+    jac_shape.insert(jac_shape.end(), out_shape.begin() + 2, out_shape.end());
+  }
+  at::Tensor jac = at::empty(jac_shape, image.options());
   dispatch_ndim(image.dim() - 2, [&](auto ndim_tag) {
     constexpr int NDIM = decltype(ndim_tag)::value;
     SampleParams<NDIM> P =
         make_params<NDIM>(image.sizes(), image, coords, kind, interp, padding, align_corners);
     set_output(&P, out);
+    if (jacobian) set_jacobian(&P, jac);
     dispatch_sample_types(image.scalar_type(), coords.scalar_type(),
                           [&](auto image_tag, auto coord_tag) {
                             using scalar_t = typename decltype(image_tag)::type;
                             using coord_t = typename decltype(coord_tag)::type;
                             Backend::template forward<scalar_t, coord_t, NDIM>(
                                 P, image.const_data_ptr<scalar_t>(),
-                                coords.const_data_ptr<coord_t>(), out.mutable_data_ptr<scalar_t>());
+                                coords.const_data_ptr<coord_t>(), out.mutable_data_ptr<scalar_t>(),
+                                jacobian ? jac.mutable_data_ptr<scalar_t>() : nullptr);
                           });
   });
-  return out;
+  return {out, jac};
 }
 
 // output_mask = {grad of the image, grad of the coordinates}; a gradient not asked for
@@ -114,10 +131,11 @@ std::tuple<at::Tensor, at::Tensor> sample_backward(const at::Tensor& grad_out,
 // The schemas (csrc/fastwarp.cpp) bound to one backend.
 template <typename Backend>
 struct SampleOps {
-  static at::Tensor warp(const at::Tensor& image, const at::Tensor& disp, int64_t interp,
-                         int64_t padding) {
+  static std::tuple<at::Tensor, at::Tensor> warp(const at::Tensor& image, const at::Tensor& disp,
+                                                 int64_t interp, int64_t padding, bool jacobian) {
     [[maybe_unused]] const auto guard = Backend::device_guard(image);
-    return sample_forward<Backend>(image, disp, CoordKind::Displacement, interp, padding, true);
+    return sample_forward<Backend>(image, disp, CoordKind::Displacement, interp, padding, true,
+                                   jacobian);
   }
 
   static std::tuple<at::Tensor, at::Tensor> warp_backward(
@@ -129,10 +147,13 @@ struct SampleOps {
                                     interp, padding, true, output_mask);
   }
 
-  static at::Tensor grid_sample(const at::Tensor& input, const at::Tensor& grid, int64_t interp,
-                                int64_t padding, bool align_corners) {
+  static std::tuple<at::Tensor, at::Tensor> grid_sample(const at::Tensor& input,
+                                                        const at::Tensor& grid, int64_t interp,
+                                                        int64_t padding, bool align_corners,
+                                                        bool jacobian) {
     [[maybe_unused]] const auto guard = Backend::device_guard(input);
-    return sample_forward<Backend>(input, grid, CoordKind::Grid, interp, padding, align_corners);
+    return sample_forward<Backend>(input, grid, CoordKind::Grid, interp, padding, align_corners,
+                                   jacobian);
   }
 
   static std::tuple<at::Tensor, at::Tensor> grid_sample_backward(

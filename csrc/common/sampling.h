@@ -75,6 +75,9 @@ struct SampleParams {
   Padding padding;
   // output (forward) or grad_output (backward): (N, C, *out_size), arbitrary strides
   int64_t out_stride_n, out_stride_c, out_stride[NDIM];
+  // optional forward Jacobian d(out)/d(v_k): (N, C, NDIM, *out_size), contiguous, axis order;
+  // its spatial strides are those of the (contiguous) output
+  int64_t jac_stride_n, jac_stride_c, jac_stride_k;
   // gradient of the coordinates (backward only): same layout as the coordinates
   int64_t gcoord_stride_n, gcoord_stride[NDIM], gcoord_axis_offset[NDIM];
   // gradient of the image (backward only): (N, C, *in_size), contiguous
@@ -326,6 +329,16 @@ FASTWARP_UNROLL
 // W_{-k} is built like make_corners' weights, skipping axis k: 3 x 4 products in 3-D
 // instead of 8 x 3 x 2.
 
+// Note [Forward Jacobian]
+// ~~~~~~~~~~~~~~~~~~~~~~~
+// In training, the displacement needs a gradient and the image (data) does not. The
+// coordinate gradient is then sum over c of grad_out[c] * d(out[c])/d(v_k), and the
+// forward has every ingredient of d(out)/d(v_k) in registers already (the same corner
+// values). So when asked, the forward also writes it, NDIM values per (n, c, point), and
+// the backward becomes one streaming multiply-and-sum in place of a second pass that
+// recomputes every source index and re-gathers every corner. fastwarp/_ops.py asks for
+// it only when it is small (few channels) and only the coordinates need a gradient.
+
 // Products of the weights of every axis but k, in corner order with bit k removed.
 template <typename T, int NDIM>
 FASTWARP_HD void weights_without_axis(const PointSample<T, NDIM>& ps, int k,
@@ -352,6 +365,31 @@ FASTWARP_HD int insert_axis_bit(int r, int k, int bit) {
   const int shift = NDIM - 1 - k;
   const int low = r & ((1 << shift) - 1);
   return ((r >> shift) << (shift + 1)) | (bit << shift) | low;
+}
+
+// Pairwise sum of K terms (K a power of two): log2(K) dependent additions instead of K,
+// which matters on the CPU, where the latency of a serial chain of 8 adds was the largest
+// single cost of the 3-D forward.
+template <int K, typename T>
+FASTWARP_HD T tree_sum(T (&t)[K]) {
+FASTWARP_UNROLL
+  for (int width = K / 2; width >= 1; width /= 2) {
+FASTWARP_UNROLL
+    for (int j = 0; j < width; ++j) t[j] += t[j + width];
+  }
+  return t[0];
+}
+
+// d(interpolated value)/d(x_k) from the corner values v (outside corners already zero) and
+// the other axes' weight products wk (Note [Coordinate gradient of linear interpolation]).
+template <typename T, int NDIM>
+FASTWARP_HD T axis_derivative(const T (&wk)[(1 << NDIM) / 2], const T (&v)[1 << NDIM], int k) {
+  T terms[(1 << NDIM) / 2];
+FASTWARP_UNROLL
+  for (int r = 0; r < (1 << NDIM) / 2; ++r) {
+    terms[r] = wk[r] * (v[insert_axis_bit<NDIM>(r, k, 1)] - v[insert_axis_bit<NDIM>(r, k, 0)]);
+  }
+  return tree_sum<(1 << NDIM) / 2>(terms);
 }
 
 // Batch images served by coordinate batch nd: all of them for a shared field, else nd.
@@ -421,30 +459,24 @@ FASTWARP_UNROLL
   }
 }
 
-// Pairwise sum of K terms (K a power of two): log2(K) dependent additions instead of K,
-// which matters on the CPU, where the latency of a serial chain of 8 adds was the largest
-// single cost of the 3-D forward.
-template <int K, typename T>
-FASTWARP_HD T tree_sum(T (&t)[K]) {
-FASTWARP_UNROLL
-  for (int width = K / 2; width >= 1; width /= 2) {
-FASTWARP_UNROLL
-    for (int j = 0; j < width; ++j) t[j] += t[j + width];
-  }
-  return t[0];
-}
-
 // Forward: out[n, c, pos] = sum over corners of weight * image[n, c, corner]. Nearest
 // mode copies the voxel as it is, so integer label maps come back exact.
+// With `jac` (linear only; see Note [Forward Jacobian]) it also writes d(out)/d(v_k).
 template <typename Cfg, typename scalar_t, typename T, typename coord_t, typename index_t, int NDIM>
 FASTWARP_HD void forward_point(const SampleParams<NDIM>& P, const scalar_t* image,
-                               const coord_t* coords, scalar_t* out, index_t nd,
+                               const coord_t* coords, scalar_t* out, scalar_t* jac, index_t nd,
                                const index_t (&pos)[NDIM]) {
   constexpr int K = 1 << NDIM;
   PointSample<T, NDIM> ps;
   const bool any = compute_point<Cfg, T>(P, coords, nd, pos, &ps);
   Corners<T, index_t, NDIM> cs;
   make_corners<Cfg>(P, ps, any, P.img_stride, &cs);
+  const bool want_jac = jac != nullptr && Cfg::interp(P) == Interp::Linear;
+  T wk[NDIM][K / 2];  // see Note [Coordinate gradient of linear interpolation]
+  if (want_jac) {
+FASTWARP_UNROLL
+    for (int k = 0; k < NDIM; ++k) weights_without_axis(ps, k, wk[k]);
+  }
   index_t n0, n1;
   image_batch_range(P, nd, &n0, &n1);
   const index_t out_sp = spatial_offset(pos, P.out_stride);
@@ -460,13 +492,23 @@ FASTWARP_HD void forward_point(const SampleParams<NDIM>& P, const scalar_t* imag
         // Every corner is loaded (its offset is clamped, so the load is safe) and a
         // corner outside contributes a selected zero, not weight * value: an Inf or NaN
         // voxel beside the border must not leak into a point that does not touch it.
-        T terms[K];
+        T v[K], terms[K];
 FASTWARP_UNROLL
         for (int b = 0; b < K; ++b) {
-          const T v = static_cast<T>(img_c[cs.off[b]]);
-          terms[b] = cs.in[b] ? cs.w[b] * v : T(0);
+          const T val = static_cast<T>(img_c[cs.off[b]]);
+          v[b] = cs.in[b] ? val : T(0);
+          terms[b] = cs.w[b] * v[b];
         }
         *dst = static_cast<scalar_t>(tree_sum<K>(terms));
+        if (want_jac) {
+          scalar_t* j = jac + n * static_cast<index_t>(P.jac_stride_n) +
+                        c * static_cast<index_t>(P.jac_stride_c) + out_sp;
+FASTWARP_UNROLL
+          for (int k = 0; k < NDIM; ++k) {
+            j[k * static_cast<index_t>(P.jac_stride_k)] =
+                static_cast<scalar_t>(ps.ax[k].dxdv * axis_derivative<T, NDIM>(wk[k], v, k));
+          }
+        }
       }
     }
   }
@@ -529,15 +571,7 @@ FASTWARP_UNROLL
             v[b] = cs.in[b] ? val : T(0);
           }
 FASTWARP_UNROLL
-          for (int k = 0; k < NDIM; ++k) {
-            T terms[K / 2];
-FASTWARP_UNROLL
-            for (int r = 0; r < K / 2; ++r) {
-              terms[r] = wk[k][r] * (v[insert_axis_bit<NDIM>(r, k, 1)] -
-                                     v[insert_axis_bit<NDIM>(r, k, 0)]);
-            }
-            gx[k] += g * tree_sum<K / 2>(terms);
-          }
+          for (int k = 0; k < NDIM; ++k) gx[k] += g * axis_derivative<T, NDIM>(wk[k], v, k);
         }
       }
     }

@@ -95,13 +95,14 @@ struct CpuBackend {
 
   template <typename scalar_t, typename coord_t, int NDIM>
   static void forward(const SampleParams<NDIM>& P, const scalar_t* image, const coord_t* coords,
-                      scalar_t* out) {
+                      scalar_t* out, scalar_t* jac) {
     using T = at::opmath_type<coord_t>;
     dispatch_config<scalar_t>(P, [&](auto config) {
       using Cfg = decltype(config);
       at::parallel_for(0, num_rows(P), rows_per_task(P), [&](int64_t r0, int64_t r1) {
         for_each_point(P, r0, r1, [&](int64_t nd, const int64_t(&pos)[NDIM]) {
-          forward_point<Cfg, scalar_t, T, coord_t, int64_t, NDIM>(P, image, coords, out, nd, pos);
+          forward_point<Cfg, scalar_t, T, coord_t, int64_t, NDIM>(P, image, coords, out, jac, nd,
+                                                                  pos);
         });
       });
     });

@@ -43,14 +43,14 @@ template <typename scalar_t, typename coord_t, typename index_t, int NDIM>
 __global__ void __launch_bounds__(kThreads)
     warp_fwd_kernel(const SampleParams<NDIM> P, const scalar_t* __restrict__ image,
                     const coord_t* __restrict__ coords, scalar_t* __restrict__ out,
-                    int64_t points, int64_t total) {
+                    scalar_t* __restrict__ jac, int64_t points, int64_t total) {
   using T = at::opmath_type<coord_t>;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (i >= total) return;
   index_t nd, pos[NDIM];
   thread_point(P, i, points, &nd, pos);
-  forward_point<DynamicConfig, scalar_t, T, coord_t, index_t, NDIM>(P, image, coords, out, nd,
-                                                                   pos);
+  forward_point<DynamicConfig, scalar_t, T, coord_t, index_t, NDIM>(P, image, coords, out, jac,
+                                                                   nd, pos);
 }
 
 struct AtomicAdd {
@@ -151,16 +151,18 @@ struct CudaBackend {
 
   template <typename scalar_t, typename coord_t, int NDIM>
   static void forward(const SampleParams<NDIM>& P, const scalar_t* image, const coord_t* coords,
-                      scalar_t* out) {
+                      scalar_t* out, scalar_t* jac) {
     const int64_t points = num_points(P);
     const int64_t total = points * P.coord_batch;
     const auto stream = c10::cuda::getCurrentCUDAStream();
     if (params_fit_int32(P, total)) {
       warp_fwd_kernel<scalar_t, coord_t, int32_t, NDIM>
-          <<<num_blocks(total), kThreads, 0, stream>>>(P, image, coords, out, points, total);
+          <<<num_blocks(total), kThreads, 0, stream>>>(P, image, coords, out, jac, points,
+                                                        total);
     } else {
       warp_fwd_kernel<scalar_t, coord_t, int64_t, NDIM>
-          <<<num_blocks(total), kThreads, 0, stream>>>(P, image, coords, out, points, total);
+          <<<num_blocks(total), kThreads, 0, stream>>>(P, image, coords, out, jac, points,
+                                                        total);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
