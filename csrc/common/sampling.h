@@ -472,7 +472,7 @@ FASTWARP_HD void forward_point(const SampleParams<NDIM>& P, const scalar_t* imag
   Corners<T, index_t, NDIM> cs;
   make_corners<Cfg>(P, ps, any, P.img_stride, &cs);
   const bool want_jac = jac != nullptr && Cfg::interp(P) == Interp::Linear;
-  T wk[NDIM][K / 2];  // see Note [Coordinate gradient of linear interpolation]
+  T wk[NDIM][K / 2] = {};  // see Note [Coordinate gradient of linear interpolation]
   if (want_jac) {
 FASTWARP_UNROLL
     for (int k = 0; k < NDIM; ++k) weights_without_axis(ps, k, wk[k]);
@@ -542,7 +542,7 @@ FASTWARP_UNROLL
     Corners<T, index_t, NDIM> gs{};  // offsets into grad_image
     if (want_coord) make_corners<Cfg>(P, ps, any, P.img_stride, &cs);
     if (grad_image != nullptr) make_corners<Cfg>(P, ps, any, P.gimg_stride, &gs);
-    T wk[NDIM][K / 2];  // see Note [Coordinate gradient of linear interpolation]
+    T wk[NDIM][K / 2] = {};  // see Note [Coordinate gradient of linear interpolation]
     if (want_coord) {
 FASTWARP_UNROLL
       for (int k = 0; k < NDIM; ++k) weights_without_axis(ps, k, wk[k]);
