@@ -117,6 +117,8 @@ SampleParams<NDIM> make_params(at::IntArrayRef image_size, const at::Tensor& ima
   for (int k = 0; k < NDIM; ++k) {
     P.scale_f[k] = static_cast<float>(P.scale[k]);
     P.offset_f[k] = static_cast<float>(P.offset[k]);
+    P.limit[k] = static_cast<double>(P.in_size[k] + 1);
+    P.limit_f[k] = static_cast<float>(P.limit[k]);
   }
   return P;
 }

@@ -69,6 +69,8 @@ struct SampleParams {
   int64_t coord_axis_offset[NDIM];  // element offset of the component that addresses axis k
   double scale[NDIM], offset[NDIM];  // grid: x_k = scale_k * v_k + offset_k
   float scale_f[NDIM], offset_f[NDIM];  // the same in float, for float arithmetic
+  double limit[NDIM];                   // in_size + 1: see Note [Non-finite and far-away coordinates]
+  float limit_f[NDIM];
   bool displacement;                 // add the point's own position (warp)
   bool align_corners;                // reflection bounds (see Note [Coordinate conventions])
   Interp interp;
@@ -177,16 +179,15 @@ struct StaticConfig {
   static constexpr FASTWARP_HD Padding padding(const SampleParams<NDIM>&) { return kPadding; }
 };
 
-// The grid's scale and offset in the arithmetic type.
+// A per-axis parameter of SampleParams in the arithmetic type (each is kept in double and
+// in float, so that the per-point code converts nothing).
 template <typename T, int NDIM>
-FASTWARP_HD T grid_scale(const SampleParams<NDIM>& P, int k) {
-  if constexpr (std::is_same<T, double>::value) return P.scale[k];
-  else return static_cast<T>(P.scale_f[k]);
-}
-template <typename T, int NDIM>
-FASTWARP_HD T grid_offset(const SampleParams<NDIM>& P, int k) {
-  if constexpr (std::is_same<T, double>::value) return P.offset[k];
-  else return static_cast<T>(P.offset_f[k]);
+FASTWARP_HD T grid_param(const double (&d)[NDIM], const float (&f)[NDIM], int k) {
+  if constexpr (std::is_same<T, double>::value) {
+    return d[k];
+  } else {
+    return static_cast<T>(f[k]);
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -220,8 +221,8 @@ FASTWARP_HD int64_t clamp_index(int64_t i, int64_t size) {
 // Returns false when the point can touch no voxel along this axis (see Note [Non-finite
 // and far-away coordinates]).
 template <typename T>
-FASTWARP_HD bool axis_sample(T x, T dxdv, int64_t size, Interp interp, AxisSample<T>* s) {
-  if (!(x > T(-2) && x < static_cast<T>(size + 1))) {
+FASTWARP_HD bool axis_sample(T x, T dxdv, int64_t size, T limit, Interp interp, AxisSample<T>* s) {
+  if (!(x > T(-2) && x < limit)) {  // limit = size + 1
     *s = AxisSample<T>{0, 0, T(0), T(0), T(0), false, false};
     return false;
   }
@@ -272,12 +273,14 @@ FASTWARP_UNROLL
       x = v + static_cast<T>(pos[k]);
       dxdv = T(1);
     } else {
-      dxdv = grid_scale<T>(P, k);
-      x = dxdv * v + grid_offset<T>(P, k);
+      dxdv = grid_param<T>(P.scale, P.scale_f, k);
+      x = dxdv * v + grid_param<T>(P.offset, P.offset_f, k);
     }
     T dpad;
     x = pad_source_index_set_grad(x, P.in_size[k], Cfg::padding(P), P.align_corners, &dpad);
-    ok = axis_sample(x, dxdv * dpad, P.in_size[k], Cfg::interp(P), &ps->ax[k]) && ok;
+    ok = axis_sample(x, dxdv * dpad, P.in_size[k], grid_param<T>(P.limit, P.limit_f, k),
+                     Cfg::interp(P), &ps->ax[k]) &&
+         ok;
   }
   return ok;
 }
