@@ -109,7 +109,7 @@ def extensions():
     if use_cuda:
         cuda_arch_list(torch)
         sources += [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))]
-        extra["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+        extra["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "--extended-lambda", "-lineinfo"]
         log(f"building CPU and CUDA kernels with the toolkit at {cuda_home} (torch CUDA {torch.version.cuda})")
         ext = CUDAExtension("fastwarp._C", sources, extra_compile_args=extra, extra_link_args=openmp)
     else:

@@ -36,6 +36,13 @@ TORCH_LIBRARY(fastwarp, m) {
   m.def(
       "grid_sample_backward(Tensor grad_output, Tensor? input, SymInt[] input_size, Tensor grid, "
       "int interp, int padding, bool align_corners, bool[2] output_mask) -> (Tensor, Tensor)");
+
+  // Windowed NCC (csrc/common/ncc.h): the local coefficient map, (N, C, *spatial), and its
+  // backward (grad_a, grad_b), an empty tensor for a gradient whose mask entry is false.
+  m.def("ncc(Tensor a, Tensor b, int[] window, float eps) -> Tensor");
+  m.def(
+      "ncc_backward(Tensor grad_output, Tensor a, Tensor b, int[] window, float eps, "
+      "bool[2] output_mask) -> (Tensor, Tensor)");
 }
 
 }  // namespace fastwarp

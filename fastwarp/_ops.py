@@ -147,3 +147,38 @@ torch.library.register_autograd(
     _make_backward(torch.ops.fastwarp.grid_sample_backward.default, grid_layout=True),
     setup_context=_setup_context,
 )
+
+
+# --------------------------------------------------------------------------- ncc
+#
+# The backward recomputes the window sums from the inputs (csrc/common/ncc.h, Note
+# [Windowed NCC]): only a and b are saved, never the moment volumes.
+
+
+@torch.library.register_fake("fastwarp::ncc")
+def _ncc_fake(a, b, window, eps):
+    return a.new_empty(a.shape)
+
+
+@torch.library.register_fake("fastwarp::ncc_backward")
+def _ncc_backward_fake(grad_output, a, b, window, eps, output_mask):
+    return (
+        a.new_empty(a.shape) if output_mask[0] else a.new_empty(0),
+        b.new_empty(b.shape) if output_mask[1] else b.new_empty(0),
+    )
+
+
+def _ncc_setup_context(ctx, inputs, output):
+    a, b, window, eps = inputs
+    ctx.window, ctx.eps = window, eps
+    ctx.save_for_backward(a, b)
+
+
+def _ncc_backward(ctx, grad):
+    a, b = ctx.saved_tensors
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1]]
+    ga, gb = torch.ops.fastwarp.ncc_backward(grad, a, b, ctx.window, ctx.eps, mask)
+    return (ga if mask[0] else None, gb if mask[1] else None, None, None)
+
+
+torch.library.register_autograd("fastwarp::ncc", _ncc_backward, setup_context=_ncc_setup_context)

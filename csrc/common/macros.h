@@ -26,3 +26,11 @@
 #else
 #define FASTWARP_UNROLL
 #endif
+
+// A lambda that runs on the host (CPU loops) and on the device (CUDA kernels): the NCC
+// op bodies are written once as such lambdas (nvcc needs --extended-lambda).
+#if defined(__CUDACC__)
+#define FASTWARP_LAMBDA __host__ __device__
+#else
+#define FASTWARP_LAMBDA
+#endif

@@ -1,0 +1,82 @@
+"""Functional API of the windowed (local) normalized cross-correlation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ._ops import has_cuda_kernels
+
+__all__ = ["ncc"]
+
+REDUCTIONS = ("mean", "none", "batch")
+
+
+def _window(window, nd):
+    sizes = (window,) * nd if isinstance(window, int) and not isinstance(window, bool) else window
+    if not isinstance(sizes, Sequence) or len(sizes) != nd:
+        raise ValueError(f"window must be an odd int or {nd} odd ints (one per spatial axis), got {window!r}")
+    for w in sizes:
+        if isinstance(w, bool) or not isinstance(w, int) or w <= 0 or w % 2 == 0:
+            raise ValueError(f"window sizes must be odd positive ints, got {window!r}")
+    return [int(w) for w in sizes]
+
+
+def ncc(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    window: int | Sequence[int] = 9,
+    eps: float = 1e-5,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Local (windowed) normalized cross-correlation of two images.
+
+    At each voxel, with sums over the window centred on it (zero padding at the borders, so
+    the window size n is the same everywhere)::
+
+        cross = ΣIJ − ΣI·ΣJ/n,  var_I = ΣI² − (ΣI)²/n,  var_J = ΣJ² − (ΣJ)²/n
+        cc    = cross² / (var_I·var_J + eps)
+
+    VoxelMorph's and neurite's local NCC. Per channel: a channel of ``a`` is compared with
+    the same channel of ``b``.
+
+    Args:
+        a, b: ``(N, C, H, W)`` or ``(N, C, D, H, W)``, same shape, dtype and device.
+            Floating point; the window sums are accumulated in float64 whatever the dtype,
+            so large intensities (e.g. CT in HU) do not cancel away.
+        window: odd int, or one odd int per spatial axis.
+        eps: added to the variance product.
+        reduction: ``"mean"`` (a scalar, over everything), ``"none"`` (the cc map,
+            ``(N, C, *spatial)``) or ``"batch"`` (one value per (N, C)).
+
+    Gradients flow to both inputs (either may be constant), computed by the kernels from the
+    inputs alone: memory beyond inputs and output stays a few volumes of the batch, no
+    moment volumes are kept for the backward.
+    """
+    for name, t in (("a", a), ("b", b)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if a.dim() not in (4, 5):
+        raise ValueError(f"a must be (N, C, H, W) or (N, C, D, H, W), got a {a.dim()}-D tensor of shape {tuple(a.shape)}")
+    if b.shape != a.shape:
+        raise ValueError(f"b must have the shape of a {tuple(a.shape)}, got {tuple(b.shape)}")
+    if a.numel() == 0:
+        raise ValueError(f"a and b are empty (shape {tuple(a.shape)}); every dimension must be at least 1")
+    if not a.is_floating_point() or not b.is_floating_point():
+        raise TypeError(f"a and b must be floating point, got {a.dtype} and {b.dtype}")
+    if a.dtype != b.dtype:
+        raise TypeError(f"a and b must share a dtype, got {a.dtype} and {b.dtype}")
+    if a.device != b.device:
+        raise ValueError(f"b is on {b.device} but a is on {a.device}; they must share a device")
+    if a.device.type == "cuda" and not has_cuda_kernels():
+        raise RuntimeError("fastwarp was built without CUDA kernels, so it cannot run on cuda tensors (see README.md)")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}, got {reduction!r}")
+    sizes = _window(window, a.dim() - 2)
+    cc = torch.ops.fastwarp.ncc(a, b, sizes, float(eps))
+    if reduction == "mean":
+        return cc.mean()
+    if reduction == "batch":
+        return cc.flatten(2).mean(2)
+    return cc
