@@ -1,5 +1,6 @@
-// The host bodies of fastwarp::ncc and fastwarp::ncc_backward, written once over a Backend
-// that only knows how to run an elementwise loop:
+// Host side of fastwarp::ncc: argument checks and geometry (used by both backends), and op
+// bodies written over a Backend that only knows how to run an elementwise loop (used by
+// the CUDA kernels; the CPU streams slice by slice instead, csrc/cpu/ncc_cpu.cpp):
 //
 //   struct Backend {
 //     static Guard device_guard(const at::Tensor&);
