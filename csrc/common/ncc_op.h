@@ -18,6 +18,7 @@
 
 #include <array>
 #include <string>
+#include <tuple>
 #include <utility>
 
 #include "ncc.h"
@@ -108,6 +109,20 @@ at::Tensor window_sums(const at::Tensor& a, const at::Tensor& b, at::IntArrayRef
   return buffers;
 }
 
+// Checks the backward's arguments and allocates (grad_a, grad_b); a gradient whose
+// output_mask entry is false is an empty tensor.
+inline std::tuple<at::Tensor, at::Tensor> ncc_backward_outputs(const at::Tensor& grad_out,
+                                                               const at::Tensor& a,
+                                                               const at::Tensor& b,
+                                                               at::IntArrayRef window,
+                                                               std::array<bool, 2> output_mask) {
+  check_ncc_args(a, b, window);
+  TORCH_CHECK(grad_out.sizes() == a.sizes() && grad_out.scalar_type() == a.scalar_type(),
+              "fastwarp::ncc_backward: grad_output must match the inputs' shape and dtype");
+  return {at::empty(output_mask[0] ? a.sizes() : at::IntArrayRef{0}, a.options()),
+          at::empty(output_mask[1] ? b.sizes() : at::IntArrayRef{0}, b.options())};
+}
+
 inline double inverse_window_size(at::IntArrayRef window) {
   double n = 1.0;
   for (int64_t w : window) n *= static_cast<double>(w);
@@ -141,13 +156,10 @@ template <typename Backend>
 std::tuple<at::Tensor, at::Tensor> ncc_backward(const at::Tensor& grad_out, const at::Tensor& a,
                                                 const at::Tensor& b, at::IntArrayRef window,
                                                 double eps, std::array<bool, 2> output_mask) {
-  check_ncc_args(a, b, window);
-  TORCH_CHECK(grad_out.sizes() == a.sizes() && grad_out.scalar_type() == a.scalar_type(),
-              "fastwarp::ncc_backward: grad_output must match the inputs' shape and dtype");
+  at::Tensor grad_a, grad_b;
+  std::tie(grad_a, grad_b) = ncc_backward_outputs(grad_out, a, b, window, output_mask);
   [[maybe_unused]] const auto guard = Backend::device_guard(a);
   const bool want_a = output_mask[0], want_b = output_mask[1];
-  at::Tensor grad_a = at::empty(want_a ? a.sizes() : at::IntArrayRef{0}, a.options());
-  at::Tensor grad_b = at::empty(want_b ? b.sizes() : at::IntArrayRef{0}, b.options());
   if (!want_a && !want_b) return {grad_a, grad_b};
   const double inv_n = inverse_window_size(window);
   const VolumeGeometry g = volume_geometry(a);

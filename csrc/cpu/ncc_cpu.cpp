@@ -194,12 +194,9 @@ at::Tensor ncc_forward_cpu(const at::Tensor& a, const at::Tensor& b, at::IntArra
 std::tuple<at::Tensor, at::Tensor> ncc_backward_cpu(const at::Tensor& grad_out, const at::Tensor& a,
                                                     const at::Tensor& b, at::IntArrayRef window,
                                                     double eps, std::array<bool, 2> output_mask) {
-  check_ncc_args(a, b, window);
-  TORCH_CHECK(grad_out.sizes() == a.sizes() && grad_out.scalar_type() == a.scalar_type(),
-              "fastwarp::ncc_backward: grad_output must match the inputs' shape and dtype");
+  at::Tensor grad_a, grad_b;
+  std::tie(grad_a, grad_b) = ncc_backward_outputs(grad_out, a, b, window, output_mask);
   const bool want_a = output_mask[0], want_b = output_mask[1];
-  at::Tensor grad_a = at::empty(want_a ? a.sizes() : at::IntArrayRef{0}, a.options());
-  at::Tensor grad_b = at::empty(want_b ? b.sizes() : at::IntArrayRef{0}, b.options());
   if (!want_a && !want_b) return {grad_a, grad_b};
   const Shape s = volume_shape(a, window);
   const double inv_n = inverse_window_size(window);
