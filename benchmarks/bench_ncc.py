@@ -25,8 +25,8 @@ Modes: ``fwd`` is the loss alone (no input requires grad); ``fwdbwd`` is a train
 ``a`` (the moving, warped image) requires grad, ``b`` (the fixed image) is constant, and the
 backward pass returns ``d loss / d a``; ``fwdbwd-both`` returns the gradients to both inputs
 (template building, symmetric registration).  ``fwdbwd-both`` runs on CUDA and for the 2-D
-case on CPU; the 3-D CPU one is left out (the conv baselines' backward takes tens of seconds
-a call there, and the 2-D case already shows the cost on CPU).
+case on CPU; the 3-D CPU one is left out (voxelmorph-classic's dense 9³ conv backward takes
+8-15 s a call there, and the 2-D case already shows the cost on CPU).
 
 Cases (``--fw-size=full``): 2-D ``1x1x512x512`` window 9; 3-D window 9, ``1x1x96x112x128`` on
 CPU and ``1x1x160x192x224`` on CUDA; and, on CUDA only, fused_lncc's headline shape
@@ -36,21 +36,31 @@ Every case records in ``extra_info`` its implementation, shape, window, mode, de
 versions, and:
 
 - ``peak_extra_bytes``: the peak memory one call (the loss, and its backward in the fwdbwd
-  modes) allocates beyond what was allocated before it, outputs (the gradients) included,
-  measured once outside the timed loop.  On CUDA it is ``torch.cuda.max_memory_allocated()`` minus
-  ``memory_allocated()`` before the call (after ``reset_peak_memory_stats``): tensor memory, not
-  the caching allocator's reserve, cuDNN workspaces included as they are allocated through it.
-  On CPU torch keeps no allocator statistics, so the call runs once under
-  ``torch.profiler.profile(profile_memory=True)`` and the peak is the high-water mark of the
-  running sum of its allocation/free events in time order: every tensor allocated through
-  torch's CPU allocator (intermediates, autograd's saved tensors, outputs), not memory that a
-  library mallocs for itself (e.g. oneDNN's scratch) nor the allocator's caching.
-  ``peak_extra_volumes`` is the same in units of one input volume.
+  modes) takes beyond what was in use before it, outputs (the gradients) included, measured
+  once outside the timed loop, and ``peak_extra_volumes``, the same in units of one input
+  volume.  On CUDA it is ``torch.cuda.max_memory_allocated()`` minus ``memory_allocated()``
+  before the call (after ``reset_peak_memory_stats``): tensor memory, cuDNN workspaces included
+  (they come from the same allocator), not the caching allocator's reserve.  On CPU torch keeps
+  no allocator statistics, and the kernels of fastwarp (and oneDNN) take scratch from malloc,
+  outside torch's allocator, so two figures are recorded and ``peak_extra_bytes`` is the first
+  where it can be measured, else the second:
+
+  - ``peak_rss_bytes``: the process's resident-memory high-water mark during the call minus
+    its resident memory before, after ``malloc_trim(0)`` (freed heap pages go back to the OS,
+    so the call must fault in whatever it touches) and a reset of ``VmHWM`` through
+    ``/proc/self/clear_refs`` (Linux with glibc only).  Everything the call touches, whoever
+    allocates it; memory allocated but never touched does not count.
+  - ``peak_tensor_bytes``: the call runs once under ``torch.profiler.profile(profile_memory=True)``
+    and the peak is the high-water mark of the running sum of its allocations and frees in time
+    order: tensors allocated through torch's CPU allocator (intermediates, autograd's saved
+    tensors, outputs) only.
 - ``bytes_moved``: the floor of memory traffic: the forward reads both inputs; the backward
   reads them again and writes the gradient (two in ``fwdbwd-both``).  With the achieved ``GB/s``
   (``bytes_moved`` over the median time) when timed.
 """
 
+import ctypes
+import ctypes.util
 import importlib.metadata
 import itertools
 import math
@@ -207,11 +217,13 @@ def _fireants(nd, window, device, dtype):
     except Exception as e:  # noqa: BLE001  (fireants_fused_ops missing or built for another torch)
         pytest.skip(f"FireANTs fused NCC not importable: {type(e).__name__}: {e}")
     options = dict(spatial_dims=3, kernel_size=window, reduction="mean", smooth_nr=0.0, smooth_dr=1e-5)
+    version = _dist_version("fireants", "FireANTs")
     try:  # the exact gradient (newer versions default to ANTs' approximation), separable box sums
         module = FusedLocalNormalizedCrossCorrelationLoss(**options, use_ants_gradient=False, use_separable=True)
-    except TypeError:
+    except TypeError:  # a version without these options: its defaults
         module = FusedLocalNormalizedCrossCorrelationLoss(**options)
-    return Impl(module.to(device), _dist_version("fireants", "FireANTs"))
+        version += " (default gradient options)"
+    return Impl(module.to(device), version)
 
 
 IMPLS = {
@@ -276,9 +288,34 @@ def _cpu_peak_from_profile(prof):
     return peak
 
 
-def peak_extra_bytes(call, device):
-    """Peak memory that ``call()`` allocates beyond what was allocated before it; what it returns
-    is kept alive to the end, so outputs count.  Returns (bytes or None, method)."""
+def _proc_status_bytes(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024  # reported in kB
+    raise KeyError(key)
+
+
+def _cpu_peak_rss(call):
+    """Resident-memory high-water mark of ``call()`` over the resident memory before it, or None
+    where it cannot be measured (not Linux with glibc)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)  # give freed heap pages back, so the call faults in what it touches
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current VmRSS
+        before = _proc_status_bytes("VmRSS")
+    except (OSError, AttributeError, KeyError):
+        return None, None
+    out = call()
+    peak = _proc_status_bytes("VmHWM") - before
+    return peak, out
+
+
+def peak_extra_memory(call, device):
+    """Peak memory that ``call()`` takes beyond what was in use before it; what it returns is
+    kept alive to the end, so outputs count.  A dict for ``extra_info`` (see the module
+    docstring)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -287,13 +324,20 @@ def peak_extra_bytes(call, device):
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) - before
         del out
-        return peak, "cuda max_memory_allocated - memory_allocated before"
+        return dict(peak_extra_bytes=peak, peak_method="cuda max_memory_allocated - memory_allocated before")
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = call()
     del out
-    return _cpu_peak_from_profile(prof), "cpu profiler(profile_memory) running-sum high-water"
+    tensor_peak = _cpu_peak_from_profile(prof)
+    rss_peak, out = _cpu_peak_rss(call)
+    del out
+    if rss_peak is not None:
+        peak, method = rss_peak, "cpu resident-memory high-water (malloc_trim + clear_refs VmHWM)"
+    else:
+        peak, method = tensor_peak, "cpu profiler(profile_memory) tensor-allocation high-water"
+    return dict(peak_extra_bytes=peak, peak_method=method, peak_rss_bytes=rss_peak, peak_tensor_bytes=tensor_peak)
 
 
 def make_pair(shape, generator, dtype=DTYPE):
@@ -314,7 +358,7 @@ def test_ncc(benchmark, device, cpu_threads, fw_size, case_name, mode, impl_name
     if device.type not in case.shapes:
         pytest.skip(f"case {case_name} runs on {', '.join(case.shapes)} only")
     if mode == "fwdbwd-both" and (case_name, device.type) in NO_BOTH:
-        pytest.skip("fwdbwd-both is left out of the 3-D CPU case (the conv baselines take tens of seconds a call)")
+        pytest.skip("fwdbwd-both is left out of the 3-D CPU case (voxelmorph-classic takes seconds a call)")
     shape, window, nd = case.shapes[device.type], case.window, case.nd
     impl = IMPLS[impl_name](nd, window, device, DTYPE)
     if mode == "fwdbwd-both" and not impl.grad_both:
@@ -344,7 +388,8 @@ def test_ncc(benchmark, device, cpu_threads, fw_size, case_name, mode, impl_name
             torch.cuda.synchronize()
 
     step()  # untimed: lazy initialisation, allocator and kernel warm-up
-    peak, peak_method = peak_extra_bytes(lambda: call(*next(sets)), device)
+    memory = peak_extra_memory(lambda: call(*next(sets)), device)
+    peak = memory["peak_extra_bytes"]
 
     size = "x".join(map(str, shape if shape[0] * shape[1] > 1 else shape[2:]))
     benchmark.group = f"ncc-{nd}d-{size}-{device.type}-w{window}-{mode}"
@@ -362,9 +407,8 @@ def test_ncc(benchmark, device, cpu_threads, fw_size, case_name, mode, impl_name
         torch=torch.__version__,
         fastwarp=fastwarp.__version__,
         input_sets=len(inputs),
-        peak_extra_bytes=peak,
+        **memory,
         peak_extra_volumes=None if peak is None else round(peak / volume, 2),
-        peak_method=peak_method,
     )
     benchmark(step)
     _record_bandwidth(benchmark, _bytes_moved(inputs[0][0], mode))

@@ -31,3 +31,30 @@ def test_benchmarks_run_tiny():
     for nd in ("2d", "3d"):
         for impl in baselines:
             assert f"PASSED benchmarks/bench_warp.py::test_agreement[cpu-{nd}-{impl}]" in output, output
+
+
+@pytest.mark.slow
+def test_ncc_benchmarks_run_tiny():
+    """benchmarks/bench_ncc.py likewise: its ``test_agreement`` cases check, in float64, that the
+    plain-PyTorch VoxelMorph NCC and neurite's compute fastwarp.ncc's loss and gradient, and that
+    MONAI's agrees where its formula is ours; every CPU case must have run rather than skipped."""
+    cmd = [sys.executable, "-m", "pytest", "benchmarks/bench_ncc.py", "--benchmark-disable", "--fw-size=tiny"]
+    cmd += ["-q", "-p", "no:cacheprovider", "-rA"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+
+    passed = re.search(r"(\d+) passed", output)
+    assert passed and int(passed.group(1)) > 0, output
+
+    baselines = ["voxelmorph-classic"]
+    baselines += [name for name in ("neurite", "monai") if importlib.util.find_spec(name) is not None]
+    for nd in ("2d", "3d"):
+        for impl in baselines:
+            for window in (3, 5):
+                assert f"PASSED benchmarks/bench_ncc.py::test_agreement[cpu-{nd}-{impl}-{window}]" in output, output
+        for mode in ("fwd", "fwdbwd"):
+            for impl in ["fastwarp", *baselines]:
+                assert f"PASSED benchmarks/bench_ncc.py::test_ncc[cpu-{nd}-{mode}-{impl}]" in output, output
+    for impl in ["fastwarp", *baselines]:
+        assert f"PASSED benchmarks/bench_ncc.py::test_ncc[cpu-2d-fwdbwd-both-{impl}]" in output, output

@@ -15,9 +15,9 @@ namespace {
 
 // Note [Streaming NCC on the CPU]
 // ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
-// A volume is a stack of D planes (D = 1 in 2-D). The window sum is separable: each plane
-// is box-summed in 2-D (a running sum along W, then along H, both O(1) per voxel), and the
-// 3-D sum at slice d is the sum of the 2-D sums of slices d - h .. d + h, kept as a running
+// A volume is a stack of D planes of H x W (a 2-D image is a stack of H rows, planes of
+// 1 x W). The window sum is separable: each plane is box-summed in 2-D (a running sum
+// along W, then along H, both O(1) per voxel), and the full sum at slice d is the sum of the 2-D sums of slices d - h .. d + h, kept as a running
 // sum over a ring of 2h + 2 planes (SlidingSum). The forward emits cc for slice d as soon
 // as that sum is complete. The backward chains two of them: the first gives the five sums
 // at slice p, from which the coefficient planes f_X(p) are formed and 2-D box-summed; the
@@ -28,7 +28,7 @@ namespace {
 // splitting a volume across threads.
 
 struct Shape {
-  int64_t D, H, W;   // D = 1 for 2-D
+  int64_t D, H, W;   // 2-D images: D = rows, H = 1
   int64_t hd, hh, hw;  // window halves
   int64_t plane() const { return H * W; }
 };
@@ -112,10 +112,9 @@ template <typename scalar_t>
 VolumeView<scalar_t> volume_view(const at::Tensor& t, int64_t m) {
   const int64_t nd = t.dim() - 2;
   const int64_t n = m / t.size(1), c = m % t.size(1);
-  VolumeView<scalar_t> v{t.const_data_ptr<scalar_t>() + n * t.stride(0) + c * t.stride(1), 0,
-                         t.stride(nd), t.stride(nd + 1)};
-  v.sd = nd == 3 ? t.stride(2) : 0;
-  return v;
+  // 3-D: (d, y, x) = (D, H, W); 2-D: (d, y, x) = (H, -, W), y always 0
+  return VolumeView<scalar_t>{t.const_data_ptr<scalar_t>() + n * t.stride(0) + c * t.stride(1),
+                              t.stride(2), nd == 3 ? t.stride(3) : 0, t.stride(nd + 1)};
 }
 
 // The five quantities I, J, I^2, J^2, IJ of slice d, 2-D box-summed, into dst (5 planes).
@@ -144,11 +143,11 @@ NccSums sums_at(const double* acc, int64_t P, int64_t k) {
 Shape volume_shape(const at::Tensor& a, at::IntArrayRef window) {
   const bool three_d = a.dim() == 5;
   Shape s;
-  s.D = three_d ? a.size(2) : 1;
-  s.H = a.size(-2);
+  s.D = a.size(2);
+  s.H = three_d ? a.size(3) : 1;
   s.W = a.size(-1);
-  s.hd = three_d ? window[0] / 2 : 0;
-  s.hh = window[window.size() - 2] / 2;
+  s.hd = window[0] / 2;
+  s.hh = three_d ? window[1] / 2 : 0;
   s.hw = window[window.size() - 1] / 2;
   return s;
 }
