@@ -480,6 +480,10 @@ FASTWARP_HD void forward_point(const SampleParams<NDIM>& P, const scalar_t* imag
 FASTWARP_UNROLL
     for (int k = 0; k < NDIM; ++k) weights_without_axis(ps, k, wk[k]);
   }
+  // Points whose corners are all inside (nearly all of them) skip the selects below.
+  bool interior = any;
+FASTWARP_UNROLL
+  for (int k = 0; k < NDIM; ++k) interior = interior && ps.ax[k].in0 && ps.ax[k].in1;
   index_t n0, n1;
   image_batch_range(P, nd, &n0, &n1);
   const index_t out_sp = spatial_offset(pos, P.out_stride);
@@ -496,12 +500,18 @@ FASTWARP_UNROLL
         // corner outside contributes a selected zero, not weight * value: an Inf or NaN
         // voxel beside the border must not leak into a point that does not touch it.
         T v[K], terms[K];
+        if (interior) {
 FASTWARP_UNROLL
-        for (int b = 0; b < K; ++b) {
-          const T val = static_cast<T>(img_c[cs.off[b]]);
-          v[b] = cs.in[b] ? val : T(0);
-          terms[b] = cs.w[b] * v[b];
+          for (int b = 0; b < K; ++b) v[b] = static_cast<T>(img_c[cs.off[b]]);
+        } else {
+FASTWARP_UNROLL
+          for (int b = 0; b < K; ++b) {
+            const T val = static_cast<T>(img_c[cs.off[b]]);
+            v[b] = cs.in[b] ? val : T(0);
+          }
         }
+FASTWARP_UNROLL
+        for (int b = 0; b < K; ++b) terms[b] = cs.w[b] * v[b];
         *dst = static_cast<scalar_t>(tree_sum<K>(terms));
         if (want_jac) {
           scalar_t* j = jac + n * static_cast<index_t>(P.jac_stride_n) +
