@@ -73,6 +73,7 @@ import torch
 import torch.nn.functional as F
 
 import fastwarp
+from benchutil import describe, input_sets, record_bandwidth
 from fastwarp.losses import NCC
 
 DTYPE = torch.float32
@@ -250,23 +251,7 @@ def _bytes_moved(a, mode):
     return {"fwd": 2 * volume, "fwdbwd": 5 * volume, "fwdbwd-both": 6 * volume}[mode]
 
 
-def _input_sets(device, set_bytes):
-    """As in bench_warp.py: 3 input sets, and on a GPU enough to fill twice its L2 cache, so
-    that no call finds its inputs there (as in a training step)."""
-    if device.type != "cuda":
-        return 3
-    l2 = torch.cuda.get_device_properties(device).L2_cache_size
-    return max(3, math.ceil(2 * l2 / set_bytes))
 
-
-def _describe(device):
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-def _record_bandwidth(benchmark, nbytes):
-    benchmark.extra_info["bytes_moved"] = nbytes
-    if benchmark.stats is not None:  # None under --benchmark-disable
-        benchmark.extra_info["GB/s"] = round(nbytes / benchmark.stats.stats.median / 1e9, 2)
 
 
 def _cpu_peak_from_profile(prof):
@@ -368,7 +353,7 @@ def test_ncc(benchmark, device, cpu_threads, fw_size, case_name, mode, impl_name
     set_bytes = 2 * math.prod(shape) * DTYPE.itemsize
     g = torch.Generator().manual_seed(0)
     inputs = []
-    for _ in range(_input_sets(device, set_bytes)):
+    for _ in range(input_sets(device, set_bytes)):
         a, b = make_pair(shape, g)
         inputs.append((a.to(device).requires_grad_(grad_a), b.to(device).requires_grad_(grad_b)))
     sets = itertools.cycle(inputs)
@@ -402,7 +387,7 @@ def test_ncc(benchmark, device, cpu_threads, fw_size, case_name, mode, impl_name
         mode=mode,
         grads={"fwd": "none", "fwdbwd": "a", "fwdbwd-both": "a,b"}[mode],
         dtype=str(DTYPE),
-        device=_describe(device),
+        device=describe(device),
         threads=cpu_threads,
         torch=torch.__version__,
         fastwarp=fastwarp.__version__,
@@ -411,7 +396,7 @@ def test_ncc(benchmark, device, cpu_threads, fw_size, case_name, mode, impl_name
         peak_extra_volumes=None if peak is None else round(peak / volume, 2),
     )
     benchmark(step)
-    _record_bandwidth(benchmark, _bytes_moved(inputs[0][0], mode))
+    record_bandwidth(benchmark, _bytes_moved(inputs[0][0], mode))
 
 
 # --------------------------------------------------------------------------- agreement

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 import fastwarp
+from benchutil import describe, input_sets, record_bandwidth
 
 DTYPE = torch.float32
 
@@ -189,26 +190,7 @@ def _bytes_moved(image, disp, backward):
     return forward + (2 * _nbytes(image) + 2 * _nbytes(disp) if backward else 0)
 
 
-def _input_sets(device, set_bytes):
-    """How many input sets the timed calls rotate through: 3, and on a GPU enough to fill twice
-    its L2 cache, so that no call finds its inputs there (as in a training step)."""
-    if device.type != "cuda":
-        return 3
-    l2 = torch.cuda.get_device_properties(device).L2_cache_size
-    return max(3, math.ceil(2 * l2 / set_bytes))
 
-
-def _describe(device):
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-def _record_bandwidth(benchmark, nbytes):
-    benchmark.extra_info["bytes_moved"] = nbytes
-    if benchmark.stats is not None:  # None under --benchmark-disable
-        benchmark.extra_info["GB/s"] = round(nbytes / benchmark.stats.stats.median / 1e9, 2)
-
-
-# --------------------------------------------------------------------------- benchmarks
 
 
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwdbwd"])
@@ -222,7 +204,7 @@ def test_warp(benchmark, device, cpu_threads, fw_size, nd, impl_name, backward):
     set_bytes = math.prod(spatial) * DTYPE.itemsize * (nd + (2 if backward else 1))
     g = torch.Generator().manual_seed(0)
     inputs = []
-    for seed in range(_input_sets(device, set_bytes)):
+    for seed in range(input_sets(device, set_bytes)):
         image = torch.rand(1, 1, *spatial, generator=g, dtype=DTYPE).to(device)
         disp = smooth_disp(spatial, seed).to(device)
         prepared = impl.prepare(disp).detach().requires_grad_(backward)
@@ -247,14 +229,14 @@ def test_warp(benchmark, device, cpu_threads, fw_size, nd, impl_name, backward):
         impl_version=impl.version,
         shape=list(image.shape),
         dtype=str(DTYPE),
-        device=_describe(device),
+        device=describe(device),
         threads=cpu_threads,
         torch=torch.__version__,
         fastwarp=fastwarp.__version__,
         input_sets=len(inputs),
     )
     benchmark(step)
-    _record_bandwidth(benchmark, nbytes)
+    record_bandwidth(benchmark, nbytes)
 
 
 def test_copy(benchmark, cuda_device, fw_size):
@@ -268,9 +250,9 @@ def test_copy(benchmark, cuda_device, fw_size):
 
     step()
     benchmark.group = f"copy-cuda-{COPY_BYTES[fw_size] >> 20}MiB"
-    benchmark.extra_info.update(impl="copy", device=_describe(cuda_device), torch=torch.__version__)
+    benchmark.extra_info.update(impl="copy", device=describe(cuda_device), torch=torch.__version__)
     benchmark(step)
-    _record_bandwidth(benchmark, 2 * _nbytes(src))
+    record_bandwidth(benchmark, 2 * _nbytes(src))
 
 
 @pytest.mark.parametrize("impl_name", BASELINES)
