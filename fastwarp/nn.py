@@ -8,7 +8,7 @@ import torch
 
 from .warp import warp
 
-__all__ = ["Warp", "SpatialTransformer"]
+__all__ = ["Warp", "SpatialTransformer", "VecInt", "compose"]
 
 
 class Warp(torch.nn.Module):
@@ -51,3 +51,39 @@ class SpatialTransformer(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"size={self.size}, mode={self.mode!r}"
+
+
+def compose(disp_a: torch.Tensor, disp_b: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
+    """The displacement of "b then a": moving a point by ``disp_b`` and then by ``disp_a``,
+    ``x -> x + b(x) + a(x + b(x))``, i.e. ``disp_b + warp(disp_a, disp_b)``.
+
+    Both fields are ``(N, ndim, *spatial)`` in voxel units (``disp_b`` may have batch 1), so
+    ``warp(warp(img, disp_a), disp_b) ≈ warp(img, compose(disp_a, disp_b))``.
+    """
+    return disp_b + warp(disp_a, disp_b, "linear", padding_mode)
+
+
+class VecInt(torch.nn.Module):
+    """VoxelMorph's ``VecInt``: integrates a stationary velocity field by scaling and squaring,
+    ``v / 2**nsteps`` composed with itself ``nsteps`` times, each step a warp of the field by
+    itself on fastwarp's kernels. ``VecInt(inshape, nsteps=7)(vec)`` returns the displacement
+    of the diffeomorphism ``exp(vec)``, in voxel units."""
+
+    def __init__(self, inshape: Sequence[int], nsteps: int = 7):
+        super().__init__()
+        if nsteps < 0:
+            raise ValueError(f"nsteps must be >= 0, got {nsteps}")
+        self.inshape = tuple(int(s) for s in inshape)
+        self.nsteps = nsteps
+        self.scale = 1.0 / (2**nsteps)
+
+    def forward(self, vec: torch.Tensor) -> torch.Tensor:
+        if isinstance(vec, torch.Tensor) and tuple(vec.shape[2:]) != self.inshape:
+            raise ValueError(f"vec spatial shape {tuple(vec.shape[2:])} must be the integrator's inshape {self.inshape}")
+        vec = vec * self.scale
+        for _ in range(self.nsteps):
+            vec = compose(vec, vec)
+        return vec
+
+    def extra_repr(self) -> str:
+        return f"inshape={self.inshape}, nsteps={self.nsteps}"

@@ -376,3 +376,41 @@ def test_warp_module(gen):
     m = fastwarp.nn.Warp(padding_mode="border")
     torch.testing.assert_close(m(image, disp), warp_reference(image, disp, padding="border"))
     assert "border" in repr(m)
+
+
+def test_compose_matches_reference(device, gen):
+    a = smooth_field((2, 3, 7, 8, 6), 1.5, gen)
+    b = smooth_field((2, 3, 7, 8, 6), 1.5, gen)
+    expected = b + voxelmorph_warp(a, b)
+    got = fastwarp.nn.compose(a.to(device), b.to(device))
+    torch.testing.assert_close(got.cpu(), expected)
+    # composing fields is composing warps, up to interpolation error (small for smooth fields,
+    # away from the borders), and the order matters
+    spatial = (16, 17, 15)
+    a, b = smooth_field((1, 3, *spatial), 1.0, gen), smooth_field((1, 3, *spatial), 1.0, gen)
+    image = smooth_field((1, 1, *spatial), 1.0, gen)
+    inner = (slice(None), slice(None)) + (slice(4, -4),) * 3
+    twice = fastwarp.warp(fastwarp.warp(image, a), b)[inner]
+    once = fastwarp.warp(image, fastwarp.nn.compose(a, b))[inner]
+    swapped = fastwarp.warp(image, fastwarp.nn.compose(b, a))[inner]
+    assert (twice - once).abs().mean() < 0.1 * image[inner].abs().mean()
+    assert (twice - once).abs().mean() < 0.5 * (twice - swapped).abs().mean()
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+def test_vecint_matches_voxelmorph(nd, device, gen):
+    shape = (2, nd, 9, 8, 7)[: 2 + nd]
+    vec = smooth_field(shape, 3.0, gen)
+
+    expected = vec / 2**7  # VoxelMorph's VecInt, with its grid_sample transformer
+    for _ in range(7):
+        expected = expected + voxelmorph_warp(expected, expected)
+    integrate = fastwarp.nn.VecInt(shape[2:], nsteps=7)
+    v = vec.to(device).requires_grad_()
+    got = integrate(v)
+    torch.testing.assert_close(got.detach().cpu(), expected)
+    got.square().sum().backward()
+    assert torch.isfinite(v.grad).all()
+    assert "nsteps=7" in repr(integrate)
+    with pytest.raises(ValueError, match="inshape"):
+        integrate(vec[..., :-1])
