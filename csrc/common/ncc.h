@@ -39,20 +39,36 @@ namespace fastwarp {
 //   f_IJ = d(cc)/d(cross),  f_II = d(cc)/d(var_I),  f_JJ = d(cc)/d(var_J)
 //   f_I  = -(S_J / n) d(cc)/d(cross) - (2 S_I / n) d(cc)/d(var_I), f_J symmetrically.
 
-// Box sum along one line: dst[i] = sum of src[j] for |j - i| <= half, 0 <= j < len, by a
-// running sum (O(1) per voxel whatever the window). src and dst are distinct.
-FASTWARP_HD void box_sum_line(const double* src, double* dst, int64_t len, int64_t stride,
-                              int64_t half) {
-  double acc = 0.0;
+// Box sums along R lines at once (lines `line_stride` apart): dst[i] = sum of src[j] for
+// |j - i| <= half, 0 <= j < len, by running sums (O(1) per voxel whatever the window). The
+// R running sums are independent chains, which the CPU overlaps (a single running sum is
+// bound by the latency of its add-subtract chain). src and dst are distinct.
+template <int R>
+FASTWARP_HD void box_sum_lines(const double* src, double* dst, int64_t len, int64_t stride,
+                               int64_t half, int64_t line_stride) {
+  double acc[R];
+FASTWARP_UNROLL
+  for (int r = 0; r < R; ++r) acc[r] = 0.0;
   const int64_t first = half < len - 1 ? half : len - 1;
-  for (int64_t j = 0; j <= first; ++j) acc += src[j * stride];
+  for (int64_t j = 0; j <= first; ++j) {
+FASTWARP_UNROLL
+    for (int r = 0; r < R; ++r) acc[r] += src[r * line_stride + j * stride];
+  }
   for (int64_t i = 0; i < len; ++i) {
-    dst[i * stride] = acc;
     const int64_t enter = i + half + 1;
     const int64_t leave = i - half;
-    if (enter < len) acc += src[enter * stride];
-    if (leave >= 0) acc -= src[leave * stride];
+FASTWARP_UNROLL
+    for (int r = 0; r < R; ++r) {
+      dst[r * line_stride + i * stride] = acc[r];
+      if (enter < len) acc[r] += src[r * line_stride + enter * stride];
+      if (leave >= 0) acc[r] -= src[r * line_stride + leave * stride];
+    }
   }
+}
+
+FASTWARP_HD void box_sum_line(const double* src, double* dst, int64_t len, int64_t stride,
+                              int64_t half) {
+  box_sum_lines<1>(src, dst, len, stride, half, 0);
 }
 
 // Geometry of a batch of M = N * C volumes laid out contiguously, (M, *size).

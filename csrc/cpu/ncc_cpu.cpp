@@ -81,7 +81,10 @@ void box_sum_planes(double* planes, int64_t count, const Shape& s, std::vector<d
   double* acc = scratch.data() + H * W;  // W: running sum of rows
   for (int64_t q = 0; q < count; ++q) {
     double* p = planes + q * H * W;
-    for (int64_t y = 0; y < H; ++y) box_sum_line(p + y * W, tmp + y * W, W, 1, s.hw);
+    // W pass, four rows at a time (independent running sums overlap)
+    int64_t y = 0;
+    for (; y + 4 <= H; y += 4) box_sum_lines<4>(p + y * W, tmp + y * W, W, 1, s.hw, W);
+    for (; y < H; ++y) box_sum_line(p + y * W, tmp + y * W, W, 1, s.hw);
     // H pass: a running sum of whole rows, vectorizable along W
     std::fill(acc, acc + W, 0.0);
     for (int64_t y = 0; y <= std::min(s.hh, H - 1); ++y)
