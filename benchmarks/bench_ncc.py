@@ -73,7 +73,7 @@ import torch
 import torch.nn.functional as F
 
 import fastwarp
-from benchutil import describe, input_sets, record_bandwidth
+from benchutil import input_sets, record_bandwidth, run_info
 from fastwarp.losses import NCC
 
 DTYPE = torch.float32
@@ -387,11 +387,7 @@ def test_ncc(benchmark, device, cpu_threads, fw_size, case_name, mode, impl_name
         mode=mode,
         grads={"fwd": "none", "fwdbwd": "a", "fwdbwd-both": "a,b"}[mode],
         dtype=str(DTYPE),
-        device=describe(device),
-        threads=cpu_threads,
-        torch=torch.__version__,
-        fastwarp=fastwarp.__version__,
-        input_sets=len(inputs),
+        **run_info(device, cpu_threads, inputs),
         **memory,
         peak_extra_volumes=None if peak is None else round(peak / volume, 2),
     )

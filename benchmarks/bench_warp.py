@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 import fastwarp
-from benchutil import describe, input_sets, record_bandwidth
+from benchutil import describe, input_sets, record_bandwidth, run_info
 
 DTYPE = torch.float32
 
@@ -229,11 +229,7 @@ def test_warp(benchmark, device, cpu_threads, fw_size, nd, impl_name, backward):
         impl_version=impl.version,
         shape=list(image.shape),
         dtype=str(DTYPE),
-        device=describe(device),
-        threads=cpu_threads,
-        torch=torch.__version__,
-        fastwarp=fastwarp.__version__,
-        input_sets=len(inputs),
+        **run_info(device, cpu_threads, inputs),
     )
     benchmark(step)
     record_bandwidth(benchmark, nbytes)

@@ -23,3 +23,16 @@ def record_bandwidth(benchmark, nbytes):
     benchmark.extra_info["bytes_moved"] = nbytes
     if benchmark.stats is not None:  # None under --benchmark-disable
         benchmark.extra_info["GB/s"] = round(nbytes / benchmark.stats.stats.median / 1e9, 2)
+
+
+def run_info(device, threads, inputs):
+    """The extra_info every benchmark case records about its run."""
+    import fastwarp
+
+    return dict(
+        device=describe(device),
+        threads=threads,
+        torch=torch.__version__,
+        fastwarp=fastwarp.__version__,
+        input_sets=len(inputs),
+    )

@@ -291,37 +291,9 @@ FASTWARP_HD int num_corners(Interp interp) {
   return interp == Interp::Linear ? (1 << NDIM) : 1;
 }
 
-// Bit of corner b that selects i0 + 1 along axis k (axis 0 is the most significant bit,
-// so corners are visited in memory order for a contiguous image).
-template <int NDIM>
-FASTWARP_HD int corner_bit(int b, int k) {
-  return (b >> (NDIM - 1 - k)) & 1;
-}
-
-// Element offset of corner b for the given spatial strides, and whether it is inside.
-template <typename T, typename index_t, int NDIM>
-FASTWARP_HD bool corner_offset(const PointSample<T, NDIM>& ps, int b, const int64_t (&stride)[NDIM],
-                               index_t* off) {
-  index_t o = 0;
-  bool in = true;
-FASTWARP_UNROLL
-  for (int k = 0; k < NDIM; ++k) {
-    const int bit = corner_bit<NDIM>(b, k);
-    in = in && (bit ? ps.ax[k].in1 : ps.ax[k].in0);
-    o += static_cast<index_t>(bit ? ps.ax[k].i1 : ps.ax[k].i0) * static_cast<index_t>(stride[k]);
-  }
-  *off = o;
-  return in;
-}
-
-// Interpolation weight of corner b (product of the per-axis weights).
-template <typename T, int NDIM>
-FASTWARP_HD T corner_weight(const PointSample<T, NDIM>& ps, int b) {
-  T w = T(1);
-FASTWARP_UNROLL
-  for (int k = 0; k < NDIM; ++k) w *= corner_bit<NDIM>(b, k) ? ps.ax[k].w1 : ps.ax[k].w0;
-  return w;
-}
+// Corner order: bit NDIM - 1 - k of corner index b selects i1 (else i0) along axis k, so
+// axis 0 is the most significant bit and corners come in memory order for a contiguous
+// image.
 
 // Note [Coordinate gradient of linear interpolation]
 // ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
@@ -432,7 +404,7 @@ struct Corners {
 };
 
 // Offsets, weights and inside flags of all corners, built axis by axis (2 + 4 + 8 terms
-// in 3-D rather than 8 products of 3), in the order of corner_bit. A point that touches
+// in 3-D rather than 8 products of 3), in corner order. A point that touches
 // no voxel gets no corner inside, and safe offsets.
 template <typename Cfg, typename T, typename index_t, int NDIM>
 FASTWARP_HD void make_corners(const SampleParams<NDIM>& P, const PointSample<T, NDIM>& ps, bool any,

@@ -104,12 +104,10 @@ __global__ void __launch_bounds__(kThreads)
   thread_point(P, q % points, points, &nd, pos);
   nd = P.coord_batch == 1 ? 0 : n;
   PointSample<T, NDIM> ps;
-  int64_t key = kNoVoxel;
-  if (b < num_corners<NDIM>(P.interp) && compute_point<DynamicConfig, T>(P, coords, nd, pos, &ps)) {
-    int64_t off;
-    if (corner_offset<T, int64_t, NDIM>(ps, b, P.gimg_stride, &off)) key = n * voxels + off;
-  }
-  keys[e] = key;
+  const bool any = compute_point<DynamicConfig, T>(P, coords, nd, pos, &ps);
+  Corners<T, int64_t, NDIM> cs;
+  make_corners<DynamicConfig>(P, ps, any, P.gimg_stride, &cs);
+  keys[e] = (b < cs.count && cs.in[b]) ? n * voxels + cs.off[b] : kNoVoxel;
 }
 
 template <typename scalar_t, int NDIM>
@@ -135,10 +133,12 @@ __global__ void __launch_bounds__(kThreads)
       thread_point(P, (e / K) % points, points, &nd, pos);
       nd = P.coord_batch == 1 ? 0 : n;
       PointSample<T, NDIM> ps;
-      compute_point<DynamicConfig, T>(P, coords, nd, pos, &ps);
+      const bool any = compute_point<DynamicConfig, T>(P, coords, nd, pos, &ps);
+      Corners<T, int64_t, NDIM> cs;
+      make_corners<DynamicConfig>(P, ps, any, P.gimg_stride, &cs);
       const T g = static_cast<T>(grad_out[n * P.out_stride_n + c * P.out_stride_c +
                                           spatial_offset(pos, P.out_stride)]);
-      acc += corner_weight(ps, b) * g;
+      acc += cs.w[b] * g;
     }
     grad_image[n * P.gimg_stride_n + c * P.gimg_stride_c + voxel] = acc;
   }
