@@ -32,20 +32,20 @@ class SpatialTransformer(torch.nn.Module):
     ``SpatialTransformer(size, mode="bilinear")(src, flow)`` warps ``src`` (N, C, *size) by the
     voxel-unit displacement ``flow`` (N or 1, ndim, *size) with zero padding, exactly as
     ``voxelmorph.torch.layers.SpatialTransformer`` does, without building or storing the
-    sampling grid.
+    sampling grid. ``size=None`` accepts any spatial size.
     """
 
-    def __init__(self, size: Sequence[int], mode: str = "bilinear"):
+    def __init__(self, size: Sequence[int] | None, mode: str = "bilinear"):
         super().__init__()
         if mode not in ("bilinear", "nearest"):
             raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
-        self.size = tuple(int(s) for s in size)
-        if len(self.size) not in (2, 3):
+        self.size = None if size is None else tuple(int(s) for s in size)
+        if self.size is not None and len(self.size) not in (2, 3):
             raise ValueError(f"size must have 2 or 3 entries, got {self.size}")
         self.mode = mode
 
     def forward(self, src: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-        if isinstance(flow, torch.Tensor) and tuple(flow.shape[2:]) != self.size:
+        if self.size is not None and isinstance(flow, torch.Tensor) and tuple(flow.shape[2:]) != self.size:
             raise ValueError(f"flow spatial shape {tuple(flow.shape[2:])} must be the transformer size {self.size}")
         return warp(src, flow, "linear" if self.mode == "bilinear" else "nearest", "zeros")
 
@@ -67,18 +67,18 @@ class VecInt(torch.nn.Module):
     """VoxelMorph's ``VecInt``: integrates a stationary velocity field by scaling and squaring,
     ``v / 2**nsteps`` composed with itself ``nsteps`` times, each step a warp of the field by
     itself on fastwarp's kernels. ``VecInt(inshape, nsteps=7)(vec)`` returns the displacement
-    of the diffeomorphism ``exp(vec)``, in voxel units."""
+    of the diffeomorphism ``exp(vec)``, in voxel units (``inshape=None`` accepts any size)."""
 
-    def __init__(self, inshape: Sequence[int], nsteps: int = 7):
+    def __init__(self, inshape: Sequence[int] | None, nsteps: int = 7):
         super().__init__()
         if nsteps < 0:
             raise ValueError(f"nsteps must be >= 0, got {nsteps}")
-        self.inshape = tuple(int(s) for s in inshape)
+        self.inshape = None if inshape is None else tuple(int(s) for s in inshape)
         self.nsteps = nsteps
         self.scale = 1.0 / (2**nsteps)
 
     def forward(self, vec: torch.Tensor) -> torch.Tensor:
-        if isinstance(vec, torch.Tensor) and tuple(vec.shape[2:]) != self.inshape:
+        if self.inshape is not None and isinstance(vec, torch.Tensor) and tuple(vec.shape[2:]) != self.inshape:
             raise ValueError(f"vec spatial shape {tuple(vec.shape[2:])} must be the integrator's inshape {self.inshape}")
         vec = vec * self.scale
         for _ in range(self.nsteps):
