@@ -2,7 +2,8 @@
 
 Writes the warped image (and the displacement field, the warped label map) as NIfTI files
 on the fixed image's grid, with its affine and header, and prints NCC / MSE / Dice before
-and after and the folding fraction.
+and after and the folding fraction. A 2-D model registers 3-D volumes slice by slice
+(axial slices, the last axis).
 """
 
 from __future__ import annotations
@@ -60,7 +61,15 @@ def _labels_output(args) -> str | None:
 def predict_displacement(model, moving: np.ndarray, fixed: np.ndarray, device: torch.device, downsample: int = 1) -> torch.Tensor:
     """The model's displacement (1, ndim, *spatial) for two normalized images of one shape,
     at their full resolution: the images are reduced by ``downsample`` (as in training) and
-    padded to the model's multiple; the field is cropped and brought back to full size."""
+    padded to the model's multiple; the field is cropped and brought back to full size.
+
+    A 2-D model registers a 3-D volume slice by slice (axial slices, the last axis): the
+    result is a 3-D field with no through-plane component."""
+    if model.ndim == 2 and moving.ndim == 3:
+        per_slice = [predict_displacement(model, moving[:, :, k], fixed[:, :, k], device, downsample)
+                     for k in range(moving.shape[2])]
+        inplane = torch.stack(per_slice, dim=-1)  # (1, 2, X, Y, Z)
+        return torch.cat([inplane, torch.zeros_like(inplane[:, :1])], dim=1).contiguous()
     vm = fwdata.Volume(moving, np.eye(4))
     vf = fwdata.Volume(fixed, np.eye(4))
     small_m, small_f = fwdata.downsample(vm, downsample).image, fwdata.downsample(vf, downsample).image
@@ -100,12 +109,12 @@ def register_files(args) -> dict:
     if raw_m.shape != raw_f.shape:
         raise ValueError(f"moving {args.moving} has shape {raw_m.shape} but fixed {args.fixed} has {raw_f.shape}: "
                          "resample them to one grid (an affine registration) first")
-    if raw_f.ndim != ndim:
+    if raw_f.ndim < ndim:  # a 2-D model registers volumes slice by slice; a 3-D one needs volumes
         raise CheckpointError(f"--model: {args.model} is a {ndim}-D model, but {args.fixed} is a {raw_f.ndim}-D image")
     moving = fwdata.load_volume(args.moving, args.labels)
     fixed = fwdata.load_volume(args.fixed, args.fixed_labels)
     multiple = model.multiple * downsample
-    if any(s < multiple // 2 for s in raw_f.shape):
+    if any(s < multiple // 2 for s in raw_f.shape[:ndim]):
         raise ValueError(f"fixed {args.fixed} of shape {raw_f.shape} is too small for this model (each side >= {multiple // 2})")
 
     disp = predict_displacement(model, moving.image, fixed.image, device, downsample).cpu()
@@ -135,11 +144,11 @@ def register_files(args) -> dict:
         outputs.append(args.figure)
     metrics["outputs"] = outputs
     if args.json:
+        outputs.append(args.json)
         tmp = args.json + ".tmp"
         with open(tmp, "w") as fh:
             json.dump(metrics, fh, indent=1)
         os.replace(tmp, args.json)
-        outputs.append(args.json)
     return metrics
 
 

@@ -231,7 +231,8 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"checkpoint: {path} is not a fastwarp checkpoint ({type(e).__name__}: {e})") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"checkpoint: {path} is not a fastwarp checkpoint ({type(e).__name__}: {first})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != "fastwarp-regunet-1" or "model" not in ckpt:
         raise CheckpointError(f"checkpoint: {path} is not a fastwarp checkpoint (written by `fastwarp train`)")
     return ckpt

@@ -162,6 +162,9 @@ def save_nifti(path: str | os.PathLike, array, affine: np.ndarray, header=None, 
     suffix = ".nii.gz" if path.endswith(".gz") else ".nii"
     fd, tmp = tempfile.mkstemp(suffix=suffix, dir=folder, prefix=".fastwarp-")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a plain new file follows the umask
     try:
         nib.save(img, tmp)
         os.replace(tmp, path)
@@ -272,7 +275,7 @@ def _smooth_noise(shape: Sequence[int], spacing: float, channels: int, g: torch.
     return F.interpolate(noise, size=tuple(shape), mode=mode, align_corners=True)
 
 
-def random_deformation(shape: Sequence[int], g: torch.Generator, max_disp: float = 4.0, spacing: float = 8.0,
+def random_deformation(shape: Sequence[int], g: torch.Generator, max_disp: float = 4.0, spacing: float = 6.0,
                        nsteps: int = 5) -> torch.Tensor:
     """A random smooth diffeomorphic displacement (1, ndim, *shape) in voxels: a smooth random
     velocity (nodes ``spacing`` voxels apart, s.d. ``max_disp / 2``) integrated by scaling and
@@ -284,10 +287,32 @@ def random_deformation(shape: Sequence[int], g: torch.Generator, max_disp: float
         return VecInt(None, nsteps)(vel)
 
 
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (1, 1, *spatial) with s.d. ``sigma`` voxels."""
+    if sigma <= 0.05:
+        return x
+    r = max(1, int(3 * sigma + 0.5))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype) / sigma) ** 2)
+    k = k / k.sum()
+    ndim = x.dim() - 2
+    conv = F.conv2d if ndim == 2 else F.conv3d
+    for axis in range(ndim):
+        shape = [1, 1] + [1] * ndim
+        shape[2 + axis] = 2 * r + 1
+        pad = [0] * ndim
+        pad[axis] = r
+        x = conv(x, k.reshape(shape), padding=tuple(pad))
+    return x
+
+
 def _augment_intensity(x: torch.Tensor, g: torch.Generator, strength: float = 1.0) -> torch.Tensor:
-    """Gamma, a smooth multiplicative bias field, contrast/brightness and a little noise,
-    on an image in [0, 1]; the result is clipped to [0, 1]."""
+    """Blur (s.d. up to one voxel, half the time), gamma, a smooth multiplicative bias field,
+    contrast/brightness and a little noise, on an image in [0, 1]; clipped to [0, 1]. The
+    blur teaches a model trained on one brain that a sharp scan and a blurry template (the
+    MNI152 average) can show the same anatomy."""
     rnd = lambda: float(torch.randn((), generator=g))  # noqa: E731
+    if float(torch.rand((), generator=g)) < 0.5:
+        x = _blur(x, float(torch.rand((), generator=g)) * strength)
     x = x.clamp_min(0) ** float(np.exp(0.25 * strength * rnd()))
     bias = torch.exp(0.1 * strength * _smooth_noise(x.shape[2:], 24.0, 1, g))
     x = x * bias * (1.0 + 0.1 * strength * rnd()) + 0.02 * strength * rnd()
