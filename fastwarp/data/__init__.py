@@ -279,12 +279,20 @@ def random_deformation(shape: Sequence[int], g: torch.Generator, max_disp: float
                        nsteps: int = 5) -> torch.Tensor:
     """A random smooth diffeomorphic displacement (1, ndim, *shape) in voxels: a smooth random
     velocity (nodes ``spacing`` voxels apart, s.d. ``max_disp / 2``) integrated by scaling and
-    squaring on fastwarp's warp."""
+    squaring on fastwarp's warp, at half resolution for fields of 32 voxels or more a side
+    (the field is smooth at that scale, and the data workers then keep up with a GPU)."""
     from ..nn import VecInt
 
-    vel = _smooth_noise(shape, spacing, len(shape), g) * (max_disp / 2.0)
+    shape = tuple(int(s) for s in shape)
+    half = min(shape) >= 32
+    work = tuple((s + 1) // 2 for s in shape) if half else shape
+    vel = _smooth_noise(work, spacing / (2 if half else 1), len(shape), g) * (max_disp / (4.0 if half else 2.0))
     with torch.no_grad():
-        return VecInt(None, nsteps)(vel)
+        disp = VecInt(None, nsteps)(vel)
+        if half:
+            mode = "bilinear" if len(shape) == 2 else "trilinear"
+            disp = 2.0 * F.interpolate(disp, size=shape, mode=mode, align_corners=False)
+    return disp
 
 
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
