@@ -23,6 +23,15 @@ def device(request):
 
 
 @pytest.fixture
+def one_thread():
+    """torch on one CPU thread for the test, restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def gen():
     """A fresh, seeded generator per test: inputs are random, never zeros, and reproducible."""
     g = torch.Generator().manual_seed(1234)

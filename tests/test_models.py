@@ -16,13 +16,9 @@ from reference import smooth_field, voxelmorph_warp
 TINY = dict(enc_features=(4, 8), dec_features=(8, 8, 4))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny convolutions: one thread is faster than two fighting over a busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny convolutions: one thread is faster than two fighting over a busy machine, and runs
+# compared bit for bit need the same thread count anyway
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def pair(shape, gen):

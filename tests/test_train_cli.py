@@ -25,14 +25,9 @@ TINY = ["--enc", "4", "8", "--dec", "8", "8", "4"]
 COMMON = ["--device", "cpu", "--workers", "0", "--quiet", *TINY, "--window", "5"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny convolutions: one thread is faster than two fighting over a busy machine, and
-    # runs that are compared bit for bit need the same thread count anyway
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny convolutions: one thread is faster than two fighting over a busy machine, and runs
+# compared bit for bit need the same thread count anyway
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------- synthetic data
