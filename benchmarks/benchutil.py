@@ -1,38 +1,23 @@
-"""Helpers shared by the benchmark modules (imported as a sibling module: pytest puts this
-folder on sys.path for them)."""
+"""pytest-side helpers of the benchmark modules (imported as a sibling module: pytest puts this
+folder on sys.path for them). The baselines and the measurement helpers themselves live in
+:mod:`fastwarp.bench` (one copy, shared with ``python -m fastwarp.bench``)."""
 
-import math
+import pytest
 
-import torch
-
-
-def input_sets(device, set_bytes):
-    """How many input sets the timed calls rotate through: 3, and on a GPU enough to fill twice
-    its L2 cache, so that no call finds its inputs there (as in a training step)."""
-    if device.type != "cuda":
-        return 3
-    l2 = torch.cuda.get_device_properties(device).L2_cache_size
-    return max(3, math.ceil(2 * l2 / set_bytes))
+from fastwarp.bench import BaselineNotApplicable, BaselineUnavailable
 
 
-def describe(device):
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+def build_or_skip(factory, *args, **kwargs):
+    """``factory(*args, **kwargs)``, a baseline that is not installed or does not apply here
+    (:class:`~fastwarp.bench.BaselineUnavailable`, :class:`~fastwarp.bench.BaselineNotApplicable`)
+    turned into a skip."""
+    try:
+        return factory(*args, **kwargs)
+    except (BaselineUnavailable, BaselineNotApplicable) as e:
+        pytest.skip(str(e))
 
 
 def record_bandwidth(benchmark, nbytes):
     benchmark.extra_info["bytes_moved"] = nbytes
     if benchmark.stats is not None:  # None under --benchmark-disable
         benchmark.extra_info["GB/s"] = round(nbytes / benchmark.stats.stats.median / 1e9, 2)
-
-
-def run_info(device, threads, inputs):
-    """The extra_info every benchmark case records about its run."""
-    import fastwarp
-
-    return dict(
-        device=describe(device),
-        threads=threads,
-        torch=torch.__version__,
-        fastwarp=fastwarp.__version__,
-        input_sets=len(inputs),
-    )

@@ -12,23 +12,15 @@ import torch
 import torch.nn.functional as F
 
 import fastwarp
+from fastwarp.bench.baselines import VoxelMorphTransformer, voxelmorph_classic_ncc
 
 
 def _voxelmorph_way(image, disp):
-    spatial = disp.shape[2:]
-    grid = torch.stack(torch.meshgrid([torch.arange(s, device=disp.device, dtype=disp.dtype) for s in spatial], indexing="ij"))
-    locs = grid.unsqueeze(0) + disp
-    locs = torch.stack([2 * (locs[:, i] / (spatial[i] - 1) - 0.5) for i in range(len(spatial))], 1)
-    return F.grid_sample(image, locs.movedim(1, -1).flip(-1), align_corners=True)
+    return VoxelMorphTransformer(disp.shape[2:]).to(disp.device, disp.dtype)(image, disp)
 
 
 def _voxelmorph_ncc(a, b, win=9):
-    filt = torch.ones(1, 1, win, win, win, device=a.device, dtype=a.dtype)
-    box = lambda x: F.conv3d(x, filt, padding=win // 2)  # noqa: E731
-    n = win**3
-    si, sj, sii, sjj, sij = box(a), box(b), box(a * a), box(b * b), box(a * b)
-    cross = sij - si * sj / n
-    return (cross * cross / ((sii - si * si / n) * (sjj - sj * sj / n) + 1e-5)).mean()
+    return -voxelmorph_classic_ncc(a, b, win)
 
 
 def _median_ms(fn, device, repeats):

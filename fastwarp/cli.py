@@ -4,6 +4,7 @@
     fastwarp train      train a registration network (see `fastwarp train -h`)
     fastwarp register   register a pair of NIfTI images with a trained network
     fastwarp check      what this build has, and a quick check and timing of the kernels
+    fastwarp bench      time fastwarp against the installed baselines (table, JSON, Markdown)
 
 Errors in the input (a missing file, a wrong shape, ...) print one line naming the file or
 argument; FASTWARP_DEBUG=1 shows the traceback instead.
@@ -96,6 +97,10 @@ def demo(argv: Sequence[str] | None = None) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from .bench.runner import main as bench_main
+
+        return bench_main(argv[1:], prog="fastwarp bench")
     commands = {"demo", "train", "register", "check"}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(__doc__.strip())

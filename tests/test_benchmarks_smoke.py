@@ -58,3 +58,20 @@ def test_ncc_benchmarks_run_tiny():
                 assert f"PASSED benchmarks/bench_ncc.py::test_ncc[cpu-{nd}-{mode}-{impl}]" in output, output
     for impl in ["fastwarp", *baselines]:
         assert f"PASSED benchmarks/bench_ncc.py::test_ncc[cpu-2d-fwdbwd-both-{impl}]" in output, output
+
+
+@pytest.mark.slow
+def test_train_benchmarks_run_tiny():
+    """benchmarks/bench_train.py likewise: one training step of RegUNet(3) on fastwarp's ops and on
+    VoxelMorph's (same weights, same data) ran on the CPU, and ``test_first_step_loss`` checked
+    that both compute the same loss on the first step (to ``rtol=1e-5``: float32, the two NCCs
+    sum their windows in different orders; its docstring says why that tolerance)."""
+    cmd = [sys.executable, "-m", "pytest", "benchmarks/bench_train.py", "--benchmark-disable", "--fw-size=tiny"]
+    cmd += ["-q", "-p", "no:cacheprovider", "-rA"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+
+    for impl in ("fastwarp", "voxelmorph"):
+        assert f"PASSED benchmarks/bench_train.py::test_train[cpu-{impl}]" in output, output
+    assert "PASSED benchmarks/bench_train.py::test_first_step_loss[cpu]" in output, output
