@@ -148,7 +148,7 @@ def _prepare(vol: fwdata.Volume, args, multiple: int) -> fwdata.Volume:
     if args.ndim == 3 and vol.image.ndim != 3:
         raise ValueError(f"--ndim 3 needs 3-D volumes, but {vol.name} is {vol.image.ndim}-D (use --ndim 2)")
     if args.ndim == 2 and vol.image.ndim == 3:  # axial slices: pad the in-plane axes only
-        image, crop = _pad_inplane(vol.image, multiple)
+        image, crop = fwdata.pad_to_multiple(vol.image, multiple, axes=(0, 1))
     else:
         image, crop = fwdata.pad_to_multiple(vol.image, multiple)
     labels = None
@@ -158,15 +158,6 @@ def _prepare(vol: fwdata.Volume, args, multiple: int) -> fwdata.Volume:
     out = fwdata.Volume(image, vol.affine, labels, vol.header, vol.name, dict(vol.meta))
     out.meta["crop"] = crop
     return out
-
-
-def _pad_inplane(x: np.ndarray, multiple: int):
-    pads, crop = [], []
-    for k, s in enumerate(x.shape):
-        total = (-s) % multiple if k < 2 else 0
-        pads.append((total // 2, total - total // 2))
-        crop.append(slice(total // 2, total // 2 + s))
-    return np.pad(x, pads), tuple(crop)
 
 
 def _val_pairs(val_vols, fixed_vol, args):

@@ -89,13 +89,15 @@ def _missing(error: ImportError, module: str) -> bool:
 
 
 def _import(baseline: str, module: str):
-    """``importlib.import_module(module)``, an ``ImportError`` turned into BaselineUnavailable
-    (what ``pytest.importorskip`` skipped on)."""
+    """``importlib.import_module(module)``, a failure turned into BaselineUnavailable (what
+    ``pytest.importorskip`` skipped on): an ``ImportError``, or anything else a package raises
+    at import (fused_lncc JIT-compiles its kernel then; FireANTs' fused ops may be built for
+    another torch)."""
     try:
         return importlib.import_module(module)
-    except ImportError as e:
-        missing = _missing(e, module)
-        reason = "not installed" if missing else f"could not import {module!r}: {e}"
+    except Exception as e:  # noqa: BLE001
+        missing = isinstance(e, ImportError) and _missing(e, module)
+        reason = "not installed" if missing else f"could not import {module!r}: {type(e).__name__}: {e}"
         raise BaselineUnavailable(baseline, reason, installed=not missing) from e
 
 
@@ -320,14 +322,7 @@ def _ncc_fused_lncc(nd, window, device, dtype):
         raise BaselineNotApplicable(name, "3-D only")
     if window not in (3, 5, 7, 9):
         raise BaselineNotApplicable(name, "windows 3, 5, 7, 9 only")
-    try:  # without its prebuilt extension, the import JIT-compiles the kernel (and may fail)
-        from fused_lncc import fused_lncc_loss
-    except ModuleNotFoundError as e:
-        if _missing(e, "fused_lncc"):
-            raise BaselineUnavailable(name, "not installed", installed=False) from e
-        raise BaselineUnavailable(name, f"not importable: {type(e).__name__}: {e}") from e
-    except Exception as e:  # noqa: BLE001
-        raise BaselineUnavailable(name, f"not importable: {type(e).__name__}: {e}") from e
+    fused_lncc_loss = _import(name, "fused_lncc").fused_lncc_loss
 
     def loss(a, b):  # 1 - mean(cc); the gradient flows to `pred` (a) only
         return fused_lncc_loss(a, b, kernel_size=window)
@@ -341,14 +336,7 @@ def _ncc_fireants(nd, window, device, dtype):
         raise BaselineNotApplicable(name, "CUDA only")
     if nd != 3:
         raise BaselineNotApplicable(name, "3-D only")
-    try:
-        from fireants.losses.fusedcc import FusedLocalNormalizedCrossCorrelationLoss
-    except ModuleNotFoundError as e:
-        if _missing(e, "fireants"):
-            raise BaselineUnavailable(name, "not installed", installed=False) from e
-        raise BaselineUnavailable(name, f"not importable: {type(e).__name__}: {e}") from e
-    except Exception as e:  # noqa: BLE001  (fireants_fused_ops missing or built for another torch)
-        raise BaselineUnavailable(name, f"not importable: {type(e).__name__}: {e}") from e
+    FusedLocalNormalizedCrossCorrelationLoss = _import(name, "fireants.losses.fusedcc").FusedLocalNormalizedCrossCorrelationLoss
     options = dict(spatial_dims=3, kernel_size=window, reduction="mean", smooth_nr=0.0, smooth_dr=1e-5)
     version = _dist_version("fireants", "FireANTs")
     try:  # the exact gradient (newer versions default to ANTs' approximation), separable box sums

@@ -232,13 +232,17 @@ def embedded() -> list[VolumeSpec]:
     return specs
 
 
-def pad_to_multiple(x: np.ndarray, multiple: int, ndim: int | None = None) -> tuple[np.ndarray, tuple[slice, ...]]:
-    """Zero-pad the last ``ndim`` axes (all by default) symmetrically up to multiples of
-    ``multiple``. Returns the padded array and the slices that crop it back."""
-    ndim = x.ndim if ndim is None else ndim
-    pads, crop = [(0, 0)] * (x.ndim - ndim), [slice(None)] * (x.ndim - ndim)
-    for s in x.shape[x.ndim - ndim:]:
-        total = (-s) % multiple
+def pad_to_multiple(x: np.ndarray, multiple: int, ndim: int | None = None,
+                    axes: Sequence[int] | None = None) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """Zero-pad the last ``ndim`` axes (all by default), or the given ``axes``, symmetrically
+    up to multiples of ``multiple``. Returns the padded array and the slices that crop it back."""
+    if axes is None:
+        ndim = x.ndim if ndim is None else ndim
+        axes = range(x.ndim - ndim, x.ndim)
+    axes = {a % x.ndim for a in axes}
+    pads, crop = [], []
+    for k, s in enumerate(x.shape):
+        total = (-s) % multiple if k in axes else 0
         pads.append((total // 2, total - total // 2))
         crop.append(slice(total // 2, total // 2 + s))
     return np.pad(x, pads), tuple(crop)
