@@ -1,6 +1,12 @@
 """Builds fastwarp._C: CPU kernels always, CUDA kernels when a toolkit and a CUDA build of
 torch are present (FASTWARP_CUDA=1 forces them, FASTWARP_CUDA=0 leaves them out).
 
+The test build of the CUDA code, FASTWARP_CUDA_EMU=1, adds fastwarp._C_emu: the CUDA
+sources compiled by the host compiler over an emulated launch on CPU threads
+(csrc/emu/README.md). FASTWARP_CUDA_EMU=thread or address (or a comma-separated list such
+as 1,thread,address) builds it under ThreadSanitizer / AddressSanitizer as
+fastwarp._C_emu_thread / fastwarp._C_emu_address. A normal install builds none of them.
+
 Install with `pip install --no-build-isolation .` after installing torch: the extension is
 compiled against the torch that is installed, and build isolation would compile it
 against whatever torch pip downloads into a temporary environment instead.
@@ -117,5 +123,35 @@ def extensions():
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
+# The emulated-CUDA test builds: module suffix -> extra compile flags.
+EMU_VARIANTS = {
+    "1": ("_C_emu", ["-O2"]),
+    "thread": ("_C_emu_thread", ["-O1", "-g", "-fsanitize=thread"]),
+    "address": ("_C_emu_address", ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"]),
+}
+
+
+def emu_extensions():
+    requested = [v.strip() for v in os.environ.get("FASTWARP_CUDA_EMU", "").split(",") if v.strip()]
+    requested = [v for v in requested if v != "0"]
+    unknown = [v for v in requested if v not in EMU_VARIANTS]
+    if unknown:
+        sys.exit(f"fastwarp build: FASTWARP_CUDA_EMU must be a comma-separated list of {', '.join(EMU_VARIANTS)}, got {unknown}")
+    if not requested:
+        return []
+    from torch.utils.cpp_extension import CppExtension
+
+    sources = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "emu", "*.cpp")))]
+    exts = []
+    for variant in requested:
+        module, flags = EMU_VARIANTS[variant]
+        log(f"building the emulated-CUDA test extension fastwarp.{module}")
+        defines = ["-DFASTWARP_CUDA_EMU=1", f"-DFASTWARP_EMU_MODULE={module}"]
+        link = [f for f in flags if f.startswith("-fsanitize")]
+        exts.append(CppExtension(f"fastwarp.{module}", sources, extra_compile_args={"cxx": flags + defines}, extra_link_args=link))
+    return exts
+
+
 ext_modules, cmdclass = extensions()
+ext_modules += emu_extensions()
 setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -45,13 +45,11 @@ def _jacobian_fake(out, nd, jacobian):
     return out.new_empty(0)
 
 
-@torch.library.register_fake("fastwarp::warp")
 def _warp_fake(image, disp, interp, padding, jacobian=False):
     out = image.new_empty(image.shape)
     return out, _jacobian_fake(out, image.dim() - 2, jacobian)
 
 
-@torch.library.register_fake("fastwarp::grid_sample")
 def _grid_sample_fake(input, grid, interp, padding, align_corners, jacobian=False):
     out = input.new_empty((*input.shape[:2], *grid.shape[1:-1]))
     return out, _jacobian_fake(out, input.dim() - 2, jacobian)
@@ -63,12 +61,10 @@ def _backward_fake(grad_output, image_size, coords, output_mask):
     return grad_image, grad_coords
 
 
-@torch.library.register_fake("fastwarp::warp_backward")
 def _warp_backward_fake(grad_output, image, image_size, disp, interp, padding, output_mask):
     return _backward_fake(grad_output, image_size, disp, output_mask)
 
 
-@torch.library.register_fake("fastwarp::grid_sample_backward")
 def _grid_sample_backward_fake(
     grad_output, input, input_size, grid, interp, padding, align_corners, output_mask
 ):
@@ -137,16 +133,6 @@ def _make_backward(backward_op, grid_layout):
     return backward
 
 
-torch.library.register_autograd(
-    "fastwarp::warp",
-    _make_backward(torch.ops.fastwarp.warp_backward.default, grid_layout=False),
-    setup_context=_setup_context,
-)
-torch.library.register_autograd(
-    "fastwarp::grid_sample",
-    _make_backward(torch.ops.fastwarp.grid_sample_backward.default, grid_layout=True),
-    setup_context=_setup_context,
-)
 
 
 # --------------------------------------------------------------------------- ncc
@@ -155,12 +141,10 @@ torch.library.register_autograd(
 # [Windowed NCC]): only a and b are saved, never the moment volumes.
 
 
-@torch.library.register_fake("fastwarp::ncc")
 def _ncc_fake(a, b, window, eps):
     return a.new_empty(a.shape)
 
 
-@torch.library.register_fake("fastwarp::ncc_backward")
 def _ncc_backward_fake(grad_output, a, b, window, eps, output_mask):
     return (
         a.new_empty(a.shape) if output_mask[0] else a.new_empty(0),
@@ -174,11 +158,46 @@ def _ncc_setup_context(ctx, inputs, output):
     ctx.save_for_backward(a, b)
 
 
-def _ncc_backward(ctx, grad):
-    a, b = ctx.saved_tensors
-    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1]]
-    ga, gb = torch.ops.fastwarp.ncc_backward(grad, a, b, ctx.window, ctx.eps, mask)
-    return (ga if mask[0] else None, gb if mask[1] else None, None, None)
+def _make_ncc_backward(backward_op):
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1]]
+        ga, gb = backward_op(grad, a, b, ctx.window, ctx.eps, mask)
+        return (ga if mask[0] else None, gb if mask[1] else None, None, None)
+
+    return backward
 
 
-torch.library.register_autograd("fastwarp::ncc", _ncc_backward, setup_context=_ncc_setup_context)
+# --------------------------------------------------------------------------- registration
+
+
+def register(namespace):
+    """Fake kernels and autograd for the ops of ``namespace``: ``fastwarp``, and the private
+    twin ``fastwarp_emu`` of the emulated-CUDA test build (fastwarp/_emu.py), which has the
+    same schemas."""
+    ops = getattr(torch.ops, namespace)
+    for name, fake in (
+        ("warp", _warp_fake),
+        ("grid_sample", _grid_sample_fake),
+        ("warp_backward", _warp_backward_fake),
+        ("grid_sample_backward", _grid_sample_backward_fake),
+        ("ncc", _ncc_fake),
+        ("ncc_backward", _ncc_backward_fake),
+    ):
+        torch.library.register_fake(f"{namespace}::{name}", fake)
+    torch.library.register_autograd(
+        f"{namespace}::warp",
+        _make_backward(ops.warp_backward.default, grid_layout=False),
+        setup_context=_setup_context,
+    )
+    torch.library.register_autograd(
+        f"{namespace}::grid_sample",
+        _make_backward(ops.grid_sample_backward.default, grid_layout=True),
+        setup_context=_setup_context,
+    )
+    torch.library.register_autograd(
+        f"{namespace}::ncc", _make_ncc_backward(ops.ncc_backward.default), setup_context=_ncc_setup_context
+    )
+
+
+register("fastwarp")

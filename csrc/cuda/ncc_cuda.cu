@@ -1,11 +1,9 @@
 // CUDA loops of fastwarp::ncc: the op bodies (csrc/common/ncc_op.h) run their elementwise
 // and per-line lambdas as one thread per element (or per line, for the running box sums).
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "../common/ncc_op.h"
+#include "runtime.h"
 
 namespace fastwarp {
 namespace {
@@ -19,21 +17,18 @@ __global__ void __launch_bounds__(kThreads) elementwise_kernel(int64_t n, F f) {
 }
 
 struct CudaNccBackend {
-  static c10::cuda::CUDAGuard device_guard(const at::Tensor& t) {
-    return c10::cuda::CUDAGuard(t.device());
-  }
+  static auto device_guard(const at::Tensor& t) { return cuda::device_guard(t); }
 
   template <typename F>
   static void parallel_for(int64_t n, int64_t /*work*/, const F& f) {
     if (n == 0) return;
     const auto blocks = static_cast<unsigned int>((n + kThreads - 1) / kThreads);
-    elementwise_kernel<<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(n, f);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cuda::launch(elementwise_kernel<F>, blocks, kThreads, 0, cuda::current_stream(), n, f);
   }
 };
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastwarp, CUDA, m) { register_ncc_ops<CudaNccBackend>(m); }
+FASTWARP_CUDA_LIBRARY_IMPL(m) { register_ncc_ops<CudaNccBackend>(m); }
 
 }  // namespace fastwarp

@@ -3,15 +3,13 @@
 // policy of the image gradient. The per-point math is csrc/common/sampling.h, the same
 // code the CPU kernels run.
 #include <ATen/Context.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <cstdint>
 #include <limits>
 
 #include "../common/sample_op.h"
+#include "runtime.h"
 
 namespace fastwarp {
 namespace {
@@ -145,26 +143,18 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 struct CudaBackend {
-  static c10::cuda::CUDAGuard device_guard(const at::Tensor& t) {
-    return c10::cuda::CUDAGuard(t.device());
-  }
+  static auto device_guard(const at::Tensor& t) { return cuda::device_guard(t); }
 
   template <typename scalar_t, typename coord_t, int NDIM>
   static void forward(const SampleParams<NDIM>& P, const scalar_t* image, const coord_t* coords,
                       scalar_t* out, scalar_t* jac) {
     const int64_t points = num_points(P);
     const int64_t total = points * P.coord_batch;
-    const auto stream = c10::cuda::getCurrentCUDAStream();
-    if (params_fit_int32(P, total)) {
-      warp_fwd_kernel<scalar_t, coord_t, int32_t, NDIM>
-          <<<num_blocks(total), kThreads, 0, stream>>>(P, image, coords, out, jac, points,
-                                                        total);
-    } else {
-      warp_fwd_kernel<scalar_t, coord_t, int64_t, NDIM>
-          <<<num_blocks(total), kThreads, 0, stream>>>(P, image, coords, out, jac, points,
-                                                        total);
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const auto kernel = params_fit_int32(P, total)
+                            ? warp_fwd_kernel<scalar_t, coord_t, int32_t, NDIM>
+                            : warp_fwd_kernel<scalar_t, coord_t, int64_t, NDIM>;
+    cuda::launch(kernel, num_blocks(total), kThreads, 0, cuda::current_stream(), P, image,
+                 coords, out, jac, points, total);
   }
 
   template <typename scalar_t, int NDIM>
@@ -173,19 +163,14 @@ struct CudaBackend {
                        at::opmath_type<scalar_t>* grad_image, scalar_t* grad_coords) {
     const int64_t points = num_points(P);
     const int64_t total = points * P.coord_batch;
-    const auto stream = c10::cuda::getCurrentCUDAStream();
     const bool deterministic =
         grad_image != nullptr && at::globalContext().deterministicAlgorithms();
     auto* scatter_target = deterministic ? nullptr : grad_image;
     if (scatter_target != nullptr || grad_coords != nullptr) {
-      if (params_fit_int32(P, total)) {
-        warp_bwd_kernel<scalar_t, int32_t, NDIM><<<num_blocks(total), kThreads, 0, stream>>>(
-            P, grad_out, image, coords, scatter_target, grad_coords, points, total);
-      } else {
-        warp_bwd_kernel<scalar_t, int64_t, NDIM><<<num_blocks(total), kThreads, 0, stream>>>(
-            P, grad_out, image, coords, scatter_target, grad_coords, points, total);
-      }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const auto kernel = params_fit_int32(P, total) ? warp_bwd_kernel<scalar_t, int32_t, NDIM>
+                                                     : warp_bwd_kernel<scalar_t, int64_t, NDIM>;
+      cuda::launch(kernel, num_blocks(total), kThreads, 0, cuda::current_stream(), P, grad_out,
+                   image, coords, scatter_target, grad_coords, points, total);
     }
     if (deterministic) deterministic_image_grad(P, grad_out, coords, grad_image, points);
   }
@@ -198,23 +183,20 @@ struct CudaBackend {
     int64_t voxels = 1;
     for (int k = 0; k < NDIM; ++k) voxels *= P.in_size[k];
     const int64_t total = P.N * points * K;
-    const auto stream = c10::cuda::getCurrentCUDAStream();
-    const auto options =
-        at::TensorOptions().dtype(at::kLong).device(at::kCUDA, c10::cuda::current_device());
+    const auto stream = cuda::current_stream();
+    const auto options = at::TensorOptions().dtype(at::kLong).device(cuda::current_device());
     at::Tensor keys = at::empty({total}, options);
-    det_keys_kernel<scalar_t, NDIM><<<num_blocks(total), kThreads, 0, stream>>>(
-        P, coords, keys.mutable_data_ptr<int64_t>(), points, voxels, total);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cuda::launch(det_keys_kernel<scalar_t, NDIM>, num_blocks(total), kThreads, 0, stream, P,
+                 coords, keys.mutable_data_ptr<int64_t>(), points, voxels, total);
     auto [sorted, order] = keys.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
-    det_reduce_kernel<scalar_t, NDIM><<<num_blocks(total), kThreads, 0, stream>>>(
-        P, grad_out, coords, sorted.const_data_ptr<int64_t>(), order.const_data_ptr<int64_t>(),
-        grad_image, points, voxels, total);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cuda::launch(det_reduce_kernel<scalar_t, NDIM>, num_blocks(total), kThreads, 0, stream, P,
+                 grad_out, coords, sorted.const_data_ptr<int64_t>(),
+                 order.const_data_ptr<int64_t>(), grad_image, points, voxels, total);
   }
 };
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastwarp, CUDA, m) { register_sample_ops<CudaBackend>(m); }
+FASTWARP_CUDA_LIBRARY_IMPL(m) { register_sample_ops<CudaBackend>(m); }
 
 }  // namespace fastwarp

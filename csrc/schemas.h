@@ -1,0 +1,42 @@
+// The operator schemas of fastwarp, defined once. csrc/fastwarp.cpp defines them for the
+// public namespace fastwarp::; the emulated-CUDA test build (csrc/emu/emu_ops.cpp) defines
+// the same schemas for its private twin fastwarp_emu::, whose CPU kernels are the CUDA
+// launchers running on the emulated launch.
+#pragma once
+
+#include <torch/library.h>
+
+namespace fastwarp {
+
+// interp: 0 linear (bilinear / trilinear), 1 nearest.
+// padding: 0 zeros, 1 border, 2 reflection.
+// The forward ops return (output, jacobian): with jacobian=True (linear interpolation of a
+// floating image) also d(output)/d(coordinate value along axis k), (N, C, ndim, *spatial),
+// from which the coordinate gradient is one multiply-and-sum; else an empty tensor.
+// The backward ops return (grad_image, grad_coordinates); a gradient whose output_mask
+// entry is false comes back as an empty tensor. `image` / `input` may be None when the
+// coordinate gradient is not requested; the image's shape is then taken from
+// image_size / input_size.
+inline void define_schemas(torch::Library& m) {
+  m.def(
+      "warp(Tensor image, Tensor disp, int interp, int padding, bool jacobian=False) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "warp_backward(Tensor grad_output, Tensor? image, SymInt[] image_size, Tensor disp, "
+      "int interp, int padding, bool[2] output_mask) -> (Tensor, Tensor)");
+  m.def(
+      "grid_sample(Tensor input, Tensor grid, int interp, int padding, bool align_corners, "
+      "bool jacobian=False) -> (Tensor, Tensor)");
+  m.def(
+      "grid_sample_backward(Tensor grad_output, Tensor? input, SymInt[] input_size, Tensor grid, "
+      "int interp, int padding, bool align_corners, bool[2] output_mask) -> (Tensor, Tensor)");
+
+  // Windowed NCC (csrc/common/ncc.h): the local coefficient map, (N, C, *spatial), and its
+  // backward (grad_a, grad_b), an empty tensor for a gradient whose mask entry is false.
+  m.def("ncc(Tensor a, Tensor b, int[] window, float eps) -> Tensor");
+  m.def(
+      "ncc_backward(Tensor grad_output, Tensor a, Tensor b, int[] window, float eps, "
+      "bool[2] output_mask) -> (Tensor, Tensor)");
+}
+
+}  // namespace fastwarp

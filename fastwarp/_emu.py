@@ -1,0 +1,160 @@
+"""The emulated-CUDA test build: fastwarp's CUDA kernels, run on the CPU.
+
+``FASTWARP_CUDA_EMU=1 pip install --no-build-isolation -e .`` adds the extension
+``fastwarp._C_emu``: the files of ``csrc/cuda/`` compiled by the host compiler over an
+emulated CUDA launch (``csrc/emu/cuda_emu.h``), registered as the CPU kernels of
+``fastwarp_emu::`` ops, twins of the ``fastwarp::`` ops with the same schemas.
+
+Inside ``with EmulatedCuda():`` every ``fastwarp::`` op called on CPU tensors runs on those
+kernels instead of the CPU ones, under the public API, its checks and its autograd, so the
+tests of the CUDA backend are the CPU tests with a different device parameter
+(``tests/conftest.py``). Private: for tests and checks, not for users.
+
+The sanitizer builds ``_C_emu_thread`` / ``_C_emu_address`` are chosen with the
+environment variable ``FASTWARP_CUDA_EMU_VARIANT=thread|address``; they load only in a
+process that has the sanitizer runtime preloaded. ``python -m fastwarp._emu thread -- CMD``
+runs CMD so (see ``sanitizer_env``; ``scripts/emu_sanitize.sh`` runs the tests that way).
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from . import _ops
+
+VARIANT_ENV = "FASTWARP_CUDA_EMU_VARIANT"
+MODULES = {"": "_C_emu", "thread": "_C_emu_thread", "address": "_C_emu_address"}
+
+_loaded: str | None = None
+_active = 0
+
+
+def variant() -> str:
+    """The build to load: '' (plain), 'thread' or 'address', from FASTWARP_CUDA_EMU_VARIANT."""
+    v = os.environ.get(VARIANT_ENV, "")
+    if v not in MODULES:
+        raise ValueError(f"{VARIANT_ENV} must be one of {', '.join(map(repr, MODULES))}, got {v!r}")
+    return v
+
+
+def load() -> str:
+    """Imports the emulated-CUDA extension (once) and registers fake kernels and autograd
+    for its ops. Returns the module name; raises ImportError when it was not built."""
+    global _loaded
+    name = MODULES[variant()]
+    if _loaded is not None:
+        if _loaded != name:
+            raise ImportError(f"fastwarp.{_loaded} is already loaded; one emulated build per process")
+        return name
+    try:
+        importlib.import_module(f"fastwarp.{name}")
+    except ImportError as e:
+        raise ImportError(
+            f"fastwarp.{name} is not built ({e}); build the test extension with "
+            f"FASTWARP_CUDA_EMU={variant() or 1} pip install --no-build-isolation -e ."
+        ) from e
+    _ops.register("fastwarp_emu")
+    _loaded = name
+    return name
+
+
+def available() -> bool:
+    """Whether the emulated-CUDA extension of the selected variant can be loaded."""
+    try:
+        load()
+    except ImportError:
+        return False
+    return True
+
+
+def built(variant: str) -> bool:
+    """Whether the build of ``variant`` ('', 'thread', 'address') is installed."""
+    return importlib.util.find_spec(f"fastwarp.{MODULES[variant]}") is not None
+
+
+# The sanitizer runtimes and their options. halt_on_error: the first report fails the
+# process; OMP_NUM_THREADS=1 keeps torch's OpenMP threads (whose synchronization inside
+# libgomp ThreadSanitizer cannot see) out of the run; the emulation itself runs on the
+# calling thread.
+SANITIZERS = {
+    "thread": ("libtsan.so", "TSAN_OPTIONS", "halt_on_error=1 exitcode=66 second_deadlock_stack=1"),
+    "address": ("libasan.so", "ASAN_OPTIONS", "halt_on_error=1 detect_leaks=0 exitcode=1"),
+}
+
+
+def sanitizer_env(variant: str, env: dict | None = None) -> dict:
+    """The environment of a process that runs the ``variant`` ('thread' or 'address') build:
+    the compiler's sanitizer runtime preloaded (found with ``$CXX -print-file-name``, the
+    compiler that built the extension), its options, and the variant selected."""
+    library, options_var, options = SANITIZERS[variant]
+    cxx = os.environ.get("CXX", "g++")
+    if shutil.which(cxx) is None:
+        raise RuntimeError(f"{cxx} not found: it locates the sanitizer runtime {library}")
+    runtime = subprocess.run([cxx, f"-print-file-name={library}"], capture_output=True, text=True, check=True).stdout.strip()
+    if not os.path.isabs(runtime):
+        raise RuntimeError(f"{cxx} has no {library} (install the compiler's sanitizer runtime)")
+    env = dict(os.environ if env is None else env)
+    env.update({"LD_PRELOAD": runtime, VARIANT_ENV: variant, "OMP_NUM_THREADS": "1"})
+    env[options_var] = f"{options} {env.get(options_var, '')}".strip()
+    return env
+
+
+def active() -> bool:
+    """Whether an EmulatedCuda mode is active in this thread."""
+    return _active > 0
+
+
+class EmulatedCuda(TorchDispatchMode):
+    """Runs every ``fastwarp::`` op on the emulated CUDA kernels (``fastwarp_emu::``).
+
+    ``calls`` counts the ops redirected, by name, so that a test can tell that the CUDA
+    code really ran.
+    """
+
+    def __init__(self):
+        super().__init__()
+        load()
+        self.calls: collections.Counter[str] = collections.Counter()
+
+    def __enter__(self):
+        global _active
+        _active += 1
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        global _active
+        _active -= 1
+        return super().__exit__(*exc)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.namespace == "fastwarp":
+            twin = getattr(getattr(torch.ops.fastwarp_emu, func._opname), func._overloadname)
+            self.calls[func._opname] += 1
+            return twin(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+def main(argv=None):
+    """``python -m fastwarp._emu thread|address -- CMD [ARGS...]``: runs CMD under the
+    sanitizer build."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) < 3 or argv[0] not in SANITIZERS or argv[1] != "--":
+        sys.exit("usage: python -m fastwarp._emu thread|address -- CMD [ARGS...]")
+    if not built(argv[0]):
+        sys.exit(f"fastwarp.{MODULES[argv[0]]} is not built: FASTWARP_CUDA_EMU=1,{argv[0]} pip install --no-build-isolation -e .")
+    env = sanitizer_env(argv[0])
+    os.execvpe(argv[2], argv[2:], env)
+
+
+if __name__ == "__main__":
+    main()
