@@ -7,6 +7,7 @@ align_corners=True), the path fastwarp.warp replaces.
 """
 
 import itertools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -85,3 +86,22 @@ def smooth_field(shape, magnitude, generator=None, dtype=torch.float64):
     coarse = torch.randn(n, nd, *[max(2, s // 4) for s in spatial], generator=generator, dtype=dtype)
     mode = "bilinear" if nd == 2 else "trilinear"
     return F.interpolate(coarse, size=spatial, mode=mode, align_corners=True) * magnitude
+
+
+def ncc_reference(a, b, window, eps=1e-5):
+    """The conv (box-filter) formula, per channel, zero padding: VoxelMorph's classic NCC."""
+    nd = a.dim() - 2
+    conv = (F.conv2d, F.conv3d)[nd - 2]
+    c = a.shape[1]
+    filt = torch.ones(c, 1, *window, dtype=a.dtype, device=a.device)
+    pad = [w // 2 for w in window]
+
+    def box(x):
+        return conv(x, filt, padding=pad, groups=c)
+
+    n = math.prod(window)
+    si, sj, sii, sjj, sij = box(a), box(b), box(a * a), box(b * b), box(a * b)
+    cross = sij - si * sj / n
+    var_a = sii - si * si / n
+    var_b = sjj - sj * sj / n
+    return cross * cross / (var_a * var_b + eps)

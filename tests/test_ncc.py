@@ -1,33 +1,13 @@
 """fastwarp.ncc and the losses against float64 plain-PyTorch references, on CPU (and CUDA
 when present), at odd sizes and windows."""
 
-import math
-
 import pytest
 import torch
-import torch.nn.functional as F
 
 import fastwarp
+from fastwarp import _emu
 from fastwarp.losses import MSE, NCC, Grad
-
-
-def ncc_reference(a, b, window, eps=1e-5):
-    """The conv (box-filter) formula, per channel, zero padding: VoxelMorph's classic NCC."""
-    nd = a.dim() - 2
-    conv = (F.conv2d, F.conv3d)[nd - 2]
-    c = a.shape[1]
-    filt = torch.ones(c, 1, *window, dtype=a.dtype, device=a.device)
-    pad = [w // 2 for w in window]
-
-    def box(x):
-        return conv(x, filt, padding=pad, groups=c)
-
-    n = math.prod(window)
-    si, sj, sii, sjj, sij = box(a), box(b), box(a * a), box(b * b), box(a * b)
-    cross = sij - si * sj / n
-    var_a = sii - si * si / n
-    var_b = sjj - sj * sj / n
-    return cross * cross / (var_a * var_b + eps)
+from reference import ncc_reference
 
 
 def pair(shape, gen, dtype=torch.float64):
@@ -44,6 +24,7 @@ CASES = [
 ]
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("shape, window", CASES)
 def test_values_match_reference(shape, window, device, gen):
     a, b = pair(shape, gen)
@@ -56,6 +37,7 @@ def test_values_match_reference(shape, window, device, gen):
     torch.testing.assert_close(batch.cpu(), expected.flatten(2).mean(2))
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("shape, window", CASES[:3])
 def test_gradients_match_autograd_through_reference(shape, window, device, gen):
     a, b = pair(shape, gen)
@@ -78,6 +60,7 @@ def test_gradcheck(nd, window, device, gen):
     assert torch.autograd.gradcheck(lambda y: fastwarp.ncc(a.detach(), y, window, reduction="batch"), (b,))
 
 
+@pytest.mark.sanitize
 def test_large_intensity_offset(device, gen):
     """Images offset by +1000 (float32): the window sums are accumulated in float64, so the
     result matches the float64 reference of the same float32 values, where the naive
@@ -93,6 +76,7 @@ def test_large_intensity_offset(device, gen):
     assert naive_err > 100 * err  # the cancellation is real, and avoided
 
 
+@pytest.mark.sanitize
 def test_constant_images_are_finite(device, gen):
     a = torch.full((1, 1, 6, 7, 5), 3.0, dtype=torch.float64, device=device, requires_grad=True)
     b, _ = pair((1, 1, 6, 7, 5), gen)
@@ -105,6 +89,7 @@ def test_constant_images_are_finite(device, gen):
     assert cc[..., 1:-1, 1:-1, 1:-1].abs().max() < 1e-6
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_low_precision(dtype, device, gen):
     a, b = pair((2, 1, 11, 12, 9), gen)
@@ -125,6 +110,7 @@ def test_low_precision(dtype, device, gen):
     assert rel < 2 * torch.finfo(dtype).eps * 4, rel
 
 
+@pytest.mark.sanitize
 def test_non_contiguous_inputs(device, gen):
     a, b = pair((2, 3, 8, 9, 7), gen)
     at, bt = a.transpose(2, 4).to(device), b.permute(0, 1, 4, 3, 2).to(device)
@@ -187,6 +173,8 @@ def test_opcheck(device, gen):
 
 @pytest.mark.slow
 def test_compile_fullgraph(device, gen):
+    if _emu.active():
+        pytest.skip("torch.compile does not trace under the emulation's dispatch mode; the fake kernels are shared")
     torch._dynamo.reset()
     a, b = pair((1, 1, 9, 8, 7), gen, torch.float32)
     a, b = a.to(device), b.to(device)

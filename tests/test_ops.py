@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import fastwarp
+from fastwarp import _emu
 from reference import smooth_field
 
 
@@ -64,6 +65,8 @@ def test_opcheck_backward_ops(device):
 @pytest.mark.slow
 def test_compile_fullgraph(device):
     """torch.compile traces through the Python API, the op, its fake kernel and its backward."""
+    if _emu.active():
+        pytest.skip("torch.compile does not trace under the emulation's dispatch mode; the fake kernels are shared")
     torch._dynamo.reset()
     g = torch.Generator().manual_seed(10)
     image = torch.randn(2, 1, 6, 7, 5, generator=g).to(device)

@@ -43,6 +43,7 @@ def test_grid_sample_matches_torch(nd, mode, padding, align_corners, device, gen
     torch.testing.assert_close(got.cpu(), expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("nd", [2, 3])
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("align_corners", [True, False])
@@ -77,6 +78,7 @@ def test_grid_sample_defaults_and_bicubic(gen):
 # ------------------------------------------------------------------------- warp
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("nd", [2, 3])
 @pytest.mark.parametrize("mode", ["linear", "nearest"])
 @pytest.mark.parametrize("padding", PADDINGS)
@@ -163,6 +165,7 @@ def test_grid_sample_gradcheck(nd, padding, align_corners, device, gen):
     )
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("nd", [2, 3])
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("disp_batch", [1, 2])
@@ -235,6 +238,7 @@ def test_integer_image_needs_nearest(gen):
         fastwarp.warp(labels, torch.zeros(1, 2, 4, 4))
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("nd", [2, 3])
 def test_low_precision_error_within_twice_naive(dtype, nd, device, gen):
@@ -284,6 +288,7 @@ def test_autocast(gen):
     assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("nd", [2, 3])
 def test_non_contiguous_inputs(nd, device, gen):
     shape = SHAPES[nd]
@@ -314,6 +319,7 @@ def test_non_contiguous_inputs(nd, device, gen):
     )
 
 
+@pytest.mark.sanitize
 def test_image_gradient_deterministic(device, gen):
     image = torch.randn(2, 3, 9, 10, 11, generator=gen).to(device)
     disp = (smooth_field((2, 3, 9, 10, 11), 4.0, gen).float()).to(device)
@@ -335,10 +341,12 @@ def test_image_gradient_deterministic(device, gen):
     torch.testing.assert_close(results[0].cpu().double(), ref.grad, rtol=1e-4, atol=1e-5)
 
 
-def test_offsets_beyond_int32(gen):
-    """A view whose elements lie more than 2**31 elements apart is indexed correctly."""
+@pytest.mark.sanitize
+def test_offsets_beyond_int32(device):
+    """A view whose elements lie more than 2**31 elements apart is indexed correctly (the
+    kernels' 64-bit index path)."""
     try:
-        storage = torch.empty(2**31 + 2**20, dtype=torch.uint8)
+        storage = torch.empty(2**31 + 2**20, dtype=torch.uint8, device=device)
     except RuntimeError:  # pragma: no cover - machine without the address space
         pytest.skip("cannot reserve 2 GiB")
     stride = 2**31 // 3 + 7
@@ -347,7 +355,7 @@ def test_offsets_beyond_int32(gen):
     for i in range(2):
         for j in range(2):
             storage[2 * stride * i + stride * j] = vals[i, j]
-    disp = torch.zeros(1, 2, 2, 2)
+    disp = torch.zeros(1, 2, 2, 2, device=device)
     disp[0, 0, 0, 0] = 1.0  # (0, 0) reads (1, 0), the element past 2**31
     got = fastwarp.warp(labels, disp, mode="nearest")
     assert got[0, 0].tolist() == [[7, 5], [7, 11]]

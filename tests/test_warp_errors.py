@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import fastwarp
+from conftest import DEVICES
 
 
 def img(*shape, dtype=torch.float32):
@@ -82,6 +83,11 @@ HOSTILE = textwrap.dedent(
     """
     import sys, torch, fastwarp
     device = sys.argv[1]
+    if device == "cuda_emu":  # the CUDA kernels on the emulated launch, CPU tensors
+        from fastwarp._emu import EmulatedCuda
+        emulation = EmulatedCuda()
+        emulation.__enter__()
+        device = "cpu"
     bad = [float("nan"), float("inf"), -float("inf"), 1e30, -1e30, 3.4e38, 1e6]
     for nd in (2, 3):
         shape = (2, 2, 5, 6, 7)[: 2 + nd]
@@ -115,12 +121,15 @@ HOSTILE = textwrap.dedent(
     for padding in ("zeros", "border", "reflection"):
         out = fastwarp.warp(image, disp, padding_mode=padding)
         assert out[0, 0, 1, 2] == 0 and (out[0, 0, 0] == image[0, 0, 0]).all()
+    if sys.argv[1] == "cuda_emu":
+        assert emulation.calls["warp"] and emulation.calls["grid_sample_backward"], emulation.calls
     print("survived")
     """
 )
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU"))])
+@pytest.mark.sanitize
+@pytest.mark.parametrize("device", DEVICES)
 def test_nan_inf_and_far_coordinates_in_child_process(device):
     proc = subprocess.run([sys.executable, "-c", HOSTILE, device], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"child exited with {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
