@@ -1,6 +1,7 @@
-// Host-device portability layer: the headers in csrc/common/ are compiled by both
-// g++ (csrc/cpu/*.cpp) and nvcc (csrc/cuda/*.cu), so the CPU tests exercise the same
-// math the GPU runs.
+// Host-device portability layer: the headers in csrc/common/ are compiled by g++ for the
+// CPU kernels (csrc/cpu/*.cpp), by nvcc for the GPU (csrc/cuda/*.cu), and by g++ again for
+// the same CUDA files over the emulated launch (csrc/emu/, the cuda_emu tests), so the math
+// is one copy and the GPU's kernels are tested on machines without one.
 #pragma once
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
