@@ -31,12 +31,14 @@ inline void define_schemas(torch::Library& m) {
       "grid_sample_backward(Tensor grad_output, Tensor? input, SymInt[] input_size, Tensor grid, "
       "int interp, int padding, bool align_corners, bool[2] output_mask) -> (Tensor, Tensor)");
 
-  // Windowed NCC (csrc/common/ncc.h): the local coefficient map, (N, C, *spatial), and its
-  // backward (grad_a, grad_b), an empty tensor for a gradient whose mask entry is false.
-  m.def("ncc(Tensor a, Tensor b, int[] window, float eps) -> Tensor");
+  // Windowed NCC (csrc/common/ncc.h): the local coefficient map, (N, C, *spatial), or its
+  // mean per (n, c) or overall (reduction 0 none, 1 mean, 2 batch: csrc/common/ncc_op.h),
+  // and its backward (grad_a, grad_b), an empty tensor for a gradient whose mask entry is
+  // false; grad_output has the forward output's shape.
+  m.def("ncc(Tensor a, Tensor b, int[] window, float eps, int reduction=0) -> Tensor");
   m.def(
       "ncc_backward(Tensor grad_output, Tensor a, Tensor b, int[] window, float eps, "
-      "bool[2] output_mask) -> (Tensor, Tensor)");
+      "int reduction, bool[2] output_mask) -> (Tensor, Tensor)");
 }
 
 }  // namespace fastwarp

@@ -9,6 +9,7 @@ import torch
 
 INTERP = {"linear": 0, "bilinear": 0, "trilinear": 0, "nearest": 1}
 PADDING = {"zeros": 0, "border": 1, "reflection": 2}
+NCC_REDUCTION = {"none": 0, "mean": 1, "batch": 2}  # csrc/common/ncc_op.h
 LINEAR = INTERP["linear"]
 NEAREST = INTERP["nearest"]
 
@@ -138,14 +139,21 @@ def _make_backward(backward_op, grid_layout):
 # --------------------------------------------------------------------------- ncc
 #
 # The backward recomputes the window sums from the inputs (csrc/common/ncc.h, Note
-# [Windowed NCC]): only a and b are saved, never the moment volumes.
+# [Windowed NCC]): only a and b are saved, never the moment volumes. The reduction is
+# the op's own, so that the GPU kernels reduce as they go and write no cc map.
 
 
-def _ncc_fake(a, b, window, eps):
-    return a.new_empty(a.shape)
+def _ncc_output_shape(a, reduction):
+    if reduction == NCC_REDUCTION["none"]:
+        return a.shape
+    return a.shape[:2] if reduction == NCC_REDUCTION["batch"] else ()
 
 
-def _ncc_backward_fake(grad_output, a, b, window, eps, output_mask):
+def _ncc_fake(a, b, window, eps, reduction=0):
+    return a.new_empty(_ncc_output_shape(a, reduction))
+
+
+def _ncc_backward_fake(grad_output, a, b, window, eps, reduction, output_mask):
     return (
         a.new_empty(a.shape) if output_mask[0] else a.new_empty(0),
         b.new_empty(b.shape) if output_mask[1] else b.new_empty(0),
@@ -153,8 +161,9 @@ def _ncc_backward_fake(grad_output, a, b, window, eps, output_mask):
 
 
 def _ncc_setup_context(ctx, inputs, output):
-    a, b, window, eps = inputs
+    a, b, window, eps = inputs[:4]
     ctx.window, ctx.eps = window, eps
+    ctx.reduction = inputs[4] if len(inputs) > 4 else NCC_REDUCTION["none"]
     ctx.save_for_backward(a, b)
 
 
@@ -162,8 +171,8 @@ def _make_ncc_backward(backward_op):
     def backward(ctx, grad):
         a, b = ctx.saved_tensors
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1]]
-        ga, gb = backward_op(grad, a, b, ctx.window, ctx.eps, mask)
-        return (ga if mask[0] else None, gb if mask[1] else None, None, None)
+        ga, gb = backward_op(grad, a, b, ctx.window, ctx.eps, ctx.reduction, mask)
+        return (ga if mask[0] else None, gb if mask[1] else None, None, None, None)
 
     return backward
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._ops import has_cuda_kernels
+from ._ops import NCC_REDUCTION, has_cuda_kernels
 
 __all__ = ["ncc"]
 
@@ -43,16 +43,19 @@ def ncc(
 
     Args:
         a, b: ``(N, C, H, W)`` or ``(N, C, D, H, W)``, same shape, dtype and device.
-            Floating point; the window sums are accumulated in float64 whatever the dtype,
-            so large intensities (e.g. CT in HU) do not cancel away.
+            Floating point; large intensities (e.g. CT in HU) do not cancel away (the CPU
+            accumulates in float64; the GPU sums values shifted by a local reference).
         window: odd int, or one odd int per spatial axis.
         eps: added to the variance product.
         reduction: ``"mean"`` (a scalar, over everything), ``"none"`` (the cc map,
             ``(N, C, *spatial)``) or ``"batch"`` (one value per (N, C)).
 
     Gradients flow to both inputs (either may be constant), computed by the kernels from the
-    inputs alone: memory beyond inputs and output stays a few volumes of the batch, no
-    moment volumes are kept for the backward.
+    inputs alone: nothing is kept for the backward but the inputs. On the CPU the kernels
+    stream each volume slice by slice (a window's depth of planes in double); on the GPU
+    they work in shared-memory tiles in float32 (float64 for float64 inputs) with sums
+    shifted so that large intensities do not cancel, reduce "mean" and "batch" as they go
+    without writing the cc map, and need no scratch beyond one value per thread block.
     """
     for name, t in (("a", a), ("b", b)):
         if not isinstance(t, torch.Tensor):
@@ -74,9 +77,4 @@ def ncc(
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}, got {reduction!r}")
     sizes = _window(window, a.dim() - 2)
-    cc = torch.ops.fastwarp.ncc(a, b, sizes, float(eps))
-    if reduction == "mean":
-        return cc.mean()
-    if reduction == "batch":
-        return cc.flatten(2).mean(2)
-    return cc
+    return torch.ops.fastwarp.ncc(a, b, sizes, float(eps), NCC_REDUCTION[reduction])

@@ -164,11 +164,15 @@ def test_bad_input(a, b, kwargs, exc, match):
 def test_opcheck(device, gen):
     a, b = pair((2, 2, 6, 7, 5), gen)
     a, b = a.to(device).requires_grad_(), b.to(device).requires_grad_()
-    torch.library.opcheck(torch.ops.fastwarp.ncc.default, (a, b, [3, 5, 3], 1e-5))
+    for reduction in (0, 1, 2):  # none, mean, batch
+        torch.library.opcheck(torch.ops.fastwarp.ncc.default, (a, b, [3, 5, 3], 1e-5, reduction))
     torch.library.opcheck(torch.ops.fastwarp.ncc.default, (a.detach(), b, [9, 9, 9], 1e-3))
-    g = torch.rand(a.shape, generator=gen, dtype=torch.float64).to(device)
-    for mask in ([True, True], [True, False], [False, True]):
-        torch.library.opcheck(torch.ops.fastwarp.ncc_backward.default, (g, a.detach(), b.detach(), [3, 3, 3], 1e-5, mask))
+    shapes = {0: a.shape, 1: (), 2: a.shape[:2]}
+    for reduction, shape in shapes.items():
+        g = torch.rand(shape, generator=gen, dtype=torch.float64).to(device)
+        for mask in ([True, True], [True, False], [False, True]):
+            args = (g, a.detach(), b.detach(), [3, 3, 3], 1e-5, reduction, mask)
+            torch.library.opcheck(torch.ops.fastwarp.ncc_backward.default, args)
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 // The windowed NCC of fastwarp, written once and compiled by g++ and nvcc: the box sum of
-// one line, the five window sums -> local coefficient, and the coefficients of its
-// analytic backward. csrc/cpu/ncc_cpu.cpp and csrc/cuda/ncc_cuda.cu only loop.
+// one line, the five window sums -> local coefficient (plain sums in double on the CPU,
+// shifted sums on the GPU), and the coefficients of its analytic backward.
+// csrc/cpu/ncc_cpu.cpp and csrc/cuda/ncc_cuda.cu only loop.
 #pragma once
 
 #include <cstdint>
@@ -71,80 +72,116 @@ FASTWARP_HD void box_sum_line(const double* src, double* dst, int64_t len, int64
   box_sum_lines<1>(src, dst, len, stride, half, 0);
 }
 
-// Geometry of a batch of M = N * C volumes laid out contiguously, (M, *size).
-struct VolumeGeometry {
-  int64_t ndim;
-  int64_t size[3];
-  int64_t stride[3];  // contiguous strides of one volume
-  int64_t voxels;     // per volume
+// Note [Shifted window sums]
+// ~~~~~~~~~~~~~~~~~~~~~~~~~~~
+// The GPU kernels sum in float32 (float64 only for float64 inputs), so they cannot afford
+// the cancellation of Note [Windowed NCC]. They sum x' = x - c_I and y' = y - c_J instead,
+// for reference values c_I, c_J taken from the image itself (one pair per thread block),
+// over the m in-image voxels of the window (the n - m padded ones add nothing). With
+// s_X the shifted sums and k = (n - m) / n, the fraction of the window outside the image:
+//   S_I  = s_I + c_I m,            S_II = s_II + 2 c_I s_I + c_I^2 m,   (likewise J, IJ)
+//   cross = [s_IJ - s_I s_J / n] + k (c_I s_J + c_J s_I + c_I c_J m)
+//   var_I = [s_II - s_I^2 / n]   + k (2 c_I s_I + c_I^2 m)
+// exactly. Inside the image (k = 0, computed from the integer count n - m, so exactly 0)
+// only the bracket remains: the same formula on values of the size of the local spread,
+// where nothing cancels. At the borders the k terms are large, but so is the variance the
+// zero padding creates, and they add to it rather than cancel. cc is a function of the
+// shifted sums, so the backward differentiates it with respect to them (with c, m, k
+// constant): f_X = g * d(cc)/d(s_X), and the gradient at q is
+//   B[f_I](q) + 2 (I(q) - c_I) B[f_II](q) + (J(q) - c_J) B[f_IJ](q),
+// which does not depend on c as long as one block uses one c for every p it sums. With
+// c = 0 and k = 0 all of this is Note [Windowed NCC] (what the CPU computes, in double).
+
+// The five window sums of one voxel, of values shifted by the references (0 for plain sums).
+template <typename T>
+struct WindowSums {
+  T i, j, ii, jj, ij;
+};
+using NccSums = WindowSums<double>;
+
+// The reference values of the shift and the padding of one window.
+template <typename T>
+struct WindowFrame {
+  T c_i, c_j;   // references subtracted from I and J
+  T m;          // in-image voxels in the window
+  T outside_n;  // (n - m) / n, exact zero inside the image
 };
 
-// First element of line `l` along axis k (lines enumerate (volume, other axes) in order).
-FASTWARP_HD int64_t line_start(const VolumeGeometry& g, int k, int64_t l) {
-  int64_t start = 0;
-  for (int j = static_cast<int>(g.ndim) - 1; j >= 0; --j) {
-    if (j == k) continue;
-    start += (l % g.size[j]) * g.stride[j];
-    l /= g.size[j];
-  }
-  return start + l * g.voxels;
+template <typename T>
+struct NccMoments {
+  T cross, var_i, var_j;
+};
+
+template <typename T>
+FASTWARP_HD NccMoments<T> ncc_moments(const WindowSums<T>& s, T inv_n, const WindowFrame<T>& f) {
+  const T k = f.outside_n;
+  NccMoments<T> r;
+  r.cross = (s.ij - s.i * s.j * inv_n) + k * (f.c_i * s.j + f.c_j * s.i + f.c_i * f.c_j * f.m);
+  r.var_i = (s.ii - s.i * s.i * inv_n) + k * (T(2) * f.c_i * s.i + f.c_i * f.c_i * f.m);
+  r.var_j = (s.jj - s.j * s.j * inv_n) + k * (T(2) * f.c_j * s.j + f.c_j * f.c_j * f.m);
+  return r;
 }
 
-// Element offset in a strided (N, C, *size) tensor of contiguous index i of the batch.
-struct StridedVolume {
-  int64_t channels;
-  int64_t stride_n, stride_c, stride[3];
-};
-
-FASTWARP_HD int64_t strided_offset(const VolumeGeometry& g, const StridedVolume& t, int64_t i) {
-  int64_t off = 0;
-  for (int j = static_cast<int>(g.ndim) - 1; j >= 0; --j) {
-    off += (i % g.size[j]) * t.stride[j];
-    i /= g.size[j];
-  }
-  return off + (i % t.channels) * t.stride_c + (i / t.channels) * t.stride_n;
+// The frame of plain (unshifted) sums: the CPU's.
+template <typename T>
+FASTWARP_HD WindowFrame<T> plain_frame() {
+  return WindowFrame<T>{T(0), T(0), T(0), T(0)};
 }
 
-// The five window sums of one voxel.
-struct NccSums {
-  double i, j, ii, jj, ij;
-};
+template <typename T>
+FASTWARP_HD T ncc_value(const WindowSums<T>& s, T inv_n, T eps, const WindowFrame<T>& f) {
+  const NccMoments<T> v = ncc_moments(s, inv_n, f);
+  return v.cross * v.cross / (v.var_i * v.var_j + eps);
+}
 
 FASTWARP_HD double ncc_value(const NccSums& s, double inv_n, double eps) {
-  const double cross = s.ij - s.i * s.j * inv_n;
-  const double var_i = s.ii - s.i * s.i * inv_n;
-  const double var_j = s.jj - s.j * s.j * inv_n;
-  return cross * cross / (var_i * var_j + eps);
+  return ncc_value(s, inv_n, eps, plain_frame<double>());
 }
 
-// g * d(cc)/d(S_X) for the five sums (Note [Windowed NCC]).
-struct NccCoefficients {
-  double i, j, ii, jj, ij;
+// g * d(cc)/d(s_X) for the five sums (Note [Windowed NCC], Note [Shifted window sums]).
+template <typename T>
+struct Coefficients {
+  T i, j, ii, jj, ij;
 };
+using NccCoefficients = Coefficients<double>;
 
-FASTWARP_HD NccCoefficients ncc_coefficients(const NccSums& s, double inv_n, double eps, double g) {
-  const double cross = s.ij - s.i * s.j * inv_n;
-  const double var_i = s.ii - s.i * s.i * inv_n;
-  const double var_j = s.jj - s.j * s.j * inv_n;
-  const double inv_d = 1.0 / (var_i * var_j + eps);
-  const double d_cross = 2.0 * cross * inv_d * g;
-  const double c2d2 = cross * cross * inv_d * inv_d * g;
-  const double d_var_i = -c2d2 * var_j;
-  const double d_var_j = -c2d2 * var_i;
-  NccCoefficients f;
+template <typename T>
+FASTWARP_HD Coefficients<T> ncc_coefficients(const WindowSums<T>& s, T inv_n, T eps, T g,
+                                             const WindowFrame<T>& fr) {
+  const NccMoments<T> v = ncc_moments(s, inv_n, fr);
+  const T inv_d = T(1) / (v.var_i * v.var_j + eps);
+  const T d_cross = T(2) * v.cross * inv_d * g;
+  const T c2d2 = v.cross * v.cross * inv_d * inv_d * g;
+  const T d_var_i = -c2d2 * v.var_j;
+  const T d_var_j = -c2d2 * v.var_i;
+  const T k = fr.outside_n;
+  Coefficients<T> f;
   f.ij = d_cross;
   f.ii = d_var_i;
   f.jj = d_var_j;
-  f.i = -(s.j * inv_n) * d_cross - (2.0 * s.i * inv_n) * d_var_i;
-  f.j = -(s.i * inv_n) * d_cross - (2.0 * s.j * inv_n) * d_var_j;
+  // d(cross)/d(s_I) = -s_J / n + k c_J,  d(var_I)/d(s_I) = -2 s_I / n + 2 k c_I
+  f.i = (k * fr.c_j - s.j * inv_n) * d_cross + T(2) * (k * fr.c_i - s.i * inv_n) * d_var_i;
+  f.j = (k * fr.c_i - s.i * inv_n) * d_cross + T(2) * (k * fr.c_j - s.j * inv_n) * d_var_j;
   return f;
 }
 
+FASTWARP_HD NccCoefficients ncc_coefficients(const NccSums& s, double inv_n, double eps, double g) {
+  return ncc_coefficients(s, inv_n, eps, g, plain_frame<double>());
+}
+
+// Voxels of the window centred at p along an axis of `size` that lie inside the image.
+FASTWARP_HD int64_t window_inside(int64_t p, int64_t half, int64_t size) {
+  const int64_t lo = p - half < 0 ? 0 : p - half;
+  const int64_t hi = p + half > size - 1 ? size - 1 : p + half;
+  return hi - lo + 1;
+}
+
 // Gradient at voxel q from the box-summed coefficient maps: B[f_X] for X = self, self^2,
-// cross, with `self` the image being differentiated and `other` the other one.
-FASTWARP_HD double ncc_input_grad(double b_self, double b_self2, double b_cross, double self,
-                                  double other) {
-  return b_self + 2.0 * self * b_self2 + other * b_cross;
+// cross, with `self` the image being differentiated and `other` the other one (both shifted
+// by their references, Note [Shifted window sums]).
+template <typename T>
+FASTWARP_HD T ncc_input_grad(T b_self, T b_self2, T b_cross, T self, T other) {
+  return b_self + T(2) * self * b_self2 + other * b_cross;
 }
 
 }  // namespace fastwarp

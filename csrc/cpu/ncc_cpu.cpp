@@ -1,7 +1,7 @@
 // CPU loops of fastwarp::ncc: a streaming pass over each volume, slice by slice, that
 // keeps only a window's worth of planes (Note [Streaming NCC on the CPU]). The algebra
 // (window sums -> cc, the backward coefficients, the line box sum) is csrc/common/ncc.h,
-// shared with the CUDA kernels.
+// shared with the CUDA kernels. The reduced outputs ("mean", "batch") are the map's means.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -170,8 +170,9 @@ void for_each_run(int64_t volumes, const Shape& s, const Task& task) {
 }
 
 at::Tensor ncc_forward_cpu(const at::Tensor& a, const at::Tensor& b, at::IntArrayRef window,
-                           double eps) {
+                           double eps, int64_t reduction) {
   check_ncc_args(a, b, window);
+  const NccReduction r = to_ncc_reduction(reduction);
   at::Tensor out = at::empty(a.sizes(), a.options());
   const Shape s = volume_shape(a, window);
   const double inv_n = inverse_window_size(window);
@@ -190,14 +191,17 @@ at::Tensor ncc_forward_cpu(const at::Tensor& a, const at::Tensor& b, at::IntArra
       }
     });
   });
-  return out;
+  return reduce_ncc_map(out, r);
 }
 
 std::tuple<at::Tensor, at::Tensor> ncc_backward_cpu(const at::Tensor& grad_out, const at::Tensor& a,
                                                     const at::Tensor& b, at::IntArrayRef window,
-                                                    double eps, std::array<bool, 2> output_mask) {
+                                                    double eps, int64_t reduction,
+                                                    std::array<bool, 2> output_mask) {
   at::Tensor grad_a, grad_b;
-  std::tie(grad_a, grad_b) = ncc_backward_outputs(grad_out, a, b, window, output_mask);
+  std::tie(grad_a, grad_b) = ncc_backward_outputs(a, b, window, output_mask);
+  const NccUpstream upstream = ncc_upstream(grad_out, a, to_ncc_reduction(reduction));
+  const double g_scale = upstream.scale;
   const bool want_a = output_mask[0], want_b = output_mask[1];
   if (!want_a && !want_b) return {grad_a, grad_b};
   const Shape s = volume_shape(a, window);
@@ -214,7 +218,7 @@ std::tuple<at::Tensor, at::Tensor> ncc_backward_cpu(const at::Tensor& grad_out, 
     scalar_t* pb_out = want_b ? grad_b.mutable_data_ptr<scalar_t>() : nullptr;
     for_each_run(a.size(0) * a.size(1), s, [&](int64_t m, int64_t d0, int64_t d1) {
       const auto va = volume_view<scalar_t>(a, m), vb = volume_view<scalar_t>(b, m);
-      const auto vg = volume_view<scalar_t>(grad_out, m);
+      const auto vg = volume_view<scalar_t>(upstream.grad, m);
       SlidingSum sums(5 * P, s.hd, s.D);
       SlidingSum coefs(nq * P, s.hd, s.D);
       std::vector<double> scratch;
@@ -224,7 +228,7 @@ std::tuple<at::Tensor, at::Tensor> ncc_backward_cpu(const at::Tensor& grad_out, 
         for (int64_t y = 0; y < s.H; ++y) {
           for (int64_t x = 0; x < s.W; ++x) {
             const int64_t k = y * s.W + x;
-            const NccCoefficients f = ncc_coefficients(sums_at(acc, P, k), inv_n, eps, vg.at(p, y, x));
+            const NccCoefficients f = ncc_coefficients(sums_at(acc, P, k), inv_n, eps, g_scale * vg.at(p, y, x));
             if (want_a) {
               dst[cq_i * P + k] = f.i;
               dst[cq_ii * P + k] = f.ii;

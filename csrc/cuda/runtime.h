@@ -46,6 +46,11 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_byte
   emu::launch(kernel, grid, block, shared_bytes, std::forward<Args>(args)...);
 }
 
+// The emulated device is an H200's: 132 multiprocessors, 227 KiB of shared memory per block
+// with the opt-in.
+inline int multiprocessor_count() { return 132; }
+inline size_t max_shared_memory_per_block() { return emu::kMaxDynamicSharedOptin; }
+
 #else
 
 inline c10::cuda::CUDAGuard device_guard(const at::Tensor& t) {
@@ -61,6 +66,17 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_byte
             cudaStream_t stream, Args&&... args) {
   kernel<<<grid, block, shared_bytes, stream>>>(std::forward<Args>(args)...);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+inline int device_attribute(cudaDeviceAttr attribute) {
+  int value = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, c10::cuda::current_device()));
+  return value;
+}
+inline int multiprocessor_count() { return device_attribute(cudaDevAttrMultiProcessorCount); }
+// Dynamic shared memory a block may have after set_max_dynamic_shared_memory.
+inline size_t max_shared_memory_per_block() {
+  return static_cast<size_t>(device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin));
 }
 
 #endif
