@@ -177,6 +177,40 @@ def _make_ncc_backward(backward_op):
     return backward
 
 
+# --------------------------------------------------------------------------- autocast
+#
+# grid_sample's autocast policy, for both sampling ops: ATen lists grid_sampler among
+# autocast's "promote" ops, which run in the widest floating dtype of their inputs. Outside
+# autocast, mixed dtypes are an error (fastwarp/warp.py), as they are for grid_sample.
+
+_LIBRARIES = {}
+
+
+def _library(namespace):
+    if namespace not in _LIBRARIES:
+        _LIBRARIES[namespace] = torch.library.Library(namespace, "IMPL")
+    return _LIBRARIES[namespace]
+
+
+def _register_promote_autocast(namespace, name):
+    op = getattr(getattr(torch.ops, namespace), name).default
+    for device_type in ("cpu", "cuda"):
+        key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+        dispatch_key = getattr(torch._C.DispatchKey, key)
+
+        def promoted(image, coords, *rest, _key=dispatch_key):
+            if image.is_floating_point() and coords.dtype != image.dtype:
+                dtype = torch.promote_types(image.dtype, coords.dtype)
+                image, coords = image.to(dtype), coords.to(dtype)
+            with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(_key)):
+                return op(image, coords, *rest)
+
+        if op.has_kernel_for_dispatch_key(dispatch_key):
+            op.py_kernels.pop(dispatch_key, None)
+        op.py_impl(dispatch_key)(promoted)  # the Python dispatcher's (torch.compile) path
+        _library(namespace).impl(name, lambda _keyset, *args, _f=promoted: _f(*args), key, with_keyset=True)
+
+
 # --------------------------------------------------------------------------- registration
 
 
@@ -207,6 +241,8 @@ def register(namespace):
     torch.library.register_autograd(
         f"{namespace}::ncc", _make_ncc_backward(ops.ncc_backward.default), setup_context=_ncc_setup_context
     )
+    for name in ("warp", "grid_sample"):
+        _register_promote_autocast(namespace, name)
 
 
 register("fastwarp")

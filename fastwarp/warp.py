@@ -60,13 +60,20 @@ def _check_coords(name, coords, image_name, image, layout):
         )
 
 
-def _promote(image, coords, interp, image_name, coords_name):
-    """Floating images and coordinates are computed in their common dtype (as grid_sample
-    does under autocast); integer label maps keep their dtype and use float32 or float64
-    coordinates."""
+def _check_dtypes(image, coords, interp, image_name, coords_name):
+    """Floating images and coordinates must share a dtype, as for grid_sample; under
+    torch.autocast the op's autocast kernel promotes them to the wider one (fastwarp/_ops.py),
+    as autocast does for grid_sample. Integer label maps keep their dtype and use float32 or
+    float64 coordinates."""
     if image.is_floating_point():
-        dtype = torch.promote_types(image.dtype, coords.dtype)
-        return image.to(dtype), coords.to(dtype)
+        if image.dtype != coords.dtype and not torch.is_autocast_enabled(image.device.type):
+            raise TypeError(
+                f"{image_name} and {coords_name} must have the same dtype, as in "
+                f"torch.nn.functional.grid_sample: got {image_name} {image.dtype} and {coords_name} "
+                f"{coords.dtype}; convert one (e.g. {coords_name}.to({image_name}.dtype)), or run "
+                "under torch.autocast, which promotes them to the wider dtype"
+            )
+        return image, coords
     if interp != NEAREST:
         raise TypeError(
             f"{image_name} has dtype {image.dtype}: integer and bool images (label maps) can only be "
@@ -99,9 +106,10 @@ def warp(
             ``torch.nn.functional.grid_sample`` with ``align_corners=True``.
 
     Returns:
-        The warped image, ``(N, C, *spatial)``, contiguous, in the dtype of ``image``
-        (floating images and fields of different dtypes are first promoted to their common
-        dtype, as ``grid_sample`` does under autocast).
+        The warped image, ``(N, C, *spatial)``, contiguous, in the dtype of ``image``. A
+        floating ``image`` and ``disp`` must share a dtype, as in ``grid_sample``; under
+        ``torch.autocast`` they are promoted to the wider one, as autocast does for
+        ``grid_sample``.
 
     Gradients flow to ``image`` and to ``disp``, each computed only when required; the
     image gradient is deterministic under ``torch.use_deterministic_algorithms(True)``.
@@ -125,7 +133,7 @@ def warp(
         )
     if disp.shape[0] not in (1, image.shape[0]):
         raise ValueError(f"disp batch must be 1 or the image batch {image.shape[0]}, got {disp.shape[0]}")
-    image, disp = _promote(image, disp, interp, "image", "disp")
+    image, disp = _check_dtypes(image, disp, interp, "image", "disp")
     jacobian = want_jacobian(image, disp, interp)
     return torch.ops.fastwarp.warp(image, disp, interp, padding, jacobian)[0]
 
@@ -158,6 +166,6 @@ def grid_sample(
         raise ValueError(f"grid must be {layout}: its last dimension must be {nd}, got shape {tuple(grid.shape)}")
     if grid.shape[0] != input.shape[0]:
         raise ValueError(f"grid batch {grid.shape[0]} must equal input batch {input.shape[0]}")
-    input, grid = _promote(input, grid, interp, "input", "grid")
+    input, grid = _check_dtypes(input, grid, interp, "input", "grid")
     jacobian = want_jacobian(input, grid, interp)
     return torch.ops.fastwarp.grid_sample(input, grid, interp, padding, bool(align_corners), jacobian)[0]

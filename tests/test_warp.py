@@ -64,6 +64,66 @@ def test_grid_sample_gradients_match_torch(nd, padding, align_corners, device, g
     torch.testing.assert_close(gg, eg, rtol=1e-10, atol=1e-10)
 
 
+# PyTorch's own edge cases of grid_sample (test/test_nn.py, TestNN.test_grid_sample, "explicit
+# check for gradient edge cases"): samples on, and a rounding error beside, the border voxel
+# centres and edges of arange(5) rows, with its expected grid gradients.
+EDGE_GRID = [[[1.0, 1.0], [1.0, -1.0], [0.8, 0.8], [0.8, -0.8]], [[-1.0, -1.0], [-1.0, 1.0], [-0.8, -0.8], [-0.8, 0.8]]]
+_ZERO_GRAD = [[[0.0, 0.0]] * 4, [[0.0, 0.0]] * 4]
+EDGE_GRID_GRADIENT = {
+    ("bilinear", "zeros", True): [[[-8.0, -8.0], [-8.0, 0.0], [2.0, 0.0], [2.0, 0.0]], [[2.0, 0.0]] * 4],
+    ("bilinear", "zeros", False): [[[-5.0, -5.0], [-5.0, 5.0], [-10.0, -10.0], [-10.0, 10.0]], [[0.0, 0.0]] * 4],
+    ("bilinear", "border", True): [[[0.0, 0.0], [0.0, 0.0], [2.0, 0.0], [2.0, 0.0]], [[0.0, 0.0], [0.0, 0.0], [2.0, 0.0], [2.0, 0.0]]],
+    ("bilinear", "border", False): _ZERO_GRAD,
+    ("bilinear", "reflection", True): [[[0.0, 0.0], [0.0, 0.0], [2.0, 0.0], [2.0, 0.0]], [[0.0, 0.0], [0.0, 0.0], [2.0, 0.0], [2.0, 0.0]]],
+    ("bilinear", "reflection", False): _ZERO_GRAD,
+}
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("align_corners", [True, False])
+@pytest.mark.parametrize("input_requires_grad", [False, True])
+def test_grid_sample_edge_cases_match_torch(mode, padding, align_corners, input_requires_grad, device):
+    """PyTorch's ground truth at its tolerance, and torch's own gradients exactly: the source
+    index is computed by ATen's operations in ATen's order, so a sample a rounding error
+    outside the border is outside in both. The forward values agree to rounding (see
+    test_grid_sample_known_values)."""
+    image = torch.arange(0.0, 5, dtype=torch.float64).expand(1, 1, 5, 5)
+    grid = torch.tensor(EDGE_GRID, dtype=torch.float64).view(1, 2, 4, 2)
+    expected = torch.tensor(EDGE_GRID_GRADIENT.get((mode, padding, align_corners), _ZERO_GRAD), dtype=torch.float64)
+
+    def run(fn, dev):
+        x = image.to(dev).clone().requires_grad_(input_requires_grad)
+        g = grid.to(dev).clone().requires_grad_()
+        out = fn(x, g, mode, padding, align_corners)
+        out.sum().backward()
+        return out.detach().cpu(), g.grad.cpu(), x.grad.cpu() if input_requires_grad else None
+
+    t_out, t_grid, t_input = run(F.grid_sample, "cpu")
+    out, grad_grid, grad_input = run(fastwarp.grid_sample, device)
+    torch.testing.assert_close(grad_grid, expected.view(1, 2, 4, 2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out, t_out, atol=0, rtol=4 * torch.finfo(torch.float64).eps)
+    torch.testing.assert_close(grad_grid, t_grid, atol=0, rtol=0)
+    if input_requires_grad:
+        torch.testing.assert_close(grad_input, t_input, atol=0, rtol=0)
+
+
+def test_grid_sample_known_values():
+    """PyTorch's hand-computed forward case: a 2 x 5 input of 1..10 at given grid points. The
+    interpolation sums agree to rounding (torch's CPU kernel may fuse multiply-adds, by its
+    build and the CPU, and sums the corners in its own order); which voxels are read, and
+    with which weights, is ATen's to the last bit."""
+    image = torch.arange(1.0, 11, dtype=torch.float64).view(1, 1, 2, 5)
+    grid = torch.tensor([[[-0.9, -4.1], [0, 0.2000], [1, -1], [-0.333, 1e-6], [0.5, 1.0]],
+                         [[-1.0, -0.5], [0, 0.3333], [1, -1], [-0.200, 1e-6], [1.5, 0.5]]], dtype=torch.float64).view(1, 2, 5, 2)
+    for padding in PADDINGS:
+        for align_corners in (True, False):
+            for mode in ("bilinear", "nearest"):
+                expected = F.grid_sample(image, grid, mode, padding, align_corners)
+                got = fastwarp.grid_sample(image, grid, mode, padding, align_corners)
+                torch.testing.assert_close(got, expected, atol=0, rtol=4 * torch.finfo(torch.float64).eps)
+
+
 def test_grid_sample_defaults_and_bicubic(gen):
     x = torch.randn(1, 2, 6, 7, generator=gen)
     grid = make_grid(1, (5, 4), 2, gen).float()
@@ -268,12 +328,29 @@ def test_low_precision_error_within_twice_naive(dtype, nd, device, gen):
         assert rel < (1e-2 if dtype == torch.bfloat16 else 2e-3), rel
 
 
-def test_mixed_dtypes_are_promoted(gen):
+def test_mixed_dtypes_are_an_error_outside_autocast(gen):
+    """As in grid_sample: a float32 image with a float64 (or float16) field is an error that
+    names both arguments, not a silent promotion."""
     image = torch.randn(1, 1, 6, 7, generator=gen)
     disp = make_disp((1, 2, 6, 7), gen)
-    out = fastwarp.warp(image, disp.half())
-    assert out.dtype == torch.float32
-    torch.testing.assert_close(out, fastwarp.warp(image, disp.half().float()))
+    with pytest.raises(RuntimeError):  # torch refuses too (its wording differs by device)
+        F.grid_sample(image, disp.movedim(1, -1), align_corners=True)
+    with pytest.raises(TypeError, match=r"image and disp must have the same dtype.*torch.float32.*torch.float64"):
+        fastwarp.warp(image, disp)
+    with pytest.raises(TypeError, match=r"input and grid must have the same dtype.*torch.float32.*torch.float16"):
+        fastwarp.grid_sample(image, disp.half().movedim(1, -1))
+
+
+def test_autocast_promotes_like_grid_sample(gen):
+    """Under autocast the mixed dtypes are promoted to the wider one, as grid_sample's are."""
+    image = torch.randn(1, 1, 6, 7, generator=gen)
+    grid = make_grid(1, (5, 4), 2, gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = F.grid_sample(image, grid.half(), align_corners=False)
+        got = fastwarp.grid_sample(image, grid.half())
+        warped = fastwarp.warp(image, make_disp((1, 2, 6, 7), gen))
+    assert got.dtype == expected.dtype == torch.float32 and warped.dtype == torch.float64
+    torch.testing.assert_close(got, expected)
 
 
 def test_autocast(gen):

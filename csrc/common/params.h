@@ -100,7 +100,6 @@ SampleParams<NDIM> make_params(at::IntArrayRef image_size, const at::Tensor& ima
       P.coord_stride[k] = coords.stride(2 + k);
       P.coord_axis_offset[k] = k * coords.stride(1);
       P.scale[k] = 1.0;  // unused: a displacement is added to the point's position
-      P.offset[k] = 0.0;
     }
   } else {
     P.displacement = false;
@@ -111,12 +110,10 @@ SampleParams<NDIM> make_params(at::IntArrayRef image_size, const at::Tensor& ima
       P.coord_stride[k] = coords.stride(1 + k);
       P.coord_axis_offset[k] = (NDIM - 1 - k) * coords.stride(-1);
       P.scale[k] = align_corners ? (size - 1.0) / 2.0 : size / 2.0;
-      P.offset[k] = (size - 1.0) / 2.0;
     }
   }
   for (int k = 0; k < NDIM; ++k) {
     P.scale_f[k] = static_cast<float>(P.scale[k]);
-    P.offset_f[k] = static_cast<float>(P.offset[k]);
     P.limit[k] = static_cast<double>(P.in_size[k] + 1);
     P.limit_f[k] = static_cast<float>(P.limit[k]);
   }

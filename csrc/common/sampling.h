@@ -37,8 +37,10 @@ enum class Padding : int64_t { Zeros = 0, Border = 1, Reflection = 2 };
 //                          x = (v + 1) / 2 * (size - 1)
 //     align_corners=False: -1 and +1 are the outer edges of the corner voxels,
 //                          x = ((v + 1) * size - 1) / 2
-// Both are x_k = scale_k * v_k + offset_k (+ pos_k for a displacement), which is how
-// SampleParams stores them.
+// The grid's map is computed with the operations of ATen's grid_sampler_unnormalize, in its
+// order (unnormalize below), so that a sample landing on or just beside a voxel centre or
+// border rounds to the same side as in torch's grid_sample, and the float64 results agree to
+// the last bit; d(x)/d(v) is scale_k = (size - 1) / 2 or size / 2.
 //
 // Padding (same meaning as grid_sample): "zeros" reads 0 outside the image; "border"
 // clamps x to [0, size-1]; "reflection" reflects x about the image bounds (the corner
@@ -67,8 +69,8 @@ struct SampleParams {
   int64_t out_size[NDIM];
   int64_t coord_stride_n, coord_stride[NDIM];
   int64_t coord_axis_offset[NDIM];  // element offset of the component that addresses axis k
-  double scale[NDIM], offset[NDIM];  // grid: x_k = scale_k * v_k + offset_k
-  float scale_f[NDIM], offset_f[NDIM];  // the same in float, for float arithmetic
+  double scale[NDIM];                // grid: d(x_k)/d(v_k) (Note [Coordinate conventions])
+  float scale_f[NDIM];               // the same in float, for float arithmetic
   double limit[NDIM];                   // in_size + 1: see Note [Non-finite and far-away coordinates]
   float limit_f[NDIM];
   bool displacement;                 // add the point's own position (warp)
@@ -85,6 +87,14 @@ struct SampleParams {
   // gradient of the image (backward only): (N, C, *in_size), contiguous
   int64_t gimg_stride_n, gimg_stride_c, gimg_stride[NDIM];
 };
+
+// The grid value v in [-1, 1] as a source index along an axis of `size` voxels, by ATen's
+// operations in ATen's order (see Note [Coordinate conventions]).
+template <typename T>
+FASTWARP_HD T unnormalize(T v, int64_t size, bool align_corners) {
+  if (align_corners) return ((v + T(1)) / T(2)) * static_cast<T>(size - 1);
+  return ((v + T(1)) * static_cast<T>(size) - T(1)) / T(2);
+}
 
 // ---------------------------------------------------------------------------------------
 // Padding transforms, each with its derivative.
@@ -274,7 +284,7 @@ FASTWARP_UNROLL
       dxdv = T(1);
     } else {
       dxdv = grid_param<T>(P.scale, P.scale_f, k);
-      x = dxdv * v + grid_param<T>(P.offset, P.offset_f, k);
+      x = unnormalize(v, P.in_size[k], P.align_corners);
     }
     T dpad;
     x = pad_source_index_set_grad(x, P.in_size[k], Cfg::padding(P), P.align_corners, &dpad);
