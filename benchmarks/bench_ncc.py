@@ -58,13 +58,13 @@ import torch.nn.functional as F
 
 import fastwarp
 from benchutil import build_or_skip, record_bandwidth
-from fastwarp.bench.baselines import NCC_IMPLS as IMPLS
-from fastwarp.bench.baselines import make_pair
-from fastwarp.bench.cases import DTYPE
-from fastwarp.bench.cases import NCC_CASES as CASES
-from fastwarp.bench.cases import NCC_MODES as MODES
-from fastwarp.bench.cases import NCC_NO_BOTH as NO_BOTH
-from fastwarp.bench.measure import input_sets, nbytes, ncc_bytes_moved, peak_extra_memory, run_info
+from fastwarp.app.bench.baselines import NCC_IMPLS as IMPLS
+from fastwarp.app.bench.baselines import make_pair
+from fastwarp.app.bench.cases import DTYPE
+from fastwarp.app.bench.cases import NCC_CASES as CASES
+from fastwarp.app.bench.cases import NCC_MODES as MODES
+from fastwarp.app.bench.cases import NCC_NO_BOTH as NO_BOTH
+from fastwarp.app.bench.measure import input_sets, nbytes, ncc_bytes_moved, peak_extra_memory, run_info
 
 # --------------------------------------------------------------------------- benchmarks
 

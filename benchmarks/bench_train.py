@@ -32,9 +32,9 @@ import math
 import pytest
 import torch
 
-from fastwarp.bench.cases import DTYPE, TRAIN_SHAPES, TRAIN_WINDOW
-from fastwarp.bench.measure import input_sets, peak_extra_memory, run_info
-from fastwarp.bench.train_step import TRAIN_VARIANTS, TrainStep, train_inputs, train_set_bytes
+from fastwarp.app.bench.cases import DTYPE, TRAIN_SHAPES, TRAIN_WINDOW
+from fastwarp.app.bench.measure import input_sets, peak_extra_memory, run_info
+from fastwarp.app.bench.train_step import TRAIN_VARIANTS, TrainStep, train_inputs, train_set_bytes
 
 
 @pytest.mark.parametrize("impl_name", TRAIN_VARIANTS)

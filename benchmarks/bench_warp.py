@@ -31,12 +31,12 @@ import torch
 
 import fastwarp
 from benchutil import build_or_skip, record_bandwidth
-from fastwarp.bench.baselines import WARP_BASELINES as BASELINES
-from fastwarp.bench.baselines import WARP_IMPLS as IMPLS
-from fastwarp.bench.baselines import smooth_disp
-from fastwarp.bench.cases import COPY_BYTES, DTYPE
-from fastwarp.bench.cases import WARP_SHAPES as SHAPES
-from fastwarp.bench.measure import describe, input_sets, nbytes, run_info, warp_bytes_moved
+from fastwarp.app.bench.baselines import WARP_BASELINES as BASELINES
+from fastwarp.app.bench.baselines import WARP_IMPLS as IMPLS
+from fastwarp.app.bench.baselines import smooth_disp
+from fastwarp.app.bench.cases import COPY_BYTES, DTYPE
+from fastwarp.app.bench.cases import WARP_SHAPES as SHAPES
+from fastwarp.app.bench.measure import describe, input_sets, nbytes, run_info, warp_bytes_moved
 
 
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwdbwd"])

@@ -4,7 +4,7 @@ folder on sys.path for them). The baselines and the measurement helpers themselv
 
 import pytest
 
-from fastwarp.bench import BaselineNotApplicable, BaselineUnavailable
+from fastwarp.app.bench import BaselineNotApplicable, BaselineUnavailable
 
 
 def build_or_skip(factory, *args, **kwargs):

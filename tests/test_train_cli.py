@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import fastwarp
 from fastwarp import cli
 from fastwarp import data as fwdata
+from fastwarp.models import RegUNet
 from fastwarp.train import CheckpointError, build_parser, load_checkpoint, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,7 +131,7 @@ def test_training_lowers_the_loss(synth, tmp_path):
 
     ckpt = load_checkpoint(str(out / "checkpoint.pt"))
     assert ckpt["epoch"] == 6 and ckpt["step"] == 30 and ckpt["config"]["ndim"] == 3
-    assert set(ckpt["model"]) == set(fastwarp.models.RegUNet(**ckpt["config"]).state_dict())
+    assert set(ckpt["model"]) == set(RegUNet(**ckpt["config"]).state_dict())
 
 
 def _train_resume_args(synth, out, epochs):

@@ -1,9 +1,7 @@
-"""``python -m fastwarp.bench``: time fastwarp against every installed baseline (see
-:mod:`fastwarp.bench.runner`, or ``python -m fastwarp.bench -h``)."""
+"""``python -m fastwarp.bench``: see :mod:`fastwarp.app.bench.runner`."""
 
 import sys
 
-from .runner import main
+from ..app.bench.runner import main
 
-if __name__ == "__main__":
-    sys.exit(main())
+sys.exit(main())

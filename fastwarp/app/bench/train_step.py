@@ -24,7 +24,7 @@ import torch
 
 import fastwarp
 from fastwarp.losses import NCC, Grad
-from fastwarp.models import RegUNet
+from fastwarp.app.models import RegUNet
 
 from .baselines import VoxelMorphTransformer, make_pair, voxelmorph_classic_ncc
 from .cases import DTYPE, TRAIN_WINDOW

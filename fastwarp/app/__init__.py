@@ -1,0 +1,2 @@
+"""The registration application, built on fastwarp's op layer.
+"""

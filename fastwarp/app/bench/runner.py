@@ -1,0 +1,473 @@
+"""``python -m fastwarp.bench``: fastwarp against every available baseline, on the same inputs.
+
+Cases (3-D, float32, batch 1; sizes from :mod:`fastwarp.bench.cases`):
+
+- ``warp-3d-fwd`` / ``warp-3d-fwdbwd``: the warp alone, and a training step's warp (the
+  displacement requires grad, the image does not; the backward takes a fixed random
+  ``grad_out``). Against ``grid_sample`` on a precomputed grid, VoxelMorph's transformer in
+  plain PyTorch, and the installed voxelmorph's and MONAI's.
+- ``ncc-3d-w<window>-fwd`` / ``-fwdbwd``: the windowed NCC loss, and with its gradient to the
+  moving image. Against VoxelMorph's conv NCC in plain PyTorch, neurite's, MONAI's, and (CUDA)
+  fused_lncc's and FireANTs'.
+- ``train-3d``: one training step of :class:`fastwarp.models.RegUNet` (forward, backward, Adam)
+  on fastwarp's warp and NCC against the same network on VoxelMorph's
+  (:mod:`fastwarp.bench.train_step`).
+
+Timing: warm-up calls first; then on a GPU CUDA events around each call, the calls rotating
+through enough input sets to exceed twice the L2 cache; on a CPU ``time.perf_counter`` around
+each call with ``torch.set_num_threads(threads)``; the median is reported. The ratio is a
+baseline's median over fastwarp's ("fastwarp is N× faster"). GB/s is the bytes any
+implementation must move over the median, and on a GPU its fraction of a device-to-device copy's
+bandwidth measured in the same run. Peak extra memory is that of one call beyond what was in use
+before it (:func:`fastwarp.bench.measure.peak_extra_memory`). A baseline whose package is not
+installed is listed as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from itertools import cycle
+
+import torch
+
+import fastwarp
+
+from . import cases as C
+from .baselines import (
+    NCC_IMPLS,
+    WARP_IMPLS,
+    BaselineNotApplicable,
+    BaselineUnavailable,
+    make_pair,
+    smooth_disp,
+)
+from .measure import (
+    copy_bandwidth,
+    describe,
+    input_sets,
+    ncc_bytes_moved,
+    peak_extra_memory,
+    time_calls,
+    warp_bytes_moved,
+)
+from .train_step import TRAIN_VARIANTS, TrainStep, train_inputs, train_set_bytes
+
+__all__ = ["main", "build_parser", "run", "format_markdown"]
+
+CASE_GROUPS = ("warp", "ncc", "train")
+PROG = "python -m fastwarp.bench"
+_MIB = 1 << 20
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    def sizes(table, key=lambda device: device):
+        return "; ".join(f"{size}: " + ", ".join(f"{'x'.join(map(str, table[size][key(d)]))} ({d})"
+                                                 for d in ("cpu", "cuda")) for size in C.SIZES)
+
+    ncc = {size: {d: C.NCC_CASES[size]["3d"].shapes[d][2:] for d in ("cpu", "cuda")} for size in C.SIZES}
+    epilog = (f"cases (3-D, batch 1): warp forward, and forward+backward (gradient to the displacement) "
+              f"[{sizes(C.WARP_SHAPES, lambda d: (3, d))}]; NCC loss, window "
+              f"{C.NCC_CASES['full']['3d'].window} (tiny: {C.NCC_CASES['tiny']['3d'].window}), forward, and "
+              f"forward+backward (gradient to the moving image) [{sizes(ncc)}]; one training step of "
+              f"RegUNet(3) on fastwarp's ops and on VoxelMorph's [{sizes(C.TRAIN_SHAPES)}].")
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Time fastwarp's warp, NCC loss and a registration training step against every "
+                    "installed baseline (grid_sample, VoxelMorph, MONAI, neurite, ...) on the same inputs.",
+        epilog=epilog)
+    p.add_argument("--size", choices=C.SIZES, default="full",
+                   help="problem sizes: full (default; the published figures) or tiny (a smoke run)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto (default): cuda when a GPU is visible and fastwarp has CUDA kernels, else cpu")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--cases", default=",".join(CASE_GROUPS),
+                   help=f"comma-separated subset of {','.join(CASE_GROUPS)} (default all)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed calls per implementation (default: enough for ~1 s on CPU / 0.5 s on CUDA, "
+                        "at least 5 / 10)")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON here")
+    p.add_argument("--markdown", metavar="PATH", help="write the results as a Markdown table here")
+    return p
+
+
+# --------------------------------------------------------------------------- one implementation
+
+
+def _row(case: str, impl: str, **fields) -> dict:
+    row = dict(case=case, impl=impl, status="ok", reason=None, version=None, median_ms=None, min_ms=None,
+               calls=None, warmup=None, ratio=None, bytes_moved=None, gbps=None, copy_fraction=None,
+               peak_extra_bytes=None, peak_method=None, steps_per_s=None)
+    row.update(fields)
+    return row
+
+
+def _unavailable_row(case: str, impl: str, error: Exception) -> dict:
+    if isinstance(error, BaselineNotApplicable):
+        return _row(case, impl, status="not applicable", reason=error.reason)
+    if isinstance(error, BaselineUnavailable) and not error.installed:
+        return _row(case, impl, status="not installed", reason=error.reason)
+    if isinstance(error, BaselineUnavailable):
+        return _row(case, impl, status="unavailable", reason=error.reason)
+    return _row(case, impl, status="error", reason=f"{type(error).__name__}: {error}")
+
+
+def _measure(case: str, impl: str, version: str, call: Callable[[], object], device: torch.device,
+             repeats: int | None, moved: int | None) -> dict:
+    """Times ``call`` (:func:`~fastwarp.bench.measure.time_calls`), then measures the peak extra
+    memory of one more call (after the timing, so that giving freed memory back to the system
+    for the measurement does not slow the timed calls down)."""
+    timing = time_calls(call, device, repeats)
+    memory = peak_extra_memory(call, device, profile=False)
+    row = _row(case, impl, version=version, median_ms=timing.median_s * 1e3, min_ms=timing.min_s * 1e3,
+               calls=timing.calls, warmup=timing.warmup, peak_extra_bytes=memory.get("peak_extra_bytes"),
+               peak_method=memory.get("peak_method"))
+    if moved is not None:
+        row.update(bytes_moved=moved, gbps=moved / timing.median_s / 1e9)
+    return row
+
+
+def _run_impls(case: str, shape: Sequence[int], names: Sequence[str],
+               build: Callable[[str], tuple[str, Callable[[], object], int | None]],
+               device: torch.device, repeats: int | None, report: Callable[[dict], None]) -> list[dict]:
+    """Builds and measures each implementation in turn (fastwarp first): ``build(name)`` returns
+    ``(version, call, bytes_moved)`` or raises; a baseline that cannot be built or run becomes a
+    row saying why, fastwarp's own failure propagates."""
+    rows = []
+    for name in names:
+        call = None
+        try:
+            version, call, moved = build(name)
+            row = _measure(case, name, version, call, device, repeats, moved)
+        except Exception as e:  # noqa: BLE001  (a peer's failure must not end the run)
+            if name == "fastwarp":
+                raise
+            row = _unavailable_row(case, name, e)
+        finally:
+            del call  # this implementation's inputs and state, before the next one's
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        row["shape"] = list(shape)
+        rows.append(row)
+        report(row)
+    return rows
+
+
+# --------------------------------------------------------------------------- cases
+
+
+def _warp_case(backward: bool, size: str, device: torch.device, repeats, report) -> dict:
+    spatial = C.WARP_SHAPES[size][3, device.type]
+    name = f"warp-3d-{'fwdbwd' if backward else 'fwd'}"
+    set_bytes = math.prod(spatial) * C.DTYPE.itemsize * (3 + (2 if backward else 1))
+    g = torch.Generator().manual_seed(0)
+    base = []
+    for seed in range(input_sets(device, set_bytes)):
+        image = torch.rand(1, 1, *spatial, generator=g, dtype=C.DTYPE).to(device)
+        disp = smooth_disp(spatial, seed).to(device)
+        grad_out = torch.randn(image.shape, generator=g, dtype=C.DTYPE).to(device)
+        base.append((image, disp, grad_out))
+    moved = warp_bytes_moved(base[0][0], base[0][1], backward)
+
+    def build(impl_name):
+        impl = WARP_IMPLS[impl_name](spatial, device, C.DTYPE)
+        sets = cycle([(image, impl.prepare(disp).detach().requires_grad_(backward), grad_out)
+                      for image, disp, grad_out in base])
+
+        def call():
+            image, prepared, grad_out = next(sets)
+            out = impl.apply(image, prepared)
+            if backward:
+                return out, torch.autograd.grad(out, prepared, grad_out)
+            return out
+
+        return impl.version, call, moved
+
+    rows = _run_impls(name, [1, 1, *spatial], list(WARP_IMPLS), build, device, repeats, report)
+    return dict(case=name, kind="warp-fwdbwd" if backward else "warp-fwd", shape=[1, 1, *spatial], window=None,
+                input_sets=len(base),
+                description="fastwarp.warp(image, disp) and the baselines' warps"
+                            + ("; disp requires grad, image not; backward with a fixed grad_out" if backward else ""),
+                rows=rows)
+
+
+def _ncc_case(backward: bool, size: str, device: torch.device, repeats, report) -> dict:
+    case = C.NCC_CASES[size]["3d"]
+    shape, window = case.shapes[device.type], case.window
+    mode = "fwdbwd" if backward else "fwd"
+    name = f"ncc-3d-w{window}-{mode}"
+    g = torch.Generator().manual_seed(0)
+    inputs = []
+    for _ in range(input_sets(device, 2 * math.prod(shape) * C.DTYPE.itemsize)):
+        a, b = make_pair(shape, g)
+        inputs.append((a.to(device).requires_grad_(backward), b.to(device)))
+    moved = ncc_bytes_moved(inputs[0][0], mode)
+
+    def build(impl_name):
+        impl = NCC_IMPLS[impl_name](case.nd, window, device, C.DTYPE)
+        sets = cycle(inputs)
+
+        def call():
+            a, b = next(sets)
+            loss = impl.loss(a, b)
+            if backward:
+                return loss, torch.autograd.grad(loss, a)
+            return loss
+
+        return impl.version, call, moved
+
+    rows = _run_impls(name, shape, list(NCC_IMPLS), build, device, repeats, report)
+    return dict(case=name, kind=f"ncc-{mode}", shape=list(shape), window=window, input_sets=len(inputs),
+                description="NCC loss -mean(cc)" + (", gradient to the moving image" if backward else ""),
+                rows=rows)
+
+
+def _train_case(size: str, device: torch.device, repeats, report) -> dict:
+    spatial = C.TRAIN_SHAPES[size][device.type]
+    name = "train-3d"
+    inputs = train_inputs(spatial, device, input_sets(device, train_set_bytes(spatial)))
+    first_losses: dict[str, float] = {}
+    descriptions = {}
+
+    def build(variant):
+        step = TrainStep(variant, spatial, device)
+        descriptions[variant] = step.description
+        sets = cycle(inputs)
+        first: list[torch.Tensor] = []
+
+        def call():
+            loss = step(*next(sets))
+            if not first:
+                first.append(loss)
+                first_losses[variant] = float(loss)
+            return loss
+
+        return step.version, call, None
+
+    rows = _run_impls(name, [1, 1, *spatial], list(TRAIN_VARIANTS), build, device, repeats, report)
+    for row in rows:  # (steps/s: set by report, as the rows come)
+        if row["impl"] in first_losses:
+            row["first_step_loss"] = first_losses[row["impl"]]
+        if row["impl"] in descriptions:
+            row["step"] = descriptions[row["impl"]]
+    return dict(case=name, kind="train", shape=[1, 1, *spatial], window=C.TRAIN_WINDOW, input_sets=len(inputs),
+                description=f"one training step of RegUNet(3): forward, NCC({C.TRAIN_WINDOW}) + Grad('l2'), "
+                            "backward, Adam",
+                rows=rows)
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _fmt(value, spec: str, empty: str = "") -> str:
+    return empty if value is None else format(value, spec)
+
+
+def _label(row: dict) -> str:
+    shape = row.get("shape")
+    return row["case"] if not shape else f"{row['case']} {'x'.join(map(str, shape[2:]))}"
+
+
+def _cells(row: dict) -> list[str]:
+    """case (with its spatial size), implementation, median, ratio, GB/s, % of copy, peak MiB,
+    steps/s."""
+    if row["status"] != "ok":
+        why = row["status"] if row["status"] == "not installed" else f"{row['status']}: {row['reason']}"
+        return [_label(row), row["impl"], why, "", "", "", "", ""]
+    peak = row["peak_extra_bytes"]
+    return [
+        _label(row),
+        row["impl"],
+        _fmt(row["median_ms"], ".2f"),
+        _fmt(row["ratio"], ".2f"),
+        _fmt(row["gbps"], ".1f"),
+        _fmt(None if row["copy_fraction"] is None else 100 * row["copy_fraction"], ".0f"),
+        _fmt(None if peak is None else peak / _MIB, ".1f"),
+        _fmt(row["steps_per_s"], ".2f"),
+    ]
+
+
+_HEADERS = ["case", "implementation", "median (ms)", "time / fastwarp", "GB/s", "% of copy",
+            "peak extra (MiB)", "steps/s"]
+_WIDTHS = [30, 18, 10, 6, 6, 6, 9, 8]
+_CONSOLE_HEADERS = ["case", "implementation", "median ms", "x fw", "GB/s", "%copy", "peak MiB", "steps/s"]
+
+
+def _console_line(cells: Sequence[str]) -> str:
+    out = []
+    for i, (cell, width) in enumerate(zip(cells, _WIDTHS)):
+        if i == 2 and cells[3] == "" and cell and not cell[0].isdigit():  # a status: let it run on
+            out.append(cell)
+            break
+        out.append(cell.ljust(width) if i < 2 else cell.rjust(width))
+    return " ".join(out).rstrip()
+
+
+def format_markdown(result: dict) -> str:
+    meta = result["meta"]
+    lines = [f"### `{meta['command']}`, {meta['date'][:10]}", ""]
+    machine = meta["device"] if meta["device_type"] == "cuda" else f"{meta['cpu']} (cpu)"
+    lines.append(f"- Machine: {machine}, {meta['threads']} torch CPU thread(s), {meta['cpu_count']} CPU(s) visible")
+    commit = f" at commit {meta['git_commit']}" if meta.get("git_commit") else ""
+    lines.append(f"- torch {meta['torch']}, fastwarp {meta['fastwarp']}{commit}, float32, batch 1")
+    peers = ", ".join(f"{k} {v}" for k, v in sorted(meta["peers"].items()))
+    if peers:
+        lines.append(f"- Baselines' versions: {peers}")
+    if meta.get("copy_GBps"):
+        lines.append(f"- Device-to-device copy: {meta['copy_GBps']:.0f} GB/s ({meta['copy_bytes'] >> 20} MiB buffer)")
+    if meta.get("loadavg_start") is not None:
+        lines.append(f"- Load average at the start: {meta['loadavg_start']:.2f}")
+    lines.append(f"- Timing: {meta['timing']}; peak extra memory: {meta['peak_method']}")
+    lines.append("")
+    lines.append("| " + " | ".join(_HEADERS) + " |")
+    lines.append("|---|---|" + "---:|" * (len(_HEADERS) - 2))
+    for case in result["cases"]:
+        for row in case["rows"]:
+            cells = _cells(row)
+            if row["impl"] == "fastwarp":
+                cells[1] = "**fastwarp**"
+            cells = [" ".join(cell.replace("|", "\\|").split()) for cell in cells]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("`time / fastwarp` > 1: fastwarp is that many times faster. GB/s: the bytes any implementation "
+                 "must move over the median" + ("; % of copy: of the copy bandwidth above." if meta.get("copy_GBps")
+                                                  else "."))
+    return "\n".join(lines) + "\n"
+
+
+def _git_commit() -> str | None:
+    here = os.path.dirname(os.path.abspath(fastwarp.__file__))
+    try:
+        out = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=5)
+    return out.stdout.strip() + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# --------------------------------------------------------------------------- main
+
+
+def run(args: argparse.Namespace, command: str, out=None) -> dict:
+    """Runs the cases ``args`` asks for, printing the table to ``out`` (stdout) as the rows come,
+    and returns ``{"meta": ..., "cases": [...]}``."""
+    out = sys.stdout if out is None else out
+    groups = [c.strip() for c in args.cases.split(",") if c.strip()]
+    device = torch.device(args.device)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        meta = dict(
+            tool="fastwarp.bench", command=command, argv=list(args.argv),
+            date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            size=args.size, device=describe(device), device_type=device.type, cpu=_cpu_model(),
+            cpu_count=os.cpu_count(), threads=args.threads, torch=torch.__version__, fastwarp=fastwarp.__version__,
+            git_commit=_git_commit(), python=platform.python_version(), platform=platform.platform(),
+            cuda=torch.version.cuda, repeats=args.repeats, cases=groups,
+            loadavg_start=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            timing=("warm-up, then CUDA events around each call, median" if device.type == "cuda"
+                    else f"warm-up, then time.perf_counter around each call with {args.threads} thread(s), median"),
+            peak_method=("cuda max_memory_allocated over memory_allocated before the call" if device.type == "cuda"
+                         else "resident-memory high-water of one call over the resident memory before it"),
+        )
+        if device.type == "cuda":
+            meta["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
+        print(f"fastwarp {fastwarp.__version__}, torch {torch.__version__} on {meta['device']}"
+              f" ({args.threads} CPU thread(s)), size {args.size}", file=out, flush=True)
+        if device.type == "cuda":
+            copy_bytes = C.COPY_BYTES[args.size]
+            bandwidth, _ = copy_bandwidth(device, copy_bytes)
+            meta.update(copy_GBps=bandwidth / 1e9, copy_bytes=copy_bytes)
+            print(f"device-to-device copy: {bandwidth / 1e9:.0f} GB/s", file=out, flush=True)
+        print(_console_line(_CONSOLE_HEADERS), file=out, flush=True)
+        fastwarp_ms: dict[str, float] = {}
+
+        def report(row):
+            if row["impl"] == "fastwarp":
+                fastwarp_ms[row["case"]] = row["median_ms"]
+            base = fastwarp_ms.get(row["case"])
+            if row["median_ms"] and base:
+                row["ratio"] = row["median_ms"] / base
+            if row["gbps"] is not None and meta.get("copy_GBps"):
+                row["copy_fraction"] = row["gbps"] / meta["copy_GBps"]
+            if row["case"].startswith("train") and row["median_ms"]:
+                row["steps_per_s"] = 1e3 / row["median_ms"]
+            print(_console_line(_cells(row)), file=out, flush=True)
+
+        results = []
+        for group in groups:
+            if group == "warp":
+                results.append(_warp_case(False, args.size, device, args.repeats, report))
+                results.append(_warp_case(True, args.size, device, args.repeats, report))
+            elif group == "ncc":
+                results.append(_ncc_case(False, args.size, device, args.repeats, report))
+                results.append(_ncc_case(True, args.size, device, args.repeats, report))
+            else:
+                results.append(_train_case(args.size, device, args.repeats, report))
+        meta["peers"] = {row["impl"]: row["version"] for case in results for row in case["rows"]
+                         if row["status"] == "ok" and row["impl"] not in ("fastwarp", "grid_sample", "voxelmorph",
+                                                                           "voxelmorph-classic")}
+        return dict(meta=meta, cases=results)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    args.argv = argv
+    groups = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = sorted(set(groups) - set(CASE_GROUPS))
+    if not groups or unknown:
+        parser.error(f"--cases takes a comma-separated subset of {','.join(CASE_GROUPS)}, got {args.cases!r}")
+    if args.threads < 1:
+        parser.error("--threads must be at least 1")
+    if args.repeats is not None and args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    has_cuda = torch.cuda.is_available() and fastwarp.has_cuda_kernels()
+    if args.device == "auto":
+        args.device = "cuda" if has_cuda else "cpu"
+    elif args.device == "cuda" and not has_cuda:
+        print(f"{prog}: error: --device cuda needs a visible CUDA GPU and fastwarp built with CUDA kernels "
+              f"(GPU visible: {torch.cuda.is_available()}, CUDA kernels: {fastwarp.has_cuda_kernels()})",
+              file=sys.stderr)
+        return 2
+    command = " ".join([prog, shlex.join(argv)]).strip()
+    result = run(args, command)
+    errors = [row for case in result["cases"] for row in case["rows"] if row["status"] == "error"]
+    for row in errors:
+        print(f"{prog}: warning: {row['case']} {row['impl']} failed: {row['reason']}", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+            f.write("\n")
+        print(f"wrote {args.json}")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(format_markdown(result))
+        print(f"wrote {args.markdown}")
+    return 0
