@@ -2,8 +2,10 @@
 
 ``warp_reference`` gathers the interpolation corners explicitly (no grid_sample), so it
 checks the voxel-unit convention on its own; ``voxelmorph_warp`` is VoxelMorph's
-SpatialTransformer written out (identity grid + flow, normalized, grid_sample with
-align_corners=True), the path fastwarp.warp replaces.
+SpatialTransformer (identity grid + flow, normalized, grid_sample with align_corners=True), the
+path fastwarp.warp replaces; ``ncc_reference`` is the conv (box-filter) NCC. The grid and the
+smooth random fields are the package's plain-PyTorch ones (fastwarp.app.fields), shared with
+the benchmarks' baselines and the augmentation.
 """
 
 import itertools
@@ -11,6 +13,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from fastwarp.app.fields import smooth_noise, voxelmorph_grid
 
 
 def _reflect(x, size):
@@ -65,42 +69,30 @@ def warp_reference(image, disp, mode="linear", padding="zeros"):
     return out
 
 
-def voxelmorph_grid(flow):
-    """VoxelMorph's sampling grid for a voxel-unit flow: identity + flow, normalized to
-    [-1, 1] with align_corners=True, channels last in (x, y[, z]) order."""
-    spatial = flow.shape[2:]
-    grid = torch.stack(torch.meshgrid([torch.arange(s, dtype=flow.dtype, device=flow.device) for s in spatial], indexing="ij"))
-    locs = grid.unsqueeze(0) + flow
-    locs = torch.stack([2 * (locs[:, i] / (spatial[i] - 1) - 0.5) for i in range(len(spatial))], dim=1)
-    return locs.movedim(1, -1).flip(-1)
-
-
 def voxelmorph_warp(image, flow, mode="bilinear", padding="zeros"):
     grid = voxelmorph_grid(flow).expand(image.shape[0], *([-1] * (flow.dim() - 1)))
     return F.grid_sample(image, grid, mode=mode, padding_mode=padding, align_corners=True)
 
 
 def smooth_field(shape, magnitude, generator=None, dtype=torch.float64):
-    """A smooth random displacement (N, nd, *S): coarse noise upsampled, in voxels."""
-    n, nd, *spatial = shape
-    coarse = torch.randn(n, nd, *[max(2, s // 4) for s in spatial], generator=generator, dtype=dtype)
-    mode = "bilinear" if nd == 2 else "trilinear"
-    return F.interpolate(coarse, size=spatial, mode=mode, align_corners=True) * magnitude
+    """A smooth random displacement (N, nd, *S) in voxels: noise on a grid of a node every 4
+    voxels, upsampled, times ``magnitude``."""
+    return smooth_noise(shape, [max(2, s // 4) for s in shape[2:]], generator, dtype) * magnitude
 
 
-def ncc_reference(a, b, window, eps=1e-5):
-    """The conv (box-filter) formula, per channel, zero padding: VoxelMorph's classic NCC."""
-    nd = a.dim() - 2
-    conv = (F.conv2d, F.conv3d)[nd - 2]
-    c = a.shape[1]
-    filt = torch.ones(c, 1, *window, dtype=a.dtype, device=a.device)
-    pad = [w // 2 for w in window]
+def conv_box_sum(x, window):
+    """Sums over each window, per channel, zero padding: a dense box-filter convolution."""
+    conv = (F.conv2d, F.conv3d)[x.dim() - 4]
+    c = x.shape[1]
+    filt = torch.ones(c, 1, *window, dtype=x.dtype, device=x.device)
+    return conv(x, filt, padding=[w // 2 for w in window], groups=c)
 
-    def box(x):
-        return conv(x, filt, padding=pad, groups=c)
 
+def ncc_reference(a, b, window, eps=1e-5, box_sum=conv_box_sum):
+    """VoxelMorph's classic local NCC map, per channel, zero padding, from the window sums
+    ``box_sum(x, window)`` of a, b, a², b², ab (by default a dense box convolution)."""
     n = math.prod(window)
-    si, sj, sii, sjj, sij = box(a), box(b), box(a * a), box(b * b), box(a * b)
+    si, sj, sii, sjj, sij = (box_sum(x, window) for x in (a, b, a * a, b * b, a * b))
     cross = sij - si * sj / n
     var_a = sii - si * si / n
     var_b = sjj - sj * sj / n

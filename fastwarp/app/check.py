@@ -6,13 +6,12 @@ with fastwarp and with VoxelMorph's conv formula; checks they agree and prints t
 """
 
 import argparse
-import time
 
 import torch
-import torch.nn.functional as F
 
 import fastwarp
-from fastwarp.app.bench.baselines import VoxelMorphTransformer, voxelmorph_classic_ncc
+from fastwarp.app.bench.baselines import VoxelMorphTransformer, smooth_disp, voxelmorph_classic_ncc
+from fastwarp.app.bench.measure import time_calls
 
 
 def _voxelmorph_way(image, disp):
@@ -24,17 +23,7 @@ def _voxelmorph_ncc(a, b, win=9):
 
 
 def _median_ms(fn, device, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2] * 1e3
+    return time_calls(fn, device, repeats).median_s * 1e3
 
 
 def main(argv=None):
@@ -51,8 +40,7 @@ def main(argv=None):
 
     gen = torch.Generator().manual_seed(0)
     image = torch.rand(1, 1, *args.size, generator=gen).to(device)
-    coarse = torch.randn(1, 3, *[max(2, s // 16) for s in args.size], generator=gen) * 4
-    disp = F.interpolate(coarse, size=tuple(args.size), mode="trilinear", align_corners=True).to(device)
+    disp = smooth_disp(args.size, seed=0).to(device)
 
     ours = fastwarp.warp(image, disp)
     theirs = _voxelmorph_way(image, disp)

@@ -4,9 +4,9 @@
 Warp (:data:`WARP_IMPLS`, each ``factory(spatial, device, dtype) -> WarpImpl``):
 
 - ``fastwarp``: ``fastwarp.warp(image, disp)``.
-- ``grid_sample``: ``torch.nn.functional.grid_sample(image, grid, align_corners=True)`` on a
-  normalized grid built once, untimed, from the same displacement: the floor of any
-  grid_sample-based warp.
+- ``grid_sample``: ``torch.nn.functional.grid_sample(image, grid, align_corners=True)`` on
+  VoxelMorph's normalized grid (:func:`~fastwarp.app.fields.voxelmorph_grid`) built once,
+  untimed, from the same displacement: the floor of any grid_sample-based warp.
 - ``voxelmorph``: VoxelMorph's ``SpatialTransformer`` written out in plain PyTorch
   (:class:`VoxelMorphTransformer`), which builds the grid from the displacement on every call.
 - ``voxelmorph-pkg``: the installed ``voxelmorph`` package's own ``SpatialTransformer``.
@@ -44,13 +44,13 @@ import torch.nn.functional as F
 import fastwarp
 from fastwarp.losses import NCC
 
+from ..fields import normalized_grid, smooth_noise, voxel_grid, voxelmorph_grid
 from .cases import DTYPE
 
 __all__ = [
     "BaselineUnavailable",
     "BaselineNotApplicable",
     "smooth_disp",
-    "normalized_grid",
     "make_pair",
     "VoxelMorphTransformer",
     "voxelmorph_classic_ncc",
@@ -115,24 +115,11 @@ def _dist_version(*names: str) -> str:
 
 def smooth_disp(spatial, seed, batch=1, amplitude=4.0, dtype=DTYPE):
     """A smooth displacement field like a registration network's output: normal noise at 1/16
-    of the resolution, upsampled (bi/trilinearly) to ``spatial``, times ``amplitude`` voxels."""
+    of the resolution (float64, from ``seed``), upsampled to ``spatial``, times ``amplitude``
+    voxels."""
     g = torch.Generator().manual_seed(seed)
     coarse = [max(2, s // 16) for s in spatial]
-    noise = torch.randn(batch, len(spatial), *coarse, generator=g, dtype=torch.float64)
-    mode = "bilinear" if len(spatial) == 2 else "trilinear"
-    disp = F.interpolate(noise, size=tuple(spatial), mode=mode, align_corners=True) * amplitude
-    return disp.to(dtype)
-
-
-def normalized_grid(disp):
-    """The ``grid_sample(..., align_corners=True)`` grid that samples where the voxel-unit
-    ``disp`` points: ``(N, *spatial, ndim)``, x (the last spatial axis) first, contiguous."""
-    spatial = disp.shape[2:]
-    axes = [torch.arange(s, device=disp.device, dtype=disp.dtype) for s in spatial]
-    identity = torch.stack(torch.meshgrid(*axes, indexing="ij"))
-    scale = torch.tensor([2.0 / (s - 1) for s in spatial], device=disp.device, dtype=disp.dtype)
-    grid = (identity + disp) * scale.view(-1, *[1] * len(spatial)) - 1
-    return grid.movedim(1, -1).flip(-1).contiguous()
+    return (smooth_noise((batch, len(spatial), *spatial), coarse, g, torch.float64) * amplitude).to(dtype)
 
 
 def make_pair(shape, generator, dtype=DTYPE):
@@ -148,25 +135,16 @@ def make_pair(shape, generator, dtype=DTYPE):
 class VoxelMorphTransformer(torch.nn.Module):
     """``voxelmorph.torch.layers.SpatialTransformer`` (VoxelMorph 0.2), as it is written there:
     an identity grid buffer built once; per call ``grid + flow``, each channel normalized to
-    [-1, 1], moved channels-last, reversed to x-first, and ``grid_sample(align_corners=True)``."""
+    [-1, 1], moved channels-last, reversed to x-first
+    (:func:`~fastwarp.app.fields.normalized_grid`), and ``grid_sample(align_corners=True)``."""
 
     def __init__(self, size, mode="bilinear"):
         super().__init__()
         self.mode = mode
-        vectors = [torch.arange(0, s) for s in size]
-        grid = torch.stack(torch.meshgrid(vectors, indexing="ij")).unsqueeze(0).float()
-        self.register_buffer("grid", grid)
+        self.register_buffer("grid", voxel_grid(size, dtype=torch.float32).unsqueeze(0))
 
     def forward(self, src, flow):
-        new_locs = self.grid + flow
-        shape = flow.shape[2:]
-        for i in range(len(shape)):
-            new_locs[:, i, ...] = 2 * (new_locs[:, i, ...] / (shape[i] - 1) - 0.5)
-        if len(shape) == 2:
-            new_locs = new_locs.permute(0, 2, 3, 1)[..., [1, 0]]
-        else:
-            new_locs = new_locs.permute(0, 2, 3, 4, 1)[..., [2, 1, 0]]
-        return F.grid_sample(src, new_locs, align_corners=True, mode=self.mode)
+        return F.grid_sample(src, normalized_grid(self.grid + flow), align_corners=True, mode=self.mode)
 
 
 class WarpImpl(NamedTuple):
@@ -190,7 +168,7 @@ def _warp_grid_sample(spatial, device, dtype):
     def apply(image, grid):
         return F.grid_sample(image, grid, align_corners=True)
 
-    return WarpImpl(normalized_grid, apply, torch.__version__)
+    return WarpImpl(voxelmorph_grid, apply, torch.__version__)
 
 
 def _warp_voxelmorph(spatial, device, dtype):

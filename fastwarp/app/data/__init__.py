@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..fields import smooth_noise
+
 __all__ = [
     "Volume", "VolumeSpec", "load_volume", "save_nifti", "find_volumes", "embedded", "EMBEDDED_DIR",
     "normalize_intensity", "pad_to_multiple", "downsample", "random_deformation", "PairDataset",
@@ -272,12 +274,8 @@ def downsample(vol: Volume, factor: int) -> Volume:
 
 
 def _smooth_noise(shape: Sequence[int], spacing: float, channels: int, g: torch.Generator) -> torch.Tensor:
-    """Gaussian noise on a coarse grid (one node every ``spacing`` voxels) upsampled
-    (bi/trilinearly) to ``shape``: a smooth random field (1, channels, *shape) of unit scale."""
-    coarse = [max(2, int(round(s / spacing)) + 1) for s in shape]
-    noise = torch.randn((1, channels, *coarse), generator=g)
-    mode = "bilinear" if len(shape) == 2 else "trilinear"
-    return F.interpolate(noise, size=tuple(shape), mode=mode, align_corners=True)
+    """A smooth random field (1, channels, *shape) of unit scale, one node every ``spacing`` voxels."""
+    return smooth_noise((1, channels, *shape), [max(2, int(round(s / spacing)) + 1) for s in shape], g)
 
 
 def random_deformation(shape: Sequence[int], g: torch.Generator, max_disp: float = 4.0, spacing: float = 6.0,
