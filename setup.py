@@ -111,7 +111,9 @@ def extensions():
     # at::parallel_for's OpenMP backend is inline code compiled into this extension:
     # without -fopenmp it would silently run on one thread.
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
-    extra = {"cxx": ["-O3"] + openmp}
+    # -ffp-contract=off: no fused multiply-add in the CPU code, so that its vector and scalar
+    # paths round alike (Note [Vectorized CPU sampling]).
+    extra = {"cxx": ["-O3", "-ffp-contract=off"] + openmp}
     if use_cuda:
         cuda_arch_list(torch)
         sources += [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))]

@@ -31,6 +31,10 @@ inline void define_schemas(torch::Library& m) {
       "grid_sample_backward(Tensor grad_output, Tensor? input, SymInt[] input_size, Tensor grid, "
       "int interp, int padding, bool align_corners, bool[2] output_mask) -> (Tensor, Tensor)");
 
+  // The CPU warp's instruction set (Note [CPU SIMD level] in csrc/cpu/warp_cpu.cpp): returns
+  // the current level (0 scalar, 1 AVX2, 2 AVX-512); a level >= 0 sets it, capped by the CPU.
+  m.def("_cpu_simd_level(int level=-1) -> int");
+
   // Windowed NCC (csrc/common/ncc.h): the local coefficient map, (N, C, *spatial), or its
   // mean per (n, c) or overall (reduction 0 none, 1 mean, 2 batch: csrc/common/ncc_op.h),
   // and its backward (grad_a, grad_b), an empty tensor for a gradient whose mask entry is

@@ -5,9 +5,29 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "../common/sample_op.h"
+#include "sample_simd.h"
+
+// The vector kernels, compiled once per instruction set (see sample_simd_kernels.h).
+#if defined(FASTWARP_HAVE_X86_SIMD)
+#pragma GCC push_options
+#pragma GCC target("avx2")
+#define FASTWARP_SIMD_NAMESPACE avx2
+#include "sample_simd_kernels.h"
+#undef FASTWARP_SIMD_NAMESPACE
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,avx512vl,avx512bw")
+#define FASTWARP_SIMD_NAMESPACE avx512
+#include "sample_simd_kernels.h"
+#undef FASTWARP_SIMD_NAMESPACE
+#pragma GCC pop_options
+#endif
 
 namespace fastwarp {
 namespace {
@@ -82,6 +102,71 @@ void dispatch_config(const SampleParams<NDIM>& P, const F& f) {
   }
 }
 
+// Note [CPU SIMD level]
+// ~~~~~~~~~~~~~~~~~~~~~
+// 0: the scalar per-point code; 1: AVX2 lanes; 2: AVX-512 lanes (csrc/cpu/sample_simd.h).
+// Chosen once from what the CPU supports (the build machine's flags do not matter: the
+// vector code is compiled with per-function target attributes and only called after this
+// check), capped by torch's ATEN_CPU_CAPABILITY (default / avx2 / avx512) when it is set, so
+// one variable steers torch and fastwarp alike. fastwarp::_cpu_simd_level sets it in-process
+// (tests compare the paths; the benchmarks time them side by side).
+int supported_simd_level() {
+#if defined(FASTWARP_HAVE_X86_SIMD)
+  __builtin_cpu_init();
+  int level = 0;
+  if (__builtin_cpu_supports("avx2")) level = 1;
+  if (level == 1 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw"))
+    level = 2;
+  if (const char* cap = std::getenv("ATEN_CPU_CAPABILITY")) {
+    if (std::strcmp(cap, "default") == 0) level = 0;
+    if (std::strcmp(cap, "avx2") == 0) level = std::min(level, 1);
+  }
+  return level;
+#else
+  return 0;
+#endif
+}
+
+std::atomic<int>& simd_level() {
+  static std::atomic<int> level{supported_simd_level()};
+  return level;
+}
+
+int64_t cpu_simd_level(int64_t requested) {
+  const int previous = simd_level().load();
+  if (requested >= 0)
+    simd_level().store(static_cast<int>(std::min<int64_t>(requested, supported_simd_level())));
+  return previous;
+}
+
+// Whether the vector kernels serve this call (Note [Vectorized CPU sampling]).
+template <typename scalar_t, typename coord_t, int NDIM>
+bool use_simd(const SampleParams<NDIM>& P) {
+  return std::is_same<scalar_t, float>::value && std::is_same<coord_t, float>::value &&
+         simd_level().load() > 0 && P.interp == Interp::Linear &&
+         P.padding != Padding::Reflection && params_fit_int32(P, num_rows(P) * P.out_size[NDIM - 1]);
+}
+
+#if defined(FASTWARP_HAVE_X86_SIMD)
+// Calls f(level tag, displacement tag, padding tag) for a call that use_simd accepted.
+template <int NDIM, typename F>
+void dispatch_simd(const SampleParams<NDIM>& P, const F& f) {
+  auto with_padding = [&](auto disp) {
+    if (P.padding == Padding::Zeros) {
+      f(disp, std::integral_constant<Padding, Padding::Zeros>{});
+    } else {
+      f(disp, std::integral_constant<Padding, Padding::Border>{});
+    }
+  };
+  if (P.displacement) {
+    with_padding(std::true_type{});
+  } else {
+    with_padding(std::false_type{});
+  }
+}
+#endif
+
 struct PlainAdd {
   template <typename T>
   void operator()(T* p, T v) const {
@@ -97,6 +182,25 @@ struct CpuBackend {
   static void forward(const SampleParams<NDIM>& P, const scalar_t* image, const coord_t* coords,
                       scalar_t* out, scalar_t* jac) {
     using T = at::opmath_type<coord_t>;
+#if defined(FASTWARP_HAVE_X86_SIMD)
+    if constexpr (std::is_same<scalar_t, float>::value && std::is_same<coord_t, float>::value) {
+      if (use_simd<scalar_t, coord_t>(P)) {
+        const int level = simd_level().load();
+        dispatch_simd(P, [&](auto disp, auto pad) {
+          constexpr bool kDisp = decltype(disp)::value;
+          constexpr Padding kPad = decltype(pad)::value;
+          at::parallel_for(0, num_rows(P), rows_per_task(P), [&](int64_t r0, int64_t r1) {
+            if (level >= 2) {
+              simd::avx512::forward_rows<simd::Avx512, NDIM, kDisp, kPad>(P, image, coords, out, jac, r0, r1);
+            } else {
+              simd::avx2::forward_rows<simd::Avx2, NDIM, kDisp, kPad>(P, image, coords, out, jac, r0, r1);
+            }
+          });
+        });
+        return;
+      }
+    }
+#endif
     dispatch_config<scalar_t>(P, [&](auto config) {
       using Cfg = decltype(config);
       at::parallel_for(0, num_rows(P), rows_per_task(P), [&](int64_t r0, int64_t r1) {
@@ -134,6 +238,25 @@ struct CpuBackend {
     using T = at::opmath_type<scalar_t>;
     const int64_t rows = num_rows(P);
     auto run_rows = [&](int64_t r0, int64_t r1, T* gi) {
+#if defined(FASTWARP_HAVE_X86_SIMD)
+      if constexpr (std::is_same<scalar_t, float>::value) {
+        if (use_simd<scalar_t, scalar_t>(P)) {
+          const int level = simd_level().load();
+          dispatch_simd(P, [&](auto disp, auto pad) {
+            constexpr bool kDisp = decltype(disp)::value;
+            constexpr Padding kPad = decltype(pad)::value;
+            if (level >= 2) {
+              simd::avx512::backward_rows<simd::Avx512, NDIM, kDisp, kPad>(P, grad_out, image, coords, gi,
+                                                                        grad_coords, r0, r1);
+            } else {
+              simd::avx2::backward_rows<simd::Avx2, NDIM, kDisp, kPad>(P, grad_out, image, coords, gi,
+                                                                    grad_coords, r0, r1);
+            }
+          });
+          return;
+        }
+      }
+#endif
       for_each_point(P, r0, r1, [&](int64_t nd, const int64_t(&pos)[NDIM]) {
         backward_point<Cfg, scalar_t, T, scalar_t, int64_t, NDIM>(
             P, grad_out, image, coords, gi, grad_coords, nd, pos, PlainAdd{});
@@ -172,5 +295,9 @@ struct CpuBackend {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastwarp, CPU, m) { register_sample_ops<CpuBackend>(m); }
+
+TORCH_LIBRARY_IMPL(fastwarp, CompositeExplicitAutograd, m) {
+  m.impl("_cpu_simd_level", &cpu_simd_level);
+}
 
 }  // namespace fastwarp

@@ -1,0 +1,327 @@
+// The kernels of Note [Vectorized CPU sampling], written once over a lane type V (Avx2 or
+// Avx512, csrc/cpu/sample_simd.h). No include guard: csrc/cpu/warp_cpu.cpp includes this file
+// once per instruction set, inside `#pragma GCC target(...)` and a namespace of its own
+// (FASTWARP_SIMD_NAMESPACE), so that every function here is compiled for that target and
+// the lane operations inline into it. It includes nothing itself: a standard-library or
+// torch function first defined under the pragma would be compiled for the target and could
+// be picked by the linker for scalar callers too.
+
+namespace fastwarp {
+namespace simd {
+namespace FASTWARP_SIMD_NAMESPACE {
+
+// One axis of W points: the lane form of AxisSample (clamped neighbours, weights, the
+// derivative of the source index, and which neighbours are inside).
+template <typename V>
+struct AxisLanes {
+  typename V::I lower;   // floor of the source index (unclamped)
+  typename V::I i0, i1;
+  typename V::F w0, w1, dxdv;
+  typename V::M in0, in1, valid;
+};
+
+// The coordinate map, padding and axis_sample of compute_point, for the lanes of one axis.
+template <typename V, bool kDisp, Padding kPad, int NDIM>
+FASTWARP_LANES_INLINE AxisLanes<V> axis_lanes(const SampleParams<NDIM>& P, int k,
+                                             typename V::F v, typename V::F position) {
+  using F = typename V::F;
+  F x, dxdv;
+  if (kDisp) {
+    x = V::add(v, position);
+    dxdv = V::set1(1.f);
+  } else {  // unnormalize: ATen's operations in ATen's order (/ 2 and * 0.5 round alike)
+    const F one = V::set1(1.f), half = V::set1(0.5f);
+    if (P.align_corners) {
+      x = V::mul(V::mul(V::add(v, one), half), V::set1(static_cast<float>(P.in_size[k] - 1)));
+    } else {
+      x = V::mul(V::sub(V::mul(V::add(v, one), V::set1(static_cast<float>(P.in_size[k]))), one), half);
+    }
+    dxdv = V::set1(P.scale_f[k]);
+  }
+  if (kPad == Padding::Border) {  // clip_coordinates_set_grad
+    const F hi = V::set1(static_cast<float>(P.in_size[k] - 1));
+    const typename V::M low = V::le(x, V::zero()), high = V::ge(x, hi);
+    x = V::select(low, V::zero(), V::select(high, hi, x));
+    dxdv = V::select(V::or_(low, high), V::zero(), dxdv);
+  }
+  AxisLanes<V> a;
+  a.valid = V::and_(V::gt(x, V::set1(-2.f)), V::lt(x, V::set1(P.limit_f[k])));
+  const F fl = V::floor(V::select(a.valid, x, V::zero()));
+  const F t = V::sub(x, fl);
+  a.w0 = V::select(a.valid, V::sub(V::set1(1.f), t), V::zero());
+  a.w1 = V::select(a.valid, t, V::zero());
+  const int size = static_cast<int>(P.in_size[k]);
+  const typename V::I lo = V::to_int(fl), hi = V::addi(lo, V::set1i(1));
+  a.in0 = V::and_(V::in_range(lo, size), a.valid);
+  a.in1 = V::and_(V::in_range(hi, size), a.valid);
+  a.lower = lo;
+  a.i0 = V::clampi(lo, 0, size - 1);
+  a.i1 = V::clampi(hi, 0, size - 1);
+  a.dxdv = dxdv;
+  return a;
+}
+
+// make_corners in lanes: element offsets (for `stride`), weights and inside masks, corner
+// order as in sampling.h. A lane with any axis invalid has no corner inside.
+template <typename V, int NDIM>
+struct CornerLanes {
+  static constexpr int K = 1 << NDIM;
+  typename V::I off[K];
+  typename V::F w[K];
+  typename V::M in[K];
+};
+
+template <typename V, int NDIM>
+FASTWARP_LANES_INLINE void corner_lanes(const AxisLanes<V> (&ax)[NDIM], typename V::M live,
+                                       const int64_t (&stride)[NDIM], CornerLanes<V, NDIM>* cs) {
+  typename V::M any = live;
+  for (int k = 0; k < NDIM; ++k) any = V::and_(any, ax[k].valid);
+  cs->off[0] = V::set1i(0);
+  cs->w[0] = V::set1(1.f);
+  cs->in[0] = any;
+  for (int k = 0; k < NDIM; ++k) {
+    const typename V::I o0 = V::muli(ax[k].i0, static_cast<int>(stride[k]));
+    const typename V::I o1 = V::muli(ax[k].i1, static_cast<int>(stride[k]));
+    for (int j = (1 << k) - 1; j >= 0; --j) {
+      const typename V::I o = cs->off[j];
+      const typename V::F w = cs->w[j];
+      const typename V::M in = cs->in[j];
+      cs->off[2 * j] = V::addi(o, o0);
+      cs->w[2 * j] = V::mul(w, ax[k].w0);
+      cs->in[2 * j] = V::and_(in, ax[k].in0);
+      cs->off[2 * j + 1] = V::addi(o, o1);
+      cs->w[2 * j + 1] = V::mul(w, ax[k].w1);
+      cs->in[2 * j + 1] = V::and_(in, ax[k].in1);
+    }
+  }
+}
+
+// The corner values of one channel: masked gathers, or along a contiguous last axis of at
+// least two voxels, one pair gather per corner pair (Note [Vectorized CPU sampling]).
+template <typename V, int NDIM>
+FASTWARP_LANES_INLINE void gather_corners(const float* img, const CornerLanes<V, NDIM>& cs,
+                                          const AxisLanes<V>& last, int size, bool pairs,
+                                          typename V::F (&v)[1 << NDIM]) {
+  constexpr int K = 1 << NDIM;
+  if (!pairs) {
+    for (int b = 0; b < K; ++b) v[b] = V::gather(img, cs.off[b], cs.in[b]);
+    return;
+  }
+  // pair start: lower clamped into [0, size - 2]; corner 2r is at lower clamped to [0, size-1]
+  const typename V::I shift =
+      V::addi(V::clampi(last.lower, 0, size - 2), V::muli(last.i0, -1));
+  const typename V::M at_end = V::eqi(last.lower, size - 1), before = V::eqi(last.lower, -1);
+  for (int r = 0; r < K / 2; ++r) {
+    typename V::F first, second;
+    V::gather_pairs(img, V::addi(cs.off[2 * r], shift), &first, &second);
+    v[2 * r] = V::select(cs.in[2 * r], V::select(at_end, second, first), V::zero());
+    v[2 * r + 1] = V::select(cs.in[2 * r + 1], V::select(before, first, second), V::zero());
+  }
+}
+
+// weights_without_axis in lanes.
+template <typename V, int NDIM>
+FASTWARP_LANES_INLINE void weights_without_axis_lanes(const AxisLanes<V> (&ax)[NDIM], int k,
+                                                     typename V::F (&w)[(1 << NDIM) / 2]) {
+  w[0] = V::set1(1.f);
+  int m = 1;
+  for (int j = 0; j < NDIM; ++j) {
+    if (j == k) continue;
+    for (int i = m - 1; i >= 0; --i) {
+      const typename V::F wi = w[i];
+      w[2 * i] = V::mul(wi, ax[j].w0);
+      w[2 * i + 1] = V::mul(wi, ax[j].w1);
+    }
+    m *= 2;
+  }
+}
+
+template <typename V, int K>
+FASTWARP_LANES_INLINE typename V::F tree_sum_lanes(typename V::F (&t)[K]) {
+  for (int width = K / 2; width >= 1; width /= 2)
+    for (int j = 0; j < width; ++j) t[j] = V::add(t[j], t[j + width]);
+  return t[0];
+}
+
+template <typename V, int NDIM>
+FASTWARP_LANES_INLINE typename V::F axis_derivative_lanes(const typename V::F (&wk)[(1 << NDIM) / 2],
+                                                         const typename V::F (&v)[1 << NDIM], int k) {
+  typename V::F terms[(1 << NDIM) / 2];
+  for (int r = 0; r < (1 << NDIM) / 2; ++r)
+    terms[r] = V::mul(wk[r], V::sub(v[insert_axis_bit<NDIM>(r, k, 1)], v[insert_axis_bit<NDIM>(r, k, 0)]));
+  return tree_sum_lanes<V, (1 << NDIM) / 2>(terms);
+}
+
+// The lanes of points [w, w + count) of a row: pos holds the row's other axes.
+template <typename V, bool kDisp, Padding kPad, int NDIM>
+FASTWARP_LANES_INLINE void point_lanes(const SampleParams<NDIM>& P, const float* coords, int64_t nd,
+                                      const int64_t (&pos)[NDIM], int64_t w,
+                                      typename V::M live, AxisLanes<V> (&ax)[NDIM]) {
+  constexpr int L = NDIM - 1;
+  int64_t base = nd * P.coord_stride_n + w * P.coord_stride[L];
+  for (int k = 0; k < L; ++k) base += pos[k] * P.coord_stride[k];
+  for (int k = 0; k < NDIM; ++k) {
+    const typename V::F v = V::load(coords + base + P.coord_axis_offset[k], P.coord_stride[L], live);
+    const typename V::F position =
+        k == L ? V::add(V::set1(static_cast<float>(w)), V::iota()) : V::set1(static_cast<float>(pos[k]));
+    ax[k] = axis_lanes<V, kDisp, kPad, NDIM>(P, k, v, position);
+  }
+}
+
+// forward_point for points [0, out_size[last]) of the row at pos (pos[last] unused).
+template <typename V, bool kDisp, Padding kPad, int NDIM>
+FASTWARP_LANES_INLINE void forward_row(const SampleParams<NDIM>& P, const float* image,
+                                      const float* coords, float* out, float* jac, int64_t nd,
+                                      const int64_t (&pos)[NDIM]) {
+  constexpr int K = 1 << NDIM, L = NDIM - 1;
+  const int64_t width = P.out_size[L];
+  int64_t n0 = nd, n1 = nd + 1;
+  if (P.coord_batch == 1) n0 = 0, n1 = P.N;
+  int64_t row_out = 0;
+  for (int k = 0; k < L; ++k) row_out += pos[k] * P.out_stride[k];
+  const int size_l = static_cast<int>(P.in_size[L]);
+  const bool pairs = P.img_stride[L] == 1 && size_l >= 2;
+  for (int64_t w = 0; w < width; w += V::W) {
+    const typename V::M live = V::first(static_cast<int>(width - w < V::W ? width - w : V::W));
+    AxisLanes<V> ax[NDIM];
+    point_lanes<V, kDisp, kPad, NDIM>(P, coords, nd, pos, w, live, ax);
+    CornerLanes<V, NDIM> cs;
+    corner_lanes<V, NDIM>(ax, live, P.img_stride, &cs);
+    typename V::F wk[NDIM][K / 2];
+    if (jac != nullptr)
+      for (int k = 0; k < NDIM; ++k) weights_without_axis_lanes<V, NDIM>(ax, k, wk[k]);
+    const int64_t out_sp = row_out + w * P.out_stride[L];
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t c = 0; c < P.C; ++c) {
+        const float* img_c = image + n * P.img_stride_n + c * P.img_stride_c;
+        typename V::F v[K], terms[K];
+        gather_corners<V, NDIM>(img_c, cs, ax[L], size_l, pairs, v);
+        for (int b = 0; b < K; ++b) terms[b] = V::mul(cs.w[b], v[b]);
+        V::store(out + n * P.out_stride_n + c * P.out_stride_c + out_sp, tree_sum_lanes<V, K>(terms), live);
+        if (jac != nullptr) {
+          float* j = jac + n * P.jac_stride_n + c * P.jac_stride_c + out_sp;
+          for (int k = 0; k < NDIM; ++k)
+            V::store(j + k * P.jac_stride_k, V::mul(ax[k].dxdv, axis_derivative_lanes<V, NDIM>(wk[k], v, k)), live);
+        }
+      }
+    }
+  }
+}
+
+// backward_point for the points of a row: the coordinate gradient in lanes, the image
+// gradient scattered lane by lane (PlainAdd into the thread's buffer).
+template <typename V, bool kDisp, Padding kPad, int NDIM>
+FASTWARP_LANES_INLINE void backward_row(const SampleParams<NDIM>& P, const float* grad_out,
+                                       const float* image, const float* coords, float* grad_image,
+                                       float* grad_coords, int64_t nd, const int64_t (&pos)[NDIM]) {
+  constexpr int K = 1 << NDIM, L = NDIM - 1;
+  const int64_t width = P.out_size[L];
+  int64_t n0 = nd, n1 = nd + 1;
+  if (P.coord_batch == 1) n0 = 0, n1 = P.N;
+  int64_t row_out = 0, row_gc = nd * P.gcoord_stride_n;
+  for (int k = 0; k < L; ++k) {
+    row_out += pos[k] * P.out_stride[k];
+    row_gc += pos[k] * P.gcoord_stride[k];
+  }
+  const bool want_coord = grad_coords != nullptr;
+  const int size_l = static_cast<int>(P.in_size[L]);
+  const bool pairs = P.img_stride[L] == 1 && size_l >= 2;
+  for (int64_t w = 0; w < width; w += V::W) {
+    const int count = static_cast<int>(width - w < V::W ? width - w : V::W);
+    const typename V::M live = V::first(count);
+    AxisLanes<V> ax[NDIM];
+    point_lanes<V, kDisp, kPad, NDIM>(P, coords, nd, pos, w, live, ax);
+    CornerLanes<V, NDIM> cs, gs;
+    if (want_coord) corner_lanes<V, NDIM>(ax, live, P.img_stride, &cs);
+    if (grad_image != nullptr) corner_lanes<V, NDIM>(ax, live, P.gimg_stride, &gs);
+    typename V::F wk[NDIM][K / 2], gx[NDIM];
+    if (want_coord) {
+      for (int k = 0; k < NDIM; ++k) {
+        weights_without_axis_lanes<V, NDIM>(ax, k, wk[k]);
+        gx[k] = V::zero();
+      }
+    }
+    alignas(64) float gw[K][V::W];
+    alignas(64) int32_t goff[K][V::W];
+    unsigned gin[K] = {};
+    if (grad_image != nullptr) {
+      for (int b = 0; b < K; ++b) {
+        V::to_array(gs.w[b], gw[b]);
+        V::to_array(gs.off[b], goff[b]);
+        gin[b] = V::bits(gs.in[b]);
+      }
+    }
+    const int64_t go_sp = row_out + w * P.out_stride[L];
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t c = 0; c < P.C; ++c) {
+        const typename V::F g =
+            V::load(grad_out + n * P.out_stride_n + c * P.out_stride_c + go_sp, P.out_stride[L], live);
+        if (grad_image != nullptr) {
+          alignas(64) float gl[V::W];
+          V::to_array(g, gl);
+          float* gi = grad_image + n * P.gimg_stride_n + c * P.gimg_stride_c;
+          for (int j = 0; j < count; ++j)
+            for (int b = 0; b < K; ++b)
+              if (gin[b] >> j & 1u) gi[goff[b][j]] += gw[b][j] * gl[j];
+        }
+        if (want_coord) {
+          const float* img_c = image + n * P.img_stride_n + c * P.img_stride_c;
+          typename V::F v[K];
+          gather_corners<V, NDIM>(img_c, cs, ax[L], size_l, pairs, v);
+          for (int k = 0; k < NDIM; ++k)
+            gx[k] = V::add(gx[k], V::mul(g, axis_derivative_lanes<V, NDIM>(wk[k], v, k)));
+        }
+      }
+    }
+    if (want_coord) {
+      typename V::M any = live;  // a point that touches no voxel gets 0, as in backward_point
+      for (int k = 0; k < NDIM; ++k) any = V::and_(any, ax[k].valid);
+      float* dst = grad_coords + row_gc + w * P.gcoord_stride[L];
+      for (int k = 0; k < NDIM; ++k) {
+        const typename V::F value = V::select(any, V::mul(gx[k], ax[k].dxdv), V::zero());
+        if (P.gcoord_stride[L] == 1) {
+          V::store(dst + P.gcoord_axis_offset[k], value, live);
+        } else {
+          alignas(64) float lanes[V::W];
+          V::to_array(value, lanes);
+          for (int j = 0; j < count; ++j) dst[P.gcoord_axis_offset[k] + j * P.gcoord_stride[L]] = lanes[j];
+        }
+      }
+    }
+  }
+}
+
+// Row loops: rows [r0, r1) of the output (coordinate batch, all axes but the last).
+template <int NDIM>
+FASTWARP_LANES_INLINE void unravel_row(const SampleParams<NDIM>& P, int64_t r, int64_t* nd, int64_t (&pos)[NDIM]) {
+  for (int k = NDIM - 2; k >= 0; --k) {
+    pos[k] = r % P.out_size[k];
+    r /= P.out_size[k];
+  }
+  *nd = r;
+}
+
+template <typename V, int NDIM, bool kDisp, Padding kPad>
+void forward_rows(const SampleParams<NDIM>& P, const float* image, const float* coords, float* out,
+                  float* jac, int64_t r0, int64_t r1) {
+  int64_t pos[NDIM] = {}, nd = 0;
+  for (int64_t r = r0; r < r1; ++r) {
+    unravel_row(P, r, &nd, pos);
+    forward_row<V, kDisp, kPad, NDIM>(P, image, coords, out, jac, nd, pos);
+  }
+}
+
+template <typename V, int NDIM, bool kDisp, Padding kPad>
+void backward_rows(const SampleParams<NDIM>& P, const float* grad_out, const float* image,
+                   const float* coords, float* grad_image, float* grad_coords, int64_t r0,
+                   int64_t r1) {
+  int64_t pos[NDIM] = {}, nd = 0;
+  for (int64_t r = r0; r < r1; ++r) {
+    unravel_row(P, r, &nd, pos);
+    backward_row<V, kDisp, kPad, NDIM>(P, grad_out, image, coords, grad_image, grad_coords, nd, pos);
+  }
+}
+
+}  // namespace FASTWARP_SIMD_NAMESPACE
+}  // namespace simd
+}  // namespace fastwarp
