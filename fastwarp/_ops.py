@@ -101,6 +101,8 @@ def _coords_grad_from_jacobian(grad, jac, coord_batch, grid_layout):
     # grad (N, C, *S), jac (N, C, ndim, *S) -> (N or 1, ndim, *S), axis order
     if jac.dtype in (torch.float16, torch.bfloat16):
         g = (grad.float().unsqueeze(2) * jac.float()).sum(1).to(jac.dtype)
+    elif jac.shape[1] == 1:  # one channel (training): one pass, no (N, 1, ndim, *S) temporary
+        g = jac[:, 0] * grad
     else:
         g = (grad.unsqueeze(2) * jac).sum(1)
     if coord_batch == 1 and g.shape[0] != 1:
