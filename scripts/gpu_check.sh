@@ -307,7 +307,7 @@ LARGE_ARGS=(tests/test_cuda_large.py -m cuda --durations=0 --junitxml "$JUNIT/te
 # compute-sanitizer: the multi-block launch geometry (every warp, grid_sample and tiled NCC
 # kernel, several blocks, partial last ones): 32 cases, short enough for three tools
 SANITIZE_ARGS=(tests/test_launch_geometry.py -m "cuda and sanitize" -x)
-FUSED_K="(test_ncc and cuda and 3d-fused-lncc and not both and (fastwarp or fused_lncc or fireants)) or test_agreement_fused"
+FUSED_K="test_ncc and cuda and 3d-fused-lncc and not both and (fastwarp or fused_lncc or fireants)"
 FUSED_ARGS=(benchmarks/bench_ncc.py -k "$FUSED_K" --benchmark-json "$REPORT/bench_fused.json"
     --benchmark-max-time 0.5 --benchmark-min-rounds 10)
 

@@ -119,27 +119,6 @@ def test_non_contiguous_inputs(device, gen):
     torch.testing.assert_close(fastwarp.ncc(at, bt, (3, 5, 3), reduction="none").cpu(), expected)
 
 
-def test_matches_neurite(gen):
-    nf = pytest.importorskip("neurite.nn.functional")
-    for shape, window in CASES[:2]:
-        a, b = pair(shape, gen, torch.float32)
-        expected = nf.ncc(a, b, window_size=list(window), reduction=None)
-        torch.testing.assert_close(fastwarp.ncc(a, b, window, reduction="batch"), expected.reshape(shape[:2]), rtol=1e-5, atol=1e-6)
-
-
-def test_matches_monai_where_formulas_agree(gen):
-    """MONAI's rectangular LNCC uses (cross^2 + smooth_nr) / (max(var_I, dr) * max(var_J, dr))
-    on window means; with both smoothings tiny and well-conditioned images it is cc/n^2 of
-    ours... up to that normalization, so compare -loss to our mean."""
-    losses = pytest.importorskip("monai.losses")
-    a, b = pair((1, 1, 12, 13, 11), gen)
-    loss = losses.LocalNormalizedCrossCorrelationLoss(
-        spatial_dims=3, kernel_size=5, kernel_type="rectangular", smooth_nr=0.0, smooth_dr=1e-12
-    )
-    ours = fastwarp.ncc(a, b, 5, eps=0.0)
-    torch.testing.assert_close(-loss(a, b), ours, rtol=1e-6, atol=1e-8)
-
-
 @pytest.mark.parametrize(
     "a, b, kwargs, exc, match",
     [

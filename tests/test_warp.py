@@ -181,28 +181,6 @@ def test_warp_gradients_match_voxelmorph_path(nd, padding, device, gen):
     torch.testing.assert_close(gd, ed, rtol=1e-9, atol=1e-9)
 
 
-def _voxelmorph_transform():
-    """voxelmorph's own warp: the torch-native API (0.3+) or the legacy torch layers."""
-    vxm = pytest.importorskip("voxelmorph")
-    functional = getattr(getattr(vxm, "nn", None), "functional", None)
-    if functional is not None and hasattr(functional, "spatial_transform"):
-        return lambda image, disp: functional.spatial_transform(image, disp)
-    layers = getattr(getattr(vxm, "torch", None), "layers", None)
-    if layers is not None and hasattr(layers, "SpatialTransformer"):
-        return lambda image, disp: layers.SpatialTransformer(image.shape[2:])(image, disp)
-    pytest.skip("this voxelmorph version has no torch spatial transform")
-
-
-def test_warp_matches_voxelmorph_package(gen, monkeypatch):
-    monkeypatch.setenv("VXM_BACKEND", "pytorch")  # legacy versions pick their backend from this
-    transform = _voxelmorph_transform()
-    for nd in (2, 3):
-        image = torch.randn(SHAPES[nd], generator=gen).float()
-        disp = smooth_field((2, nd, *image.shape[2:]), 2.5, gen).float()
-        # float32 tolerance: voxelmorph normalizes to [-1, 1] and grid_sample undoes it
-        torch.testing.assert_close(fastwarp.warp(image, disp), transform(image, disp), rtol=1e-5, atol=2e-5)
-
-
 @pytest.mark.parametrize("nd", [2, 3])
 @pytest.mark.parametrize("padding", PADDINGS)
 def test_warp_gradcheck(nd, padding, device, gen):

@@ -10,7 +10,8 @@ import argparse
 import torch
 
 import fastwarp
-from fastwarp.app.bench.baselines import VoxelMorphTransformer, smooth_disp, voxelmorph_classic_ncc
+from fastwarp.app.bench.baselines import VoxelMorphTransformer, voxelmorph_classic_ncc
+from fastwarp.app.bench.cases import smooth_disp
 from fastwarp.app.bench.measure import time_calls
 
 

@@ -44,14 +44,11 @@ import torch.nn.functional as F
 import fastwarp
 from fastwarp.losses import NCC
 
-from ..fields import normalized_grid, smooth_noise, voxel_grid, voxelmorph_grid
-from .cases import DTYPE
+from ..fields import normalized_grid, voxel_grid, voxelmorph_grid
 
 __all__ = [
     "BaselineUnavailable",
     "BaselineNotApplicable",
-    "smooth_disp",
-    "make_pair",
     "VoxelMorphTransformer",
     "voxelmorph_classic_ncc",
     "WarpImpl",
@@ -108,25 +105,6 @@ def _dist_version(*names: str) -> str:
         except importlib.metadata.PackageNotFoundError:
             pass
     return "unknown"
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-def smooth_disp(spatial, seed, batch=1, amplitude=4.0, dtype=DTYPE):
-    """A smooth displacement field like a registration network's output: normal noise at 1/16
-    of the resolution (float64, from ``seed``), upsampled to ``spatial``, times ``amplitude``
-    voxels."""
-    g = torch.Generator().manual_seed(seed)
-    coarse = [max(2, s // 16) for s in spatial]
-    return (smooth_noise((batch, len(spatial), *spatial), coarse, g, torch.float64) * amplitude).to(dtype)
-
-
-def make_pair(shape, generator, dtype=DTYPE):
-    """A correlated pair, like a moving image and the fixed one: a = U(0,1), b = 0.6a + 0.4 U(0,1)."""
-    a = torch.rand(shape, generator=generator, dtype=torch.float64)
-    b = 0.6 * a + 0.4 * torch.rand(shape, generator=generator, dtype=torch.float64)
-    return a.to(dtype), b.to(dtype)
 
 
 # --------------------------------------------------------------------------- warp

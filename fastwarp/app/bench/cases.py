@@ -1,11 +1,25 @@
-"""Problem sizes of the benchmark cases, by preset: ``full`` (the published figures) and ``tiny``
-(a smoke run). One copy, shared by ``benchmarks/bench_*.py`` and ``python -m fastwarp.bench``."""
+"""The benchmark cases: their problem sizes by preset (``full``, the published figures; ``tiny``, a
+smoke run), their inputs, and the timed call of one implementation on them. One copy, shared by
+``python -m fastwarp.bench`` (:mod:`~fastwarp.app.bench.runner`) and the pytest-benchmark suite in
+``benchmarks/``.
+
+Every case rotates through several input sets (:func:`~fastwarp.app.bench.measure.input_sets`),
+drawn from fixed seeds, so every implementation sees the same inputs; a ``*_call`` function
+returns the timed call, which runs one implementation on the next set (unsynchronised) and
+returns its outputs (so that a memory measurement counts them).
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
+from itertools import cycle
 from typing import NamedTuple
 
 import torch
+
+from ..fields import smooth_noise
+from .measure import input_sets
 
 DTYPE = torch.float32
 
@@ -64,3 +78,115 @@ TRAIN_SHAPES = {
     "tiny": {"cpu": (16, 16, 16), "cuda": (16, 16, 16)},
 }
 TRAIN_WINDOW = 9
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def smooth_disp(spatial, seed, batch=1, amplitude=4.0, dtype=DTYPE):
+    """A smooth displacement field like a registration network's output: normal noise at 1/16
+    of the resolution (float64, from ``seed``), upsampled to ``spatial``, times ``amplitude``
+    voxels."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = [max(2, s // 16) for s in spatial]
+    return (smooth_noise((batch, len(spatial), *spatial), coarse, g, torch.float64) * amplitude).to(dtype)
+
+
+def make_pair(shape, generator, dtype=DTYPE):
+    """A correlated pair, like a moving image and the fixed one: a = U(0,1), b = 0.6a + 0.4 U(0,1)."""
+    a = torch.rand(shape, generator=generator, dtype=torch.float64)
+    b = 0.6 * a + 0.4 * torch.rand(shape, generator=generator, dtype=torch.float64)
+    return a.to(dtype), b.to(dtype)
+
+
+# --------------------------------------------------------------------------- warp
+
+
+def warp_inputs(spatial: Sequence[int], device: torch.device, backward: bool) -> list[tuple]:
+    """``(image, disp, grad_out)`` sets: a U(0,1) image ``(1, 1, *spatial)``, the smooth field
+    :func:`smooth_disp` seeded by the set's index, and a random ``grad_out`` for the backward."""
+    set_bytes = math.prod(spatial) * DTYPE.itemsize * (len(spatial) + (2 if backward else 1))
+    g = torch.Generator().manual_seed(0)
+    inputs = []
+    for seed in range(input_sets(device, set_bytes)):
+        image = torch.rand(1, 1, *spatial, generator=g, dtype=DTYPE).to(device)
+        disp = smooth_disp(spatial, seed).to(device)
+        grad_out = torch.randn(image.shape, generator=g, dtype=DTYPE).to(device)
+        inputs.append((image, disp, grad_out))
+    return inputs
+
+
+def warp_call(impl, inputs: Sequence[tuple], backward: bool) -> Callable[[], object]:
+    """The timed warp of ``impl`` (a :class:`~fastwarp.app.bench.baselines.WarpImpl`): its
+    ``apply`` and, when ``backward``, the gradient to the displacement for the set's
+    ``grad_out`` (a training step's warp: the image needs no gradient). ``impl.prepare`` runs
+    here, untimed."""
+    sets = cycle([(image, impl.prepare(disp).detach().requires_grad_(backward), grad_out)
+                  for image, disp, grad_out in inputs])
+
+    def call():
+        image, prepared, grad_out = next(sets)
+        out = impl.apply(image, prepared)
+        if backward:
+            return out, torch.autograd.grad(out, prepared, grad_out)
+        return out
+
+    return call
+
+
+# --------------------------------------------------------------------------- NCC
+
+# The inputs that need a gradient in each NCC mode: (a, the moving image; b, the fixed one).
+NCC_GRADS = {"fwd": (False, False), "fwdbwd": (True, False), "fwdbwd-both": (True, True)}
+
+
+def ncc_inputs(shape: Sequence[int], device: torch.device, mode: str) -> list[tuple]:
+    """``(a, b)`` pairs of shape ``shape`` (:func:`make_pair`), requiring the gradients of ``mode``."""
+    grad_a, grad_b = NCC_GRADS[mode]
+    g = torch.Generator().manual_seed(0)
+    inputs = []
+    for _ in range(input_sets(device, 2 * math.prod(shape) * DTYPE.itemsize)):
+        a, b = make_pair(shape, g)
+        inputs.append((a.to(device).requires_grad_(grad_a), b.to(device).requires_grad_(grad_b)))
+    return inputs
+
+
+def ncc_call(impl, inputs: Sequence[tuple], mode: str) -> Callable[[], object]:
+    """The timed NCC loss of ``impl`` (a :class:`~fastwarp.app.bench.baselines.NccImpl`) and,
+    after ``mode``, its gradients."""
+    grad_a, grad_b = NCC_GRADS[mode]
+    sets = cycle(inputs)
+
+    def call():
+        a, b = next(sets)
+        loss = impl.loss(a, b)
+        if grad_b:
+            return loss, torch.autograd.grad(loss, (a, b))
+        if grad_a:
+            return loss, torch.autograd.grad(loss, a)
+        return loss
+
+    return call
+
+
+# --------------------------------------------------------------------------- training step
+
+
+def train_inputs(spatial: Sequence[int], device: torch.device, sets: int | None = None) -> list[tuple]:
+    """``(moving, fixed)`` pairs of shape ``(1, 1, *spatial)`` (:func:`make_pair`); ``sets`` of
+    them, by default as many as :func:`input_sets` says."""
+    if sets is None:
+        sets = input_sets(device, 2 * math.prod(spatial) * DTYPE.itemsize)
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(sets):
+        moving, fixed = make_pair((1, 1, *spatial), g)
+        out.append((moving.to(device), fixed.to(device)))
+    return out
+
+
+def train_call(step, inputs: Sequence[tuple]) -> Callable[[], torch.Tensor]:
+    """The timed training step: ``step`` (a :class:`~fastwarp.app.bench.train_step.TrainStep`) on
+    the next ``(moving, fixed)`` pair; returns the loss."""
+    sets = cycle(inputs)
+    return lambda: step(*next(sets))

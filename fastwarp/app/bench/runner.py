@@ -1,6 +1,6 @@
 """``python -m fastwarp.bench``: fastwarp against every available baseline, on the same inputs.
 
-Cases (3-D, float32, batch 1; sizes from :mod:`fastwarp.bench.cases`):
+Cases (3-D, float32, batch 1; sizes from :mod:`fastwarp.app.bench.cases`):
 
 - ``warp-3d-fwd`` / ``warp-3d-fwdbwd``: the warp alone, and a training step's warp (the
   displacement requires grad, the image does not; the backward takes a fixed random
@@ -11,7 +11,7 @@ Cases (3-D, float32, batch 1; sizes from :mod:`fastwarp.bench.cases`):
   fused_lncc's and FireANTs'.
 - ``train-3d``: one training step of :class:`fastwarp.models.RegUNet` (forward, backward, Adam)
   on fastwarp's warp and NCC against the same network on VoxelMorph's
-  (:mod:`fastwarp.bench.train_step`).
+  (:mod:`fastwarp.app.bench.train_step`).
 
 Timing: warm-up calls first; then on a GPU CUDA events around each call, the calls rotating
 through enough input sets to exceed twice the L2 cache; on a CPU ``time.perf_counter`` around
@@ -19,7 +19,7 @@ each call with ``torch.set_num_threads(threads)``; the median is reported. The r
 baseline's median over fastwarp's ("fastwarp is N× faster"). GB/s is the bytes any
 implementation must move over the median, and on a GPU its fraction of a device-to-device copy's
 bandwidth measured in the same run. Peak extra memory is that of one call beyond what was in use
-before it (:func:`fastwarp.bench.measure.peak_extra_memory`). A baseline whose package is not
+before it (:func:`fastwarp.app.bench.measure.peak_extra_memory`). A baseline whose package is not
 installed is listed as such.
 """
 
@@ -28,38 +28,21 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
 import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from itertools import cycle
 
 import torch
 
 import fastwarp
 
 from . import cases as C
-from .baselines import (
-    NCC_IMPLS,
-    WARP_IMPLS,
-    BaselineNotApplicable,
-    BaselineUnavailable,
-    make_pair,
-    smooth_disp,
-)
-from .measure import (
-    copy_bandwidth,
-    describe,
-    input_sets,
-    ncc_bytes_moved,
-    peak_extra_memory,
-    time_calls,
-    warp_bytes_moved,
-)
-from .train_step import TRAIN_VARIANTS, TrainStep, train_inputs, train_set_bytes
+from .baselines import NCC_IMPLS, WARP_IMPLS, BaselineNotApplicable, BaselineUnavailable
+from .measure import copy_bandwidth, describe, ncc_bytes_moved, peak_extra_memory, time_calls, warp_bytes_moved
+from .train_step import TRAIN_VARIANTS, TrainStep
 
 __all__ = ["main", "build_parser", "run", "format_markdown"]
 
@@ -122,7 +105,7 @@ def _unavailable_row(case: str, impl: str, error: Exception) -> dict:
 
 def _measure(case: str, impl: str, version: str, call: Callable[[], object], device: torch.device,
              repeats: int | None, moved: int | None) -> dict:
-    """Times ``call`` (:func:`~fastwarp.bench.measure.time_calls`), then measures the peak extra
+    """Times ``call`` (:func:`~fastwarp.app.bench.measure.time_calls`), then measures the peak extra
     memory of one more call (after the timing, so that giving freed memory back to the system
     for the measurement does not slow the timed calls down)."""
     timing = time_calls(call, device, repeats)
@@ -167,33 +150,16 @@ def _run_impls(case: str, shape: Sequence[int], names: Sequence[str],
 def _warp_case(backward: bool, size: str, device: torch.device, repeats, report) -> dict:
     spatial = C.WARP_SHAPES[size][3, device.type]
     name = f"warp-3d-{'fwdbwd' if backward else 'fwd'}"
-    set_bytes = math.prod(spatial) * C.DTYPE.itemsize * (3 + (2 if backward else 1))
-    g = torch.Generator().manual_seed(0)
-    base = []
-    for seed in range(input_sets(device, set_bytes)):
-        image = torch.rand(1, 1, *spatial, generator=g, dtype=C.DTYPE).to(device)
-        disp = smooth_disp(spatial, seed).to(device)
-        grad_out = torch.randn(image.shape, generator=g, dtype=C.DTYPE).to(device)
-        base.append((image, disp, grad_out))
-    moved = warp_bytes_moved(base[0][0], base[0][1], backward)
+    inputs = C.warp_inputs(spatial, device, backward)
+    moved = warp_bytes_moved(inputs[0][0], inputs[0][1], backward)
 
     def build(impl_name):
         impl = WARP_IMPLS[impl_name](spatial, device, C.DTYPE)
-        sets = cycle([(image, impl.prepare(disp).detach().requires_grad_(backward), grad_out)
-                      for image, disp, grad_out in base])
-
-        def call():
-            image, prepared, grad_out = next(sets)
-            out = impl.apply(image, prepared)
-            if backward:
-                return out, torch.autograd.grad(out, prepared, grad_out)
-            return out
-
-        return impl.version, call, moved
+        return impl.version, C.warp_call(impl, inputs, backward), moved
 
     rows = _run_impls(name, [1, 1, *spatial], list(WARP_IMPLS), build, device, repeats, report)
     return dict(case=name, kind="warp-fwdbwd" if backward else "warp-fwd", shape=[1, 1, *spatial], window=None,
-                input_sets=len(base),
+                input_sets=len(inputs),
                 description="fastwarp.warp(image, disp) and the baselines' warps"
                             + ("; disp requires grad, image not; backward with a fixed grad_out" if backward else ""),
                 rows=rows)
@@ -204,25 +170,12 @@ def _ncc_case(backward: bool, size: str, device: torch.device, repeats, report) 
     shape, window = case.shapes[device.type], case.window
     mode = "fwdbwd" if backward else "fwd"
     name = f"ncc-3d-w{window}-{mode}"
-    g = torch.Generator().manual_seed(0)
-    inputs = []
-    for _ in range(input_sets(device, 2 * math.prod(shape) * C.DTYPE.itemsize)):
-        a, b = make_pair(shape, g)
-        inputs.append((a.to(device).requires_grad_(backward), b.to(device)))
+    inputs = C.ncc_inputs(shape, device, mode)
     moved = ncc_bytes_moved(inputs[0][0], mode)
 
     def build(impl_name):
         impl = NCC_IMPLS[impl_name](case.nd, window, device, C.DTYPE)
-        sets = cycle(inputs)
-
-        def call():
-            a, b = next(sets)
-            loss = impl.loss(a, b)
-            if backward:
-                return loss, torch.autograd.grad(loss, a)
-            return loss
-
-        return impl.version, call, moved
+        return impl.version, C.ncc_call(impl, inputs, mode), moved
 
     rows = _run_impls(name, shape, list(NCC_IMPLS), build, device, repeats, report)
     return dict(case=name, kind=f"ncc-{mode}", shape=list(shape), window=window, input_sets=len(inputs),
@@ -233,20 +186,18 @@ def _ncc_case(backward: bool, size: str, device: torch.device, repeats, report) 
 def _train_case(size: str, device: torch.device, repeats, report) -> dict:
     spatial = C.TRAIN_SHAPES[size][device.type]
     name = "train-3d"
-    inputs = train_inputs(spatial, device, input_sets(device, train_set_bytes(spatial)))
+    inputs = C.train_inputs(spatial, device)
     first_losses: dict[str, float] = {}
     descriptions = {}
 
     def build(variant):
         step = TrainStep(variant, spatial, device)
         descriptions[variant] = step.description
-        sets = cycle(inputs)
-        first: list[torch.Tensor] = []
+        timed = C.train_call(step, inputs)
 
         def call():
-            loss = step(*next(sets))
-            if not first:
-                first.append(loss)
+            loss = timed()
+            if variant not in first_losses:  # (one host sync, on the first call only)
                 first_losses[variant] = float(loss)
             return loss
 

@@ -8,16 +8,15 @@ built from the same seed (the same weights), on the same data:
 - ``fastwarp``: the model as it is (its ``transformer`` is :class:`fastwarp.nn.SpatialTransformer`
   on fastwarp's warp kernels) and :class:`fastwarp.losses.NCC` ``(window)``.
 - ``voxelmorph``: VoxelMorph's ops on the same network: the model's ``transformer`` swapped for
-  :class:`~fastwarp.bench.baselines.VoxelMorphTransformer` (same call, ``(src, flow)``: an
+  :class:`~fastwarp.app.bench.baselines.VoxelMorphTransformer` (same call, ``(src, flow)``: an
   identity grid plus the flow, normalized, ``grid_sample``) and the similarity for VoxelMorph's
-  classic conv NCC (:func:`~fastwarp.bench.baselines.voxelmorph_classic_ncc`).
+  classic conv NCC (:func:`~fastwarp.app.bench.baselines.voxelmorph_classic_ncc`).
 
 The smoothness term (:class:`fastwarp.losses.Grad` ``("l2")``, plain PyTorch) is the same in both.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -26,10 +25,10 @@ import fastwarp
 from fastwarp.losses import NCC, Grad
 from fastwarp.app.models import RegUNet
 
-from .baselines import VoxelMorphTransformer, make_pair, voxelmorph_classic_ncc
-from .cases import DTYPE, TRAIN_WINDOW
+from .baselines import VoxelMorphTransformer, voxelmorph_classic_ncc
+from .cases import TRAIN_WINDOW
 
-__all__ = ["TRAIN_VARIANTS", "TrainStep", "train_inputs", "train_set_bytes"]
+__all__ = ["TRAIN_VARIANTS", "TrainStep"]
 
 TRAIN_VARIANTS = ("fastwarp", "voxelmorph")
 
@@ -102,20 +101,3 @@ class TrainStep:
         loss.backward()
         self.optimizer.step()
         return loss.detach()
-
-
-def train_set_bytes(spatial: Sequence[int], dtype: torch.dtype = DTYPE) -> int:
-    """The bytes of one input set (the moving and the fixed volume)."""
-    return 2 * math.prod(spatial) * dtype.itemsize
-
-
-def train_inputs(spatial: Sequence[int], device: torch.device | str, sets: int, seed: int = 0,
-                 dtype: torch.dtype = DTYPE) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``sets`` pairs ``(moving, fixed)`` of shape ``(1, 1, *spatial)``, correlated as
-    :func:`~fastwarp.bench.baselines.make_pair` makes them."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(sets):
-        moving, fixed = make_pair((1, 1, *spatial), g, dtype)
-        out.append((moving.to(device), fixed.to(device)))
-    return out
