@@ -1,6 +1,11 @@
 // CPU kernels of fastwarp::warp and fastwarp::grid_sample: how the points are looped
 // (at::parallel_for over rows of the output) and how the image gradient is accumulated.
 // The per-point math is csrc/common/sampling.h, shared with the CUDA kernels.
+// GCC reports the unused source operand inside its own masked-gather intrinsics (in
+// <immintrin.h>, which ATen includes first) as "may be used uninitialized" wherever the
+// vector kernels inline them: a false positive, silenced for this file.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
