@@ -104,13 +104,14 @@ def register_files(args) -> dict:
     ndim = model.ndim
     downsample = int(ckpt.get("args", {}).get("downsample", 1) or 1)
 
-    raw_m, m_img = fwdata._load_array(args.moving, "moving")
-    raw_f, f_img = fwdata._load_array(args.fixed, "fixed")
+    raw_m = fwdata.load_volume(args.moving, normalize=False)
+    raw_f = fwdata.load_volume(args.fixed, normalize=False)
+    f_img = raw_f
     if raw_m.shape != raw_f.shape:
         raise ValueError(f"moving {args.moving} has shape {raw_m.shape} but fixed {args.fixed} has {raw_f.shape}: "
                          "resample them to one grid (an affine registration) first")
-    if raw_f.ndim < ndim:  # a 2-D model registers volumes slice by slice; a 3-D one needs volumes
-        raise CheckpointError(f"--model: {args.model} is a {ndim}-D model, but {args.fixed} is a {raw_f.ndim}-D image")
+    if raw_f.image.ndim < ndim:  # a 2-D model registers volumes slice by slice; a 3-D one needs volumes
+        raise CheckpointError(f"--model: {args.model} is a {ndim}-D model, but {args.fixed} is a {raw_f.image.ndim}-D image")
     moving = fwdata.load_volume(args.moving, args.labels)
     fixed = fwdata.load_volume(args.fixed, args.fixed_labels)
     multiple = model.multiple * downsample
@@ -118,7 +119,7 @@ def register_files(args) -> dict:
         raise ValueError(f"fixed {args.fixed} of shape {raw_f.shape} is too small for this model (each side >= {multiple // 2})")
 
     disp = predict_displacement(model, moving.image, fixed.image, device, downsample).cpu()
-    moving_raw = torch.from_numpy(np.asarray(raw_m, dtype=np.float32))[None, None]
+    moving_raw = torch.from_numpy(raw_m.image)[None, None]
     warped = warp(moving_raw, disp)[0, 0]
     ml = None if moving.labels is None else torch.from_numpy(moving.labels)[None, None]
     fl = None if fixed.labels is None else torch.from_numpy(fixed.labels)[None, None]

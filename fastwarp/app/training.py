@@ -144,33 +144,10 @@ def _load_specs(args) -> tuple[list, list, object | None, bool]:
 
 
 def _prepare(vol: fwdata.Volume, args, multiple: int) -> fwdata.Volume:
-    vol = fwdata.downsample(vol, args.downsample)
     if args.ndim == 3 and vol.image.ndim != 3:
         raise ValueError(f"--ndim 3 needs 3-D volumes, but {vol.name} is {vol.image.ndim}-D (use --ndim 2)")
-    if args.ndim == 2 and vol.image.ndim == 3:  # axial slices: pad the in-plane axes only
-        image, crop = fwdata.pad_to_multiple(vol.image, multiple, axes=(0, 1))
-    else:
-        image, crop = fwdata.pad_to_multiple(vol.image, multiple)
-    labels = None
-    if vol.labels is not None:
-        labels = np.zeros(image.shape, dtype=vol.labels.dtype)
-        labels[crop] = vol.labels
-    out = fwdata.Volume(image, vol.affine, labels, vol.header, vol.name, dict(vol.meta))
-    out.meta["crop"] = crop
-    return out
-
-
-def _val_pairs(val_vols, fixed_vol, args):
-    """[(name, moving, fixed, moving_labels, fixed_labels)] as tensors (1, 1, *spatial)."""
-    pairs = []
-    for mv in val_vols:
-        sl = (slice(None),) * mv.image.ndim
-        if args.ndim == 2 and mv.image.ndim == 3:
-            area = np.minimum((mv.image > 0.05).sum(axis=(0, 1)), (fixed_vol.image > 0.05).sum(axis=(0, 1)))
-            sl = (slice(None), slice(None), int(np.argmax(area)))
-        t = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a[sl]))[None, None]  # noqa: E731
-        pairs.append((f"{mv.name} -> {fixed_vol.name}", t(mv.image), t(fixed_vol.image), t(mv.labels), t(fixed_vol.labels)))
-    return pairs
+    in_plane = args.ndim == 2 and vol.image.ndim == 3  # axial slices: pad the in-plane axes only
+    return fwdata.to_model_grid(vol, multiple, args.downsample, axes=(0, 1) if in_plane else None)[0]
 
 
 def _registered(model, moving, fixed, device, bf16):
@@ -297,7 +274,7 @@ def train(args) -> dict:
         pin_memory=device.type == "cuda", drop_last=True, persistent_workers=False,
         worker_init_fn=_worker_init if workers else None,
     )
-    val_pairs = _val_pairs(val_vols, val_fixed, args)
+    val_pairs = fwdata.validation_pairs(val_vols, val_fixed, args.ndim)
 
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     start_epoch, step = 0, 0

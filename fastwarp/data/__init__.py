@@ -4,5 +4,5 @@ This package also ships the brains the demo runs on, in ``embedded/`` (made by
 ``scripts/make_data.py``; sources and licences in its README).
 """
 
-from ..app.data import *  # noqa: F403
+from ..app.data import *  # noqa: F403  (the same API)
 from ..app.data import __all__  # noqa: F401

@@ -1,0 +1,79 @@
+"""Where the subjects are: :func:`find_volumes` lists a folder of NIfTI files or a list file as
+:class:`VolumeSpec` entries (an image and its label map); :func:`embedded` gives the brains
+shipped with fastwarp."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from dataclasses import dataclass
+
+from .nifti import NIFTI_SUFFIXES, nifti_stem
+
+__all__ = ["VolumeSpec", "find_volumes", "embedded", "EMBEDDED_DIR"]
+
+# Shipped as the package data of fastwarp.data (made by scripts/make_data.py).
+EMBEDDED_DIR = pathlib.Path(__file__).resolve().parents[2] / "data" / "embedded"
+_LABEL_MARKERS = ("_seg", "_labels", "_label", "_aseg")
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    """Paths of one subject: an image and, optionally, its label map."""
+
+    image: str
+    labels: str | None = None
+
+    @property
+    def name(self) -> str:
+        return nifti_stem(os.path.basename(self.image))
+
+
+def find_volumes(source: str | os.PathLike) -> list[VolumeSpec]:
+    """The subjects in a folder of NIfTI files, or in a list file.
+
+    A folder: every ``*.nii`` / ``*.nii.gz``; a file named like an image plus ``_seg``,
+    ``_labels``, ``_label`` or ``_aseg`` (``sub1_seg.nii.gz`` for ``sub1.nii.gz``) is that
+    image's label map. A list file: one subject per line, ``image [labels]``, paths relative
+    to the list file; blank lines and ``#`` comments are skipped."""
+    source = pathlib.Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"data: no such file or folder: {source}")
+    if source.is_dir():
+        files = sorted(p for p in source.iterdir() if p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith("."))
+        stems = {nifti_stem(p.name): p for p in files}
+        specs = []
+        for stem, p in stems.items():
+            if any(stem.endswith(m) for m in _LABEL_MARKERS):
+                continue
+            lab = next((stems[stem + m] for m in _LABEL_MARKERS if stem + m in stems), None)
+            specs.append(VolumeSpec(str(p), None if lab is None else str(lab)))
+        if not specs:
+            raise ValueError(f"data: no NIfTI images (*.nii, *.nii.gz) in the folder {source}")
+        return specs
+    specs = []
+    for lineno, line in enumerate(source.read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) > 2:
+            raise ValueError(f"data: {source}:{lineno}: expected 'image [labels]', got {line!r}")
+        paths = [str(p if pathlib.Path(p).is_absolute() else source.parent / p) for p in parts]
+        specs.append(VolumeSpec(paths[0], paths[1] if len(paths) > 1 else None))
+    if not specs:
+        raise ValueError(f"data: the list file {source} names no images")
+    return specs
+
+
+def embedded() -> list[VolumeSpec]:
+    """The real brains shipped with fastwarp (see ``fastwarp/data/embedded/README.md``):
+    the MNI152 2009 template and the Colin27 brain, on one 2 mm MNI grid, each with a
+    tissue label map (1 CSF, 2 grey matter, 3 white matter). The first is the atlas."""
+    specs = []
+    for name in ("mni152", "colin27"):
+        image, labels = EMBEDDED_DIR / f"{name}_t1.nii.gz", EMBEDDED_DIR / f"{name}_labels.nii.gz"
+        if not image.exists():
+            raise FileNotFoundError(f"the embedded data file {image} is missing: reinstall fastwarp")
+        specs.append(VolumeSpec(str(image), str(labels) if labels.exists() else None))
+    return specs

@@ -1,0 +1,157 @@
+"""fastwarp.app.data.nifti: reading and writing NIfTI files, errors that name the file."""
+
+import os
+import stat
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from fastwarp import data as fwdata
+from synthetic import affine_of, no_temp_files, rng, write
+
+@pytest.mark.parametrize("shape", [(7, 9, 5), (11, 6)])
+def test_save_load_round_trip(tmp_path, shape):
+    r = rng()
+    image = (r.random(shape) * 300 + 20).astype(np.float32)
+    labels = r.integers(0, 5, shape).astype(np.int16)
+    aff = affine_of(1)
+    ip = fwdata.save_nifti(tmp_path / "sub.nii.gz", image, aff)
+    lp = fwdata.save_nifti(tmp_path / "sub_seg.nii", labels, aff, dtype=np.int16)
+    assert ip == str(tmp_path / "sub.nii.gz") and os.path.exists(lp)
+
+    raw = fwdata.load_volume(ip, lp, normalize=False)
+    assert raw.shape == shape and raw.image.dtype == np.float32
+    np.testing.assert_array_equal(raw.image, image)
+    np.testing.assert_allclose(raw.affine, aff, rtol=0, atol=1e-5)  # the header holds float32
+    assert raw.labels.dtype == np.int64
+    np.testing.assert_array_equal(raw.labels, labels)
+    assert raw.name == "sub"
+    assert nib.load(lp).get_data_dtype() == np.int16
+
+    vol = fwdata.load_volume(ip)
+    assert vol.labels is None
+    assert vol.image.dtype == np.float32 and vol.image.shape == shape
+    assert vol.image.min() == 0.0 and vol.image.max() == 1.0
+    # a monotone rescaling of the raw intensities (clipped at the 99.5th percentile)
+    order = np.argsort(image, axis=None)
+    assert np.all(np.diff(vol.image.ravel()[order]) >= 0)
+    np.testing.assert_array_equal(np.argmin(vol.image), np.argmin(image))
+
+
+def test_save_from_tensor_and_vector_field(tmp_path, gen):
+    field = torch.randn(6, 5, 4, 3, generator=gen)
+    p = fwdata.save_nifti(tmp_path / "flow.nii.gz", field, np.eye(4), dtype=np.float32)
+    img = nib.load(p)
+    assert img.shape == (6, 5, 4, 3)
+    assert img.header.get_intent()[0] == "vector"
+    np.testing.assert_array_equal(np.asarray(img.dataobj), field.numpy())
+
+
+def test_save_keeps_header(tmp_path):
+    src = nib.Nifti1Image(rng().random((5, 6, 7)).astype(np.float32), affine_of(2))
+    src.header.set_xyzt_units("mm", "sec")
+    src.header["descrip"] = b"fastwarp test"
+    p = fwdata.save_nifti(tmp_path / "out.nii", np.ones((5, 6, 7), np.float32), src.affine, src.header)
+    hdr = nib.load(p).header
+    assert hdr.get_xyzt_units() == ("mm", "sec")
+    assert hdr["descrip"].tobytes().rstrip(b"\0") == b"fastwarp test"
+
+
+def test_float_labels_with_integer_values_are_accepted(tmp_path):
+    lab = rng().integers(0, 4, (5, 6, 7)).astype(np.float32)
+    ip = write(tmp_path / "a.nii.gz", rng().random((5, 6, 7)), dtype=np.float32)
+    lp = write(tmp_path / "a_seg.nii.gz", lab)
+    vol = fwdata.load_volume(ip, lp)
+    assert vol.labels.dtype == np.int64
+    np.testing.assert_array_equal(vol.labels, lab.astype(np.int64))
+
+
+def test_missing_file(tmp_path):
+    path = str(tmp_path / "nope.nii.gz")
+    with pytest.raises(FileNotFoundError, match=r"no such file: .*nope\.nii\.gz"):
+        fwdata.load_volume(path)
+    ip = write(tmp_path / "a.nii.gz", rng().random((4, 5, 6)), dtype=np.float32)
+    with pytest.raises(FileNotFoundError, match=r"labels: no such file: .*nope\.nii\.gz"):
+        fwdata.load_volume(ip, path)
+
+
+def test_not_a_nifti(tmp_path):
+    bad = tmp_path / "x.nii.gz"
+    bad.write_text("this is not an image\n")
+    with pytest.raises(ValueError, match=r"x\.nii\.gz is not a readable NIfTI"):
+        fwdata.load_volume(bad)
+    with pytest.raises(IsADirectoryError, match="directory"):
+        fwdata.load_volume(tmp_path)
+
+
+def test_4d_volume(tmp_path):
+    p = write(tmp_path / "series.nii.gz", rng().random((4, 5, 6, 2)), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"series\.nii\.gz has shape \(4, 5, 6, 2\).*4-D"):
+        fwdata.load_volume(p)
+    # a single frame with a trailing axis of 1 is a 3-D volume
+    one = write(tmp_path / "one.nii.gz", rng().random((4, 5, 6, 1)), dtype=np.float32)
+    assert fwdata.load_volume(one).shape == (4, 5, 6)
+
+
+def test_labels_of_another_shape(tmp_path):
+    ip = write(tmp_path / "a.nii.gz", rng().random((4, 5, 6)), dtype=np.float32)
+    lp = write(tmp_path / "a_seg.nii.gz", rng().integers(0, 3, (4, 5, 7)), dtype=np.int16)
+    with pytest.raises(ValueError, match=r"labels: .*a_seg\.nii\.gz has shape \(4, 5, 7\)"):
+        fwdata.load_volume(ip, lp)
+
+
+def test_non_integer_labels(tmp_path):
+    ip = write(tmp_path / "a.nii.gz", rng().random((4, 5, 6)), dtype=np.float32)
+    lab = rng().integers(0, 3, (4, 5, 6)).astype(np.float32)
+    lab[1, 2, 3] = 0.5
+    lp = write(tmp_path / "a_seg.nii.gz", lab)
+    with pytest.raises(ValueError, match=r"labels: .*a_seg\.nii\.gz must hold integer labels"):
+        fwdata.load_volume(ip, lp)
+    lab[1, 2, 3] = np.nan
+    lp = write(tmp_path / "b_seg.nii.gz", lab)
+    with pytest.raises(ValueError, match=r"b_seg\.nii\.gz must hold integer labels"):
+        fwdata.load_volume(ip, lp)
+
+
+def test_save_bad_suffix_writes_nothing(tmp_path):
+    with pytest.raises(ValueError, match=r"out\.img must end in \.nii or \.nii\.gz"):
+        fwdata.save_nifti(tmp_path / "out.img", np.ones((3, 4, 5), np.float32), np.eye(4))
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_failure_leaves_no_partial_file(tmp_path, monkeypatch):
+    target = tmp_path / "out.nii.gz"
+    old = fwdata.save_nifti(tmp_path / "old.nii.gz", np.full((3, 4, 5), 7, np.float32), np.eye(4))
+
+    def broken_save(img, filename):  # writes half a file, then the disk is full
+        with open(filename, "wb") as fh:
+            fh.write(b"\x1f\x8b partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(nib, "save", broken_save)
+    with pytest.raises(OSError, match="No space"):
+        fwdata.save_nifti(target, np.ones((3, 4, 5), np.float32), np.eye(4))
+    assert not target.exists()
+    # an existing file is not clobbered by a failed write
+    with pytest.raises(OSError):
+        fwdata.save_nifti(old, np.ones((3, 4, 5), np.float32), np.eye(4))
+    monkeypatch.undo()
+    assert no_temp_files(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["old.nii.gz"]
+    assert np.all(np.asarray(nib.load(old).dataobj) == 7)
+
+
+def test_save_creates_folders_and_overwrites(tmp_path):
+    p = tmp_path / "a" / "b" / "out.nii.gz"
+    fwdata.save_nifti(p, np.ones((3, 4, 5), np.float32), np.eye(4))
+    fwdata.save_nifti(p, np.full((3, 4, 5), 2, np.float32), np.eye(4))
+    assert np.all(np.asarray(nib.load(p).dataobj) == 2)
+    assert no_temp_files(p.parent)
+
+
+def test_save_nifti_respects_umask(tmp_path):
+    p = fwdata.save_nifti(tmp_path / "out.nii.gz", np.ones((3, 4, 5), np.float32), np.eye(4))
+    ref = write(tmp_path / "ref.nii.gz", np.ones((3, 4, 5), np.float32))
+    assert stat.S_IMODE(os.stat(p).st_mode) == stat.S_IMODE(os.stat(ref).st_mode)
