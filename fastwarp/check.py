@@ -1,9 +1,12 @@
-"""``fastwarp check`` (also ``python -m fastwarp.check``): the public path of
-:mod:`fastwarp.app.check`."""
+"""``python -m fastwarp.check``: ``fastwarp check``; the public path of :mod:`fastwarp.app.check`."""
 
-from .app.check import main
+import sys
 
-__all__ = ["main"]
+from .app.check import CheckFailed, check
+
+__all__ = ["check", "CheckFailed"]
 
 if __name__ == "__main__":
-    main()
+    from .app.cli import main
+
+    sys.exit(main(["check", *sys.argv[1:]]))

@@ -1,11 +1,15 @@
-"""``python -m fastwarp.register``: ``fastwarp register``; the public path of
-:mod:`fastwarp.app.register`."""
+"""``python -m fastwarp.register``: ``fastwarp register``. The public path of the registration of
+a pair of files with a trained network: :func:`register_files` takes a :class:`RegisterConfig`
+(:mod:`fastwarp.app.register`, :mod:`fastwarp.app.config`)."""
 
 import sys
 
-from .app.register import build_parser, main, predict_displacement, register_files
+from .app.cli import register_main as main
+from .app.cli import register_parser as build_parser
+from .app.config import RegisterConfig
+from .app.register import format_metrics, predict_displacement, register_files
 
-__all__ = ["register_files", "predict_displacement", "build_parser", "main"]
+__all__ = ["register_files", "predict_displacement", "format_metrics", "RegisterConfig", "build_parser", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,7 +25,8 @@ def test_benchmarks_run_tiny():
         assert f"PASSED benchmarks/{test}" in output, (test, output)
 
     warp = ["fastwarp", "grid_sample", "voxelmorph"]
-    warp += [impl for impl, module in (("voxelmorph-pkg", "voxelmorph"), ("monai", "monai")) if importlib.util.find_spec(module)]
+    peers = (("voxelmorph-pkg", "voxelmorph"), ("monai", "monai"))
+    warp += [impl for impl, module in peers if importlib.util.find_spec(module)]
     ncc = ["fastwarp", "voxelmorph-classic"] + [name for name in ("neurite", "monai") if importlib.util.find_spec(name)]
     for nd in ("2d", "3d"):
         for impl in warp:

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 
 import fastwarp
-from fastwarp import cli
+from fastwarp.app import cli
 from fastwarp import data as fwdata
 from fastwarp.models import RegUNet
-from fastwarp.train import CheckpointError, build_parser, load_checkpoint, train
+from fastwarp.train import CheckpointError, load_checkpoint, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--enc", "4", "8", "--dec", "8", "8", "4"]
@@ -79,7 +79,7 @@ def synth(tmp_path_factory):
 
 
 def run_train(*args):
-    return train(build_parser().parse_args([*COMMON, *map(str, args)]))
+    return train(cli.train_config([*COMMON, *map(str, args)]))
 
 
 @pytest.fixture(scope="module")

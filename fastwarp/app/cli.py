@@ -10,89 +10,192 @@ Errors in the input (a missing file, a wrong shape, ...) print one line naming t
 argument; FASTWARP_DEBUG=1 shows the traceback instead.
 """
 
+# Each command parses its arguments into a typed configuration and calls one function
+# (fastwarp.app.demo.demo, .training.train, .register.register_files, .check.check,
+# .bench.runner.main); the option defaults are the configurations' (fastwarp.app.config).
+
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
-import time
 from collections.abc import Sequence
 
-import torch
+from .config import RegisterConfig, TrainConfig
 
-__all__ = ["main", "demo"]
+__all__ = ["main", "train_main", "register_main", "train_parser", "register_parser", "train_config", "register_config"]
 
 _USER_ERRORS = (FileNotFoundError, IsADirectoryError, ValueError, TypeError)
 
 
+def _defaults(config: type) -> dict:
+    return {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
+
+
+# --------------------------------------------------------------------------- train
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastwarp train", description="Train the registration network (unsupervised) "
+                                "with its warp and similarity on fastwarp's kernels.")
+    d = p.add_argument_group("data")
+    d.add_argument("--data", help="folder of NIfTI volumes or a list file ('image [labels]' per line); "
+                                  "default: the brains embedded in fastwarp")
+    d.add_argument("--val", help="held-out subjects (folder or list file) registered to the atlas or the first "
+                                 "training subject for validation; default: the embedded pair, or the last subject of --data")
+    d.add_argument("--atlas", help="a NIfTI atlas: train atlas-to-subject (fixed = atlas)")
+    d.add_argument("--pairing", choices=["subject", "atlas", "self"],
+                   help="training pairs: two subjects, atlas and subject, or a subject and a deformed copy of itself "
+                        "(default: atlas with --atlas, else subject; self for the embedded data, so that the "
+                        "real inter-subject pair stays held out)")
+    d.add_argument("--ndim", type=int, choices=[2, 3], help="3 for volumes, 2 for axial slices (default 3)")
+    d.add_argument("--downsample", type=int, help="train at 1/N resolution (block averaging; default 1)")
+    d.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="no random smooth deformations and intensity changes of the training pairs")
+    d.add_argument("--max-disp", type=float, help="scale of the random deformations, in voxels (default 4)")
+    d.add_argument("--workers", type=int, help="DataLoader workers (default: 8 with CUDA, at most the CPU count less one; 1 on the CPU)")
+
+    m = p.add_argument_group("model")
+    m.add_argument("--enc", type=int, nargs="+", help="encoder features (default 16 32 32 32)")
+    m.add_argument("--dec", type=int, nargs="+", help="decoder features (default 32 32 32 32 32 16 16)")
+    m.add_argument("--diffeomorphic", action="store_true", help="integrate a stationary velocity field (scaling and squaring)")
+    m.add_argument("--int-steps", type=int, help="scaling-and-squaring steps (default 7)")
+    m.add_argument("--int-downsize", type=int, help="velocity field at 1/N resolution (default 2)")
+
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--steps", type=int, help="optimizer steps per epoch (default 50)")
+    t.add_argument("--batch-size", type=int, help="global batch size (default 1)")
+    t.add_argument("--lr", type=float)
+    t.add_argument("--similarity", choices=["ncc", "mse"])
+    t.add_argument("--window", type=int, help="NCC window (odd, default 9)")
+    t.add_argument("--lambda", dest="lam", type=float,
+                   help="smoothness weight (default 1 for ncc, 0.01 for mse, VoxelMorph's)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", help="auto (cuda when present), cpu, cuda, cuda:N")
+    t.add_argument("--bf16", action="store_true", help="bf16 autocast for the network (warp and loss stay fp32)")
+    t.add_argument("--output", "-o", help="output folder (default ./fastwarp-run)")
+    t.add_argument("--resume", help="checkpoint to resume from (model, optimizer, epoch, config)")
+    t.add_argument("--figure", action=argparse.BooleanOptionalAction,
+                   help="write figure.png of the validation pair at the end (default on)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(**_defaults(TrainConfig))
+    return p
+
+
+def train_config(argv: Sequence[str] | None = None) -> TrainConfig:
+    return TrainConfig(**vars(train_parser().parse_args(argv)))
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """``fastwarp train`` (also ``python -m fastwarp.train``, and under ``torchrun``)."""
+    import torch.distributed as dist
+
+    from .training import train
+
+    config = train_config(argv)
+    try:
+        train(config)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+# --------------------------------------------------------------------------- register
+
+
+def register_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastwarp register",
+                                description="Register a moving image to a fixed one with a trained model.")
+    p.add_argument("moving", help="moving image (NIfTI)")
+    p.add_argument("fixed", help="fixed image (NIfTI), on the same voxel grid as the moving one")
+    p.add_argument("--model", "-m", required=True, help="checkpoint written by `fastwarp train`")
+    p.add_argument("--output", "-o", required=True, help="warped moving image (.nii or .nii.gz)")
+    p.add_argument("--flow", help="also write the displacement field (X, Y, Z, 3) in voxels of the fixed grid")
+    p.add_argument("--labels", help="label map of the moving image: warped (nearest) and used for Dice")
+    p.add_argument("--fixed-labels", help="label map of the fixed image, for Dice")
+    p.add_argument("--labels-output", help="warped label map (default: <output stem>_labels.nii.gz when --labels)")
+    p.add_argument("--figure", help="write the registration figure (PNG/PDF/SVG)")
+    p.add_argument("--json", help="write the metrics as JSON")
+    p.add_argument("--device", help="auto (cuda when present), cpu, cuda")
+    p.set_defaults(**_defaults(RegisterConfig))
+    return p
+
+
+def register_config(argv: Sequence[str] | None = None) -> RegisterConfig:
+    return RegisterConfig(**vars(register_parser().parse_args(argv)))
+
+
+def register_main(argv: Sequence[str] | None = None) -> int:
+    """``fastwarp register`` (also ``python -m fastwarp.register``)."""
+    from .register import format_metrics, register_files
+
+    config = register_config(argv)
+    metrics = register_files(config)
+    print(f"fastwarp register: {config.moving} -> {config.fixed}")
+    print(format_metrics(metrics))
+    print("wrote " + ", ".join(metrics["outputs"]))
+    return 0
+
+
+# --------------------------------------------------------------------------- demo, check
+
+
 def _demo_parser() -> argparse.ArgumentParser:
+    # (no defaults here: an option not given is left to demo()'s own)
     p = argparse.ArgumentParser(
-        prog="fastwarp demo",
+        prog="fastwarp demo", argument_default=argparse.SUPPRESS,
         description="Train on the embedded brains (each against deformed copies of itself), then register the "
                     "held-out real inter-subject pair (Colin27 -> MNI152) and report NCC, Dice and folding before "
                     "and after, with a figure.")
-    p.add_argument("--output", "-o", default="fastwarp-demo", help="output folder (default ./fastwarp-demo)")
-    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda")
-    p.add_argument("--ndim", type=int, choices=[2, 3], default=None,
+    p.add_argument("--output", "-o", help="output folder (default ./fastwarp-demo)")
+    p.add_argument("--device", help="auto (cuda when present; the default), cpu, cuda")
+    p.add_argument("--ndim", type=int, choices=[2, 3],
                    help="2: a 2-D model on axial slices, registering the volumes slice by slice (default on the "
                         "CPU: it trains to a visible result in minutes on 2 cores); 3: a 3-D model (default on a GPU)")
-    p.add_argument("--epochs", type=int, default=None, help="default 12 (2-D) or 30 (3-D)")
-    p.add_argument("--steps", type=int, default=None, help="steps per epoch (default 250 (2-D) or 100 (3-D))")
-    p.add_argument("--downsample", type=int, default=1, help="train at 1/N resolution (default 1: 2 mm)")
+    p.add_argument("--epochs", type=int, help="default 12 (2-D) or 30 (3-D)")
+    p.add_argument("--steps", type=int, help="steps per epoch (default 250 (2-D) or 100 (3-D))")
+    p.add_argument("--downsample", type=int, help="train at 1/N resolution (default 1: 2 mm)")
     p.add_argument("--diffeomorphic", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--quiet", action="store_true")
     return p
 
 
-def demo(argv: Sequence[str] | None = None) -> dict:
-    from . import data as fwdata
-    from .register import build_parser as register_parser, format_metrics, register_files
-    from .training import build_parser as train_parser, train
+def _demo_main(argv: Sequence[str]) -> int:
+    from .demo import demo
 
-    a = _demo_parser().parse_args(argv)
-    device = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    gpu = device.startswith("cuda")
-    ndim = a.ndim if a.ndim is not None else (3 if gpu else 2)
-    epochs = a.epochs if a.epochs is not None else (30 if ndim == 3 else 12)
-    steps = a.steps if a.steps is not None else (100 if ndim == 3 else 250)
-    out = os.path.abspath(a.output)
-    targs = ["--output", out, "--device", device, "--epochs", str(epochs), "--steps", str(steps),
-             "--downsample", str(a.downsample), "--ndim", str(ndim), "--seed", str(a.seed), "--lr", "1e-3",
-             "--max-disp", "3"]
-    if a.diffeomorphic:
-        targs.append("--diffeomorphic")
-    if a.quiet:
-        targs.append("--quiet")
-    t0 = time.perf_counter()
-    log = train(train_parser().parse_args(targs))
-    t_train = time.perf_counter() - t0
+    demo(**vars(_demo_parser().parse_args(argv)))
+    return 0
 
-    mni, colin = fwdata.embedded()
-    ckpt = os.path.join(out, "checkpoint.pt")
-    rargs = register_parser().parse_args([
-        colin.image, mni.image, "--model", ckpt, "--device", device,
-        "--output", os.path.join(out, "colin27_to_mni152.nii.gz"),
-        "--flow", os.path.join(out, "colin27_to_mni152_flow.nii.gz"),
-        "--labels", colin.labels, "--fixed-labels", mni.labels,
-        "--figure", os.path.join(out, "colin27_to_mni152.png"),
-        "--json", os.path.join(out, "colin27_to_mni152.json"),
-    ])
-    ev = register_files(rargs)
-    print()
-    how = "a 2-D model on axial slices, registering the volumes slice by slice" if ndim == 2 else "a 3-D model"
-    print(f"fastwarp demo: trained {how}, {epochs} epochs x {steps} steps in {t_train / 60:.1f} min on {device}; "
-          f"registered the held-out pair Colin27 -> MNI152 (3-D, 2 mm, never a training pair):")
-    print(format_metrics(ev))
-    better = ev["ncc_after"] > ev["ncc_before"] and ev.get("mean_dice_after", 1) >= ev.get("mean_dice_before", 0)
-    print(f"  {'improved' if better else 'NOT improved'}: NCC {ev['ncc_before']:.4f} -> {ev['ncc_after']:.4f}"
-          + (f", mean Dice {ev['mean_dice_before']:.4f} -> {ev['mean_dice_after']:.4f}" if "mean_dice_after" in ev else ""))
-    print(f"outputs in {out}:")
-    for path in [ckpt, log.get("figure"), os.path.join(out, "log.json")] + ev["outputs"]:
-        if path:
-            print(f"  {path}")
-    ev["improved"] = better
-    return ev
+
+def _check_parser() -> argparse.ArgumentParser:
+    # (no defaults here: an option not given is left to check()'s own)
+    p = argparse.ArgumentParser(prog="fastwarp check", argument_default=argparse.SUPPRESS,
+                                description="What this build has, and a quick check and timing of the warp and NCC "
+                                            "kernels against VoxelMorph's formulas.")
+    p.add_argument("--device", help="default: cuda when a GPU is visible and fastwarp has CUDA kernels, else cpu")
+    p.add_argument("--size", type=int, nargs=3, metavar=("D", "H", "W"), help="default 96 112 128")
+    p.add_argument("--repeats", type=int, help="default 9")
+    return p
+
+
+def _check_main(argv: Sequence[str]) -> int:
+    from .check import CheckFailed, check
+
+    try:
+        check(**vars(_check_parser().parse_args(argv)))
+    except CheckFailed as e:
+        print(f"fastwarp check: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------- fastwarp
+
+_COMMANDS = {"demo": _demo_main, "train": train_main, "register": register_main, "check": _check_main}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,8 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .bench.runner import main as bench_main
 
         return bench_main(argv[1:], prog="fastwarp bench")
-    commands = {"demo", "train", "register", "check"}
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in _COMMANDS:
         print(__doc__.strip())
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\nfastwarp: error: unknown command {argv[0]!r}", file=sys.stderr)
@@ -110,26 +212,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     try:
-        if cmd == "demo":
-            demo(rest)
-        elif cmd == "train":
-            from .training import main as train_main
-
-            return train_main(rest)
-        elif cmd == "register":
-            from .register import main as register_main
-
-            return register_main(rest)
-        else:
-            from .check import main as check_main
-
-            check_main(rest)
+        return _COMMANDS[cmd](rest)
     except _USER_ERRORS as e:
         if os.environ.get("FASTWARP_DEBUG"):
             raise
         print(f"fastwarp {cmd}: error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """One training step of the registration network, on fastwarp's ops or on VoxelMorph's.
 
-A step is what ``fastwarp train`` does per batch: ``warped, disp = model(moving, fixed)``, the
-loss ``NCC(warped, fixed) + lam * Grad("l2")(disp)``, ``zero_grad``, ``backward``, Adam ``step``.
-Both variants use :class:`fastwarp.models.RegUNet` ``(3)`` with VoxelMorph's default features,
-built from the same seed (the same weights), on the same data:
+The step is ``fastwarp train``'s own, :func:`fastwarp.app.training.train_step` (forward, the loss
+``similarity(warped, fixed) + lam * Grad("l2")(disp)``, ``zero_grad``, ``backward``, Adam
+``step``), on the loss that :meth:`fastwarp.app.training.Objective.from_config` builds for
+``fastwarp train``'s defaults. Both variants use :class:`fastwarp.app.models.RegUNet` ``(3)`` with
+VoxelMorph's default features, built from the same seed (the same weights), on the same data:
 
 - ``fastwarp``: the model as it is (its ``transformer`` is :class:`fastwarp.nn.SpatialTransformer`
   on fastwarp's warp kernels) and :class:`fastwarp.losses.NCC` ``(window)``.
@@ -17,14 +18,16 @@ The smoothness term (:class:`fastwarp.losses.Grad` ``("l2")``, plain PyTorch) is
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Sequence
 
 import torch
 
 import fastwarp
-from fastwarp.losses import NCC, Grad
-from fastwarp.app.models import RegUNet
 
+from ..config import TrainConfig
+from ..models import RegUNet
+from ..training import Objective, train_step
 from .baselines import VoxelMorphTransformer, voxelmorph_classic_ncc
 from .cases import TRAIN_WINDOW
 
@@ -50,43 +53,30 @@ class TrainStep:
         seed: the model's initialisation (the same seed gives both variants the same weights;
             the global random state is left as it was).
         window: the NCC window (9, VoxelMorph's default).
-        lam: the smoothness weight (1 for NCC, VoxelMorph's and ``fastwarp train``'s default).
-        lr: Adam's learning rate (``fastwarp train``'s default, 1e-4).
+        lam: the smoothness weight (default ``fastwarp train``'s: 1 for NCC, VoxelMorph's).
+        lr: Adam's learning rate (default ``fastwarp train``'s, 1e-4).
     """
 
-    def __init__(
-        self,
-        variant: str,
-        spatial: Sequence[int],
-        device: torch.device | str,
-        seed: int = 0,
-        window: int = TRAIN_WINDOW,
-        lam: float = 1.0,
-        lr: float = 1e-4,
-    ):
+    def __init__(self, variant: str, spatial: Sequence[int], device: torch.device | str, seed: int = 0,
+                 window: int = TRAIN_WINDOW, lam: float | None = None, lr: float = TrainConfig.lr):
         if variant not in TRAIN_VARIANTS:
             raise ValueError(f"variant must be one of {TRAIN_VARIANTS}, got {variant!r}")
-        device = torch.device(device)
         self.variant = variant
         self.spatial = tuple(int(s) for s in spatial)
-        self.device = device
-        self.window = window
-        self.lam = float(lam)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = RegUNet(3)
+        self.objective = Objective.from_config(TrainConfig(window=window, lam=lam), model)
         if variant == "voxelmorph":
             # RegUNet calls self.transformer(moving, disp): VoxelMorph's transformer takes the
             # same (src, flow) and needs the size for its identity grid.
             model.transformer = VoxelMorphTransformer(self.spatial)
-            self.similarity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = (
-                lambda a, b: voxelmorph_classic_ncc(a, b, window))
+            self.objective = dataclasses.replace(self.objective,
+                                                 similarity=lambda a, b: voxelmorph_classic_ncc(a, b, window))
             self.version = torch.__version__
         else:
-            self.similarity = NCC(window)
             self.version = fastwarp.__version__
         self.model = model.to(device).train()
-        self.smoothness = Grad("l2")
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.description = _DESCRIPTIONS[variant]
 
@@ -95,9 +85,4 @@ class TrainStep:
         return sum(p.numel() for p in self.model.parameters())
 
     def __call__(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-        warped, disp = self.model(moving, fixed)
-        loss = self.similarity(warped, fixed) + self.lam * self.smoothness(disp)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach()
+        return train_step(self.model, self.optimizer, self.objective, moving, fixed)[0]

@@ -1,0 +1,99 @@
+"""The configuration of ``fastwarp train`` and ``fastwarp register``, typed: one field per
+command-line option, under the option's name, with its default. The command line
+(:mod:`fastwarp.app.cli`) only parses into these; :func:`~fastwarp.app.training.train` and
+:func:`~fastwarp.app.register.register_files` take them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .data.nifti import NIFTI_SUFFIXES, nifti_stem
+
+__all__ = ["TrainConfig", "RegisterConfig"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What ``fastwarp train`` does; the fields are its options (``fastwarp train -h``)."""
+
+    # data
+    data: str | None = None  # a folder of NIfTI volumes or a list file; None: the embedded brains
+    val: str | None = None  # held-out subjects; None: the embedded pair, or the last subject of data
+    atlas: str | None = None  # a NIfTI atlas: atlas-to-subject pairs
+    pairing: str | None = None  # "subject", "atlas" or "self"; None: from the data (see training)
+    ndim: int = 3  # 3 for volumes, 2 for axial slices
+    downsample: int = 1  # train at 1/N resolution
+    augment: bool = True  # random smooth deformations and intensity changes of the pairs
+    max_disp: float = 4.0  # their scale, in voxels
+    workers: int | None = None  # DataLoader workers; None: 8 with CUDA (at most the CPUs less one), 1 on the CPU
+    # model
+    enc: list[int] | None = None  # encoder features; None: VoxelMorph's
+    dec: list[int] | None = None  # decoder features; None: VoxelMorph's
+    diffeomorphic: bool = False
+    int_steps: int = 7
+    int_downsize: int = 2
+    # training
+    epochs: int = 20
+    steps: int = 50  # optimizer steps per epoch
+    batch_size: int = 1  # the global batch, split over the processes
+    lr: float = 1e-4
+    similarity: str = "ncc"  # "ncc" or "mse"
+    window: int = 9  # NCC window
+    lam: float | None = None  # smoothness weight; None: 1 for ncc, 0.01 for mse (VoxelMorph's)
+    seed: int = 0
+    device: str = "auto"  # auto (cuda when present), cpu, cuda, cuda:N
+    bf16: bool = False  # bf16 autocast for the network (the warp and the loss stay float32)
+    output: str = "fastwarp-run"
+    resume: str | None = None  # a checkpoint to continue from
+    figure: bool = True  # figure.png of the validation pair at the end
+    quiet: bool = False  # no progress bar
+
+    def __post_init__(self):
+        for option, value, choices in (("pairing", self.pairing, (None, "subject", "atlas", "self")),
+                                       ("ndim", self.ndim, (2, 3)), ("similarity", self.similarity, ("ncc", "mse"))):
+            if value not in choices:
+                raise ValueError(f"--{option} must be one of {[c for c in choices if c is not None]}, got {value!r}")
+        if self.window < 1 or self.window % 2 == 0:
+            raise ValueError(f"--window must be a positive odd integer, got {self.window}")
+        if self.downsample < 1:
+            raise ValueError(f"--downsample must be >= 1, got {self.downsample}")
+
+    @property
+    def smoothness_weight(self) -> float:
+        """``lam``, or VoxelMorph's default for the similarity."""
+        if self.lam is not None:
+            return self.lam
+        return 1.0 if self.similarity == "ncc" else 0.01
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    """What ``fastwarp register`` does; the fields are its options (``fastwarp register -h``).
+    Every output path is checked here, before anything is read or written."""
+
+    moving: str
+    fixed: str  # on the same voxel grid as the moving image
+    model: str  # a checkpoint written by fastwarp train
+    output: str  # the warped moving image
+    flow: str | None = None  # the displacement field (X, Y, Z, 3) in voxels of the fixed grid
+    labels: str | None = None  # the moving image's label map: warped (nearest), and Dice
+    fixed_labels: str | None = None  # the fixed image's label map, for Dice
+    labels_output: str | None = None  # the warped label map; None: <output stem>_labels.nii.gz
+    figure: str | None = None
+    json: str | None = None  # the metrics
+    device: str = "auto"
+
+    def __post_init__(self):
+        for option, path in (("output", self.output), ("flow", self.flow), ("labels-output", self.warped_labels)):
+            if path and not path.endswith(NIFTI_SUFFIXES):
+                raise ValueError(f"--{option}: {path} must end in .nii or .nii.gz")
+
+    @property
+    def warped_labels(self) -> str | None:
+        """Where the warped label map goes (None without ``labels``)."""
+        if not self.labels:
+            return None
+        if self.labels_output:
+            return self.labels_output
+        stem = nifti_stem(self.output)
+        return stem + "_labels" + self.output[len(stem):]
