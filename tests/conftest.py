@@ -11,6 +11,7 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(_BUILD / "inductor"))
 os.environ.setdefault("TRITON_CACHE_DIR", str(_BUILD / "triton"))
 
 import fastwarp  # noqa: E402
+import synthetic  # noqa: E402
 from fastwarp import _emu  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available() and fastwarp.has_cuda_kernels()
@@ -66,3 +67,42 @@ def gen():
     """A fresh, seeded generator per test: inputs are random, never zeros, and reproducible."""
     g = torch.Generator().manual_seed(1234)
     return g
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory):
+    """Synthetic subjects with label maps: four on one grid (training), three more on it (an
+    atlas, one to train, one to validate), and an odd-shaped pair on two other grids."""
+    root = tmp_path_factory.mktemp("synth")
+    subjects = root / "subjects"
+    subjects.mkdir()
+    aff = synthetic.scaled_affine((2.0, 2.0, 2.0), (-10.0, 5.0, 3.0))
+    paths = synthetic.blob_subjects(str(subjects), [f"sub{i}" for i in range(4)], (16, 16, 16), 0, aff)
+    other = root / "other"
+    other.mkdir()
+    paths.update(synthetic.blob_subjects(str(other), ["atlas", "one", "two"], (16, 16, 16), 1, aff))
+    # an odd-shaped pair on different grids for `fastwarp register`
+    odd = root / "odd"
+    odd.mkdir()
+    moving_grid = synthetic.scaled_affine((1.5, 1.0, 2.0), (3.0, -7.0, 1.0))
+    fixed_grid = synthetic.scaled_affine((1.2, 1.1, 1.9), (-4.0, 2.0, 8.0))
+    paths.update(synthetic.blob_subjects(str(odd), ["moving"], (15, 18, 13), 2, moving_grid))
+    paths.update(synthetic.blob_subjects(str(odd), ["fixed"], (15, 18, 13), 2, fixed_grid))
+    return {"root": root, "subjects": str(subjects), "paths": paths}
+
+
+@pytest.fixture(scope="session")
+def model3d(synth, tmp_path_factory):
+    """A checkpoint of a tiny 3-D network trained for two steps on ``synth``'s subjects."""
+    out = tmp_path_factory.mktemp("model3d")
+    synthetic.run_train("--data", synth["subjects"], "--epochs", 1, "--steps", 2, "--lr", "3e-3", "--no-figure",
+                        "-o", out)
+    return str(out / "checkpoint.pt")
+
+
+@pytest.fixture(scope="session")
+def model2d(synth, tmp_path_factory):
+    """A checkpoint of a tiny 2-D network trained for one step on ``synth``'s subjects."""
+    out = tmp_path_factory.mktemp("model2d")
+    synthetic.run_train("--data", synth["subjects"], "--ndim", 2, "--epochs", 1, "--steps", 1, "--no-figure", "-o", out)
+    return str(out / "checkpoint.pt")

@@ -57,7 +57,7 @@ def test_bench_command_tiny(tmp_path):
 
     train = {row["impl"]: row for row in cases["train"]["rows"]}
     assert all(train[v]["steps_per_s"] > 0 for v in ("fastwarp", "voxelmorph"))
-    # same weights, data and loss formula: see benchmarks/bench_train.py::test_first_step_loss
+    # same weights, data and loss formula: see tests/test_bench_train_step.py
     assert train["voxelmorph"]["first_step_loss"] == pytest.approx(train["fastwarp"]["first_step_loss"], rel=1e-5)
 
     text = md.read_text()
