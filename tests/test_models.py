@@ -1,17 +1,13 @@
 """fastwarp.models.RegUNet (VoxelMorph's VxmDense): shapes, input checks, the identity at
 initialisation, the diffeomorphic mode, VoxelMorph's published architecture, autocast and
-gradients; plus the 2-D case of fastwarp.nn.compose against its float64 reference (the 3-D
-compose and the VecInt references are in test_warp.py)."""
+gradients."""
 
 import pytest
 import torch
 from torch import nn
 
 import fastwarp
-from fastwarp.metrics import folding_fraction
 from fastwarp.models import RegUNet, default_features
-from fastwarp.nn import VecInt, compose
-from reference import smooth_field, voxelmorph_warp
 
 TINY = dict(enc_features=(4, 8), dec_features=(8, 8, 4))
 
@@ -206,21 +202,6 @@ def test_diffeomorphic_constant_velocity_is_a_translation(gen):
     torch.testing.assert_close(centre, expected, rtol=0, atol=1e-4)
 
 
-# ------------------------------------------------------------------------- diffeomorphic
-
-
-@pytest.mark.parametrize("shape", [(1, 2, 33, 31), (1, 3, 17, 19, 15)])
-def test_scaling_and_squaring_removes_folding(shape, gen):
-    vel = smooth_field(shape, 3.0, gen)
-    raw = folding_fraction(vel)  # the velocity used directly as a displacement
-    integrated = folding_fraction(VecInt(None, 7)(vel))
-    assert raw > 0.05
-    assert integrated < 1e-3
-    assert integrated < raw
-    # the float32 path (the model's) too
-    assert folding_fraction(VecInt(None, 7)(vel.float())) < 1e-3
-
-
 # ------------------------------------------------------------------------- architecture
 
 
@@ -360,22 +341,3 @@ def test_gradients_reach_every_parameter(ndim, shape, diffeomorphic, gen):
         assert p.grad.abs().sum() > 0, name
     assert model.flow.weight.grad.abs().max() > 1e-6
     assert model.flow.bias.grad.abs().max() > 1e-6
-
-
-# ------------------------------------------------------------------------- compose (2-D)
-
-
-def test_compose_2d_matches_reference(gen):
-    # test_warp.py checks compose in 3-D; here the 2-D case, odd sizes, batch-1 disp_b
-    a = smooth_field((2, 2, 9, 7), 1.5, gen)
-    b = smooth_field((1, 2, 9, 7), 1.5, gen)
-    expected = b + voxelmorph_warp(a, b.expand(2, -1, -1, -1))
-    got = compose(a, b)
-    assert got.shape == (2, 2, 9, 7)
-    torch.testing.assert_close(got, expected)
-    # "b then a": a point moved by b and then by a
-    image = smooth_field((2, 2, 9, 7), 1.0, gen)[:, :1]  # (its channel count is its ndim)
-    inner = (slice(None), slice(None), slice(3, -3), slice(3, -3))
-    twice = fastwarp.warp(fastwarp.warp(image, a), b)[inner]
-    once = fastwarp.warp(image, compose(a, b))[inner]
-    assert (twice - once).abs().mean() < 0.1 * image[inner].abs().mean()

@@ -1,2 +1,19 @@
-"""The registration application, built on fastwarp's op layer.
+"""The registration application, built on fastwarp's op layer (``warp``, ``ncc``, ``nn``,
+``losses``), which needs only torch. nibabel, tqdm and matplotlib are imported here, where they
+are used, so ``import fastwarp`` stays light.
+
+- :mod:`~fastwarp.app.models`: the network, VoxelMorph's ``VxmDense`` (``RegUNet``).
+- :mod:`~fastwarp.app.data`: NIfTI files, subjects, preprocessing, augmentation, training pairs.
+- :mod:`~fastwarp.app.config`: the typed configurations of ``train`` and ``register``.
+- :mod:`~fastwarp.app.training`: the training step and the epoch loop.
+- :mod:`~fastwarp.app.checkpoints`: saving and loading the network.
+- :mod:`~fastwarp.app.runtime`: the device and the DDP processes.
+- :mod:`~fastwarp.app.register`: registration of a pair of files with a trained network.
+- :mod:`~fastwarp.app.metrics`, :mod:`~fastwarp.app.figures`: Dice, Jacobian, folding; the figure.
+- :mod:`~fastwarp.app.fields`: smooth random fields and VoxelMorph's sampling grid, in plain PyTorch.
+- :mod:`~fastwarp.app.cli`, :mod:`~fastwarp.app.demo`, :mod:`~fastwarp.app.check`: the ``fastwarp``
+  command and its demo and check.
+- :mod:`~fastwarp.app.bench`: fastwarp against the baselines (``fastwarp bench``).
+
+The public paths (``fastwarp.models``, ``fastwarp.data``, ``fastwarp.train``, ...) re-export these.
 """

@@ -1,0 +1,41 @@
+"""fastwarp.app.config: the command lines parse into the typed configurations, whose defaults are
+the options' defaults, and bad values are refused before anything runs."""
+
+import pytest
+
+from fastwarp.app.cli import register_config, train_config
+from fastwarp.app.config import RegisterConfig, TrainConfig
+
+
+def test_train_options_are_the_config():
+    assert train_config([]) == TrainConfig()
+    config = train_config(["--enc", "4", "8", "--no-augment", "--lambda", "0.5", "--no-figure", "-o", "run"])
+    assert config == TrainConfig(enc=[4, 8], augment=False, lam=0.5, figure=False, output="run")
+    assert config.smoothness_weight == 0.5
+    assert TrainConfig().smoothness_weight == 1.0 and TrainConfig(similarity="mse").smoothness_weight == 0.01
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("window", 4, "--window must be a positive odd"),
+    ("window", 0, "--window must be a positive odd"),
+    ("downsample", 0, "--downsample must be >= 1"),
+    ("similarity", "l1", "--similarity must be one of"),
+    ("pairing", "random", "--pairing must be one of"),
+    ("ndim", 1, "--ndim must be one of"),
+])
+def test_train_config_refuses_bad_values(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**{field: value})
+
+
+def test_register_config():
+    config = register_config(["m.nii.gz", "f.nii", "-m", "run/checkpoint.pt", "-o", "out/w.nii", "--labels", "l.nii.gz"])
+    assert config == RegisterConfig("m.nii.gz", "f.nii", "run/checkpoint.pt", "out/w.nii", labels="l.nii.gz")
+    assert config.device == "auto" and config.flow is None
+    assert config.warped_labels == "out/w_labels.nii"
+    assert RegisterConfig("m", "f", "c", "w.nii.gz", labels="l", labels_output="x.nii").warped_labels == "x.nii"
+    assert RegisterConfig("m", "f", "c", "w.nii.gz").warped_labels is None
+    for option, kwargs in [("output", dict(output="w.png")), ("flow", dict(flow="f.npy")),
+                           ("labels-output", dict(labels="l", labels_output="x.mgz"))]:
+        with pytest.raises(ValueError, match=f"--{option}: .* must end in .nii or .nii.gz"):
+            RegisterConfig(**{"moving": "m", "fixed": "f", "model": "c", "output": "w.nii", **kwargs})
