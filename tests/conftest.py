@@ -1,3 +1,4 @@
+import contextlib
 import os
 import pathlib
 
@@ -51,6 +52,17 @@ def device(request):
     report = getattr(request.node, "report_call", None)
     if report is not None and report.passed:
         assert mode.calls, "the test ran no fastwarp op on the emulated CUDA kernels"
+
+
+@contextlib.contextmanager
+def deterministic_algorithms():
+    """``torch.use_deterministic_algorithms(True)`` inside, restored afterwards."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 import fastwarp
+from conftest import deterministic_algorithms
 from fastwarp.app.fields import smooth_noise
 from reference import conv_box_sum, ncc_reference, voxelmorph_warp
 
@@ -227,16 +228,12 @@ def test_deterministic_image_gradient_real_size(device, shape, gib):
     grad_out = torch.randn(shape, generator=g).to(device)
     img64 = image.double().requires_grad_()
     voxelmorph_warp(img64, disp.double()).backward(grad_out.double())
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        grads = []
+    grads = []
+    with deterministic_algorithms():
         for _ in range(2):
             im = image.clone().requires_grad_()
             (gi,) = torch.autograd.grad(fastwarp.warp(im, disp), im, grad_out)
             grads.append(gi)
-    finally:
-        torch.use_deterministic_algorithms(previous)
     assert torch.equal(grads[0], grads[1])
     assert rel(grads[0], img64.grad) < 1e-5, rel(grads[0], img64.grad)
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import fastwarp
+from conftest import deterministic_algorithms
 from reference import ncc_reference, smooth_field, voxelmorph_warp, warp_reference
 
 THREADS = 256  # threads per block of the warp and NCC kernels (csrc/cuda/*.cu, kThreads)
@@ -104,12 +105,8 @@ def test_deterministic_image_gradient_many_contributions(nd, dtype, device, gen)
         fastwarp.warp(im, disp.to(dtype).to(device)).backward(grad_out.to(dtype).to(device))
         return im.grad.cpu()
 
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
+    with deterministic_algorithms():
         runs = [image_grad() for _ in range(2)]
-    finally:
-        torch.use_deterministic_algorithms(previous)
     assert torch.equal(runs[0], runs[1])
     tol = 1e-10 if dtype == torch.float64 else 2e-4
     torch.testing.assert_close(runs[0].double(), ref.grad, rtol=tol, atol=tol)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import fastwarp
+from conftest import deterministic_algorithms
 from reference import smooth_field, voxelmorph_warp, warp_reference
 
 PADDINGS = ["zeros", "border", "reflection"]
@@ -379,16 +380,12 @@ def test_image_gradient_deterministic(device, gen):
     image = torch.randn(2, 3, 9, 10, 11, generator=gen).to(device)
     disp = (smooth_field((2, 3, 9, 10, 11), 4.0, gen).float()).to(device)
     grad_out = torch.randn(image.shape, generator=gen).to(device)
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        results = []
+    results = []
+    with deterministic_algorithms():
         for _ in range(3):
             im = image.clone().requires_grad_()
             fastwarp.warp(im, disp).backward(grad_out)
             results.append(im.grad)
-    finally:
-        torch.use_deterministic_algorithms(previous)
     assert all(torch.equal(results[0], r) for r in results[1:])
     # and it is the right gradient
     ref = image.double().cpu().requires_grad_()

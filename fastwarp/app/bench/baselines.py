@@ -270,12 +270,17 @@ def _ncc_voxelmorph_classic(nd, window, device, dtype):
     return NccImpl(loss, torch.__version__)
 
 
-def _ncc_fused_lncc(nd, window, device, dtype):
-    name = "fused_lncc"
+def _fused(name, nd, device):
+    """The fused NCCs run on CUDA, in 3-D only."""
     if device.type != "cuda":
         raise BaselineNotApplicable(name, "CUDA only")
     if nd != 3:
         raise BaselineNotApplicable(name, "3-D only")
+
+
+def _ncc_fused_lncc(nd, window, device, dtype):
+    name = "fused_lncc"
+    _fused(name, nd, device)
     if window not in (3, 5, 7, 9):
         raise BaselineNotApplicable(name, "windows 3, 5, 7, 9 only")
     fused_lncc_loss = _import(name, "fused_lncc").fused_lncc_loss
@@ -288,10 +293,7 @@ def _ncc_fused_lncc(nd, window, device, dtype):
 
 def _ncc_fireants(nd, window, device, dtype):
     name = "fireants"
-    if device.type != "cuda":
-        raise BaselineNotApplicable(name, "CUDA only")
-    if nd != 3:
-        raise BaselineNotApplicable(name, "3-D only")
+    _fused(name, nd, device)
     FusedLocalNormalizedCrossCorrelationLoss = _import(name, "fireants.losses.fusedcc").FusedLocalNormalizedCrossCorrelationLoss
     options = dict(spatial_dims=3, kernel_size=window, reduction="mean", smooth_nr=0.0, smooth_dr=1e-5)
     version = _dist_version("fireants", "FireANTs")
