@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .integrate import integrate_velocity
 from .warp import warp
 
 __all__ = ["Warp", "SpatialTransformer", "VecInt", "compose"]
@@ -66,8 +67,9 @@ def compose(disp_a: torch.Tensor, disp_b: torch.Tensor, padding_mode: str = "zer
 class VecInt(torch.nn.Module):
     """VoxelMorph's ``VecInt``: integrates a stationary velocity field by scaling and squaring,
     ``v / 2**nsteps`` composed with itself ``nsteps`` times, each step a warp of the field by
-    itself on fastwarp's kernels. ``VecInt(inshape, nsteps=7)(vec)`` returns the displacement
-    of the diffeomorphism ``exp(vec)``, in voxel units (``inshape=None`` accepts any size)."""
+    itself: :func:`fastwarp.integrate_velocity`, one op with its own backward.
+    ``VecInt(inshape, nsteps=7)(vec)`` returns the displacement of the diffeomorphism
+    ``exp(vec)``, in voxel units (``inshape=None`` accepts any size)."""
 
     def __init__(self, inshape: Sequence[int] | None, nsteps: int = 7):
         super().__init__()
@@ -80,10 +82,7 @@ class VecInt(torch.nn.Module):
     def forward(self, vec: torch.Tensor) -> torch.Tensor:
         if self.inshape is not None and isinstance(vec, torch.Tensor) and tuple(vec.shape[2:]) != self.inshape:
             raise ValueError(f"vec spatial shape {tuple(vec.shape[2:])} must be the integrator's inshape {self.inshape}")
-        vec = vec * self.scale
-        for _ in range(self.nsteps):
-            vec = compose(vec, vec)
-        return vec
+        return integrate_velocity(vec, self.nsteps)
 
     def extra_repr(self) -> str:
         return f"inshape={self.inshape}, nsteps={self.nsteps}"
