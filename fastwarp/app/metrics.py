@@ -10,7 +10,7 @@ import torch
 from ..ncc import ncc as _ncc
 from ..warp import warp
 
-__all__ = ["dice", "jacobian_determinant", "folding_fraction", "similarity", "evaluate"]
+__all__ = ["dice", "jacobian_determinant", "folding_fraction", "similarity", "evaluate", "compare"]
 
 
 def dice(a: torch.Tensor, b: torch.Tensor, labels: Sequence[int] | None = None) -> dict[int, float]:
@@ -92,18 +92,37 @@ def evaluate(
     per label and its mean before and after (labels warped with ``mode="nearest"``), and the
     folding fraction and Jacobian-determinant range of ``disp``."""
     with torch.no_grad():
-        warped = warp(moving.float(), disp.float())
-        before, after = similarity(moving, fixed, window), similarity(warped, fixed, window)
+        warped_labels = None
+        if moving_labels is not None and fixed_labels is not None:
+            warped_labels = warp(moving_labels, disp.float(), mode="nearest")
+        return compare(moving, warp(moving.float(), disp.float()), fixed, disp, moving_labels, warped_labels,
+                       fixed_labels, window)
+
+
+def compare(
+    before: torch.Tensor,
+    after: torch.Tensor,
+    fixed: torch.Tensor,
+    disp: torch.Tensor,
+    labels_before: torch.Tensor | None = None,
+    labels_after: torch.Tensor | None = None,
+    fixed_labels: torch.Tensor | None = None,
+    window: int | Sequence[int] = 9,
+) -> dict:
+    """:func:`evaluate`'s report from images already resampled: the moving image (and labels)
+    on the fixed grid ``before`` and ``after`` registration, and the deformable part ``disp``
+    whose Jacobian is reported (an affine part, constant, is left out)."""
+    with torch.no_grad():
+        s0, s1 = similarity(before, fixed, window), similarity(after, fixed, window)
         det = jacobian_determinant(disp.float())
         out = {
-            "ncc_before": before["ncc"], "ncc_after": after["ncc"],
-            "mse_before": before["mse"], "mse_after": after["mse"],
+            "ncc_before": s0["ncc"], "ncc_after": s1["ncc"],
+            "mse_before": s0["mse"], "mse_after": s1["mse"],
             "folding_fraction": float((det <= 0).float().mean()),
             "jacobian_min": float(det.min()), "jacobian_max": float(det.max()),
         }
-        if moving_labels is not None and fixed_labels is not None:
-            warped_labels = warp(moving_labels, disp.float(), mode="nearest")
-            d0, d1 = dice(moving_labels, fixed_labels), dice(warped_labels, fixed_labels)
+        if labels_before is not None and labels_after is not None and fixed_labels is not None:
+            d0, d1 = dice(labels_before, fixed_labels), dice(labels_after, fixed_labels)
             out["dice_before"] = d0
             out["dice_after"] = d1
             out["mean_dice_before"] = sum(d0.values()) / len(d0) if d0 else float("nan")

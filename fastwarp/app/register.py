@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,11 +21,13 @@ from ..warp import warp
 from .checkpoints import CheckpointError, load_checkpoint, model_from_checkpoint
 from .config import RegisterConfig
 from .data import Volume, load_volume, normalize_intensity, save_nifti, to_model_grid
-from .metrics import evaluate
+from .metrics import compare, evaluate
 from .models import RegUNet
+from .refine import RefineConfig
+from .refine import refine as refine_field
 from .runtime import resolve_device
 
-__all__ = ["register_files", "predict_displacement", "format_metrics"]
+__all__ = ["register_pair", "PairResult", "register_files", "predict_displacement", "format_metrics"]
 
 
 def predict_displacement(model: RegUNet, moving: np.ndarray, fixed: np.ndarray, device: torch.device,
@@ -55,6 +59,140 @@ def predict_displacement(model: RegUNet, moving: np.ndarray, fixed: np.ndarray, 
         disp = downsample * F.interpolate(disp, size=size, mode=mode, align_corners=False)
         disp = disp[(slice(None), slice(None)) + tuple(slice(0, s) for s in moving.shape)]
     return disp.contiguous()
+
+
+@dataclass
+class PairResult:
+    """One registered pair (:func:`register_pair`). The moving image is sampled, at each fixed
+    voxel ``p``, at the moving voxel ``V · (p + disp(p))``: ``voxel_matrix`` ``V`` (homogeneous,
+    fixed voxel -> moving voxel) is the affine part, the identity when both images share a grid
+    and no affine was estimated; ``disp`` the deformable part on the fixed grid."""
+
+    disp: torch.Tensor  # (1, ndim, *fixed spatial), voxels of the fixed grid
+    warped: torch.Tensor  # the moving image registered onto the fixed grid, (*fixed spatial)
+    metrics: dict  # as fastwarp.app.metrics.evaluate reports them
+    seconds: float  # the registration (affine, network, refinement), not the I/O or the metrics
+    affine: np.ndarray | None = None  # with affine: world fixed -> moving point map (4x4, mm)
+    voxel_matrix: np.ndarray | None = None  # None: the identity (same grid, no affine)
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+    def coords(self) -> torch.Tensor:
+        """The moving voxel sampled at each fixed voxel, ``(1, ndim, *fixed spatial)``."""
+        nd = self.disp.shape[1]
+        base = _voxel_grid(self.disp.shape[2:], self.disp.device) + self.disp
+        if self.voxel_matrix is None:
+            return base
+        V = torch.as_tensor(self.voxel_matrix, dtype=base.dtype, device=base.device)
+        return torch.einsum("ij,nj...->ni...", V[:nd, :nd], base) + V[:nd, nd].view(1, nd, *([1] * nd))
+
+    def apply(self, image, mode: str = "linear") -> torch.Tensor:
+        """Any image on the moving grid (``(*spatial)``, e.g. the raw intensities or an integer
+        label map with ``mode="nearest"``) resampled through the registration: ``(*fixed spatial)``."""
+        image = torch.as_tensor(image)
+        if self.voxel_matrix is None:
+            return warp(image[None, None], self.disp.to(image.device), mode=mode)[0, 0]
+        from .affine import resample
+
+        return resample(image, self.coords(), mode=mode)
+
+
+def _voxel_grid(spatial, device) -> torch.Tensor:
+    from .fields import voxel_grid
+
+    return voxel_grid(spatial, device, torch.float32)[None]
+
+
+def _voxel_matrix(moving_affine, fixed_affine, world: np.ndarray | None, nd: int) -> np.ndarray:
+    """Fixed voxel -> moving voxel, homogeneous ``(nd+1, nd+1)``, through the NIfTI affines (voxel
+    -> world, mm) and the world map ``world`` (fixed -> moving point; None: the identity)."""
+    Am = np.eye(4) if moving_affine is None else np.asarray(moving_affine, dtype=np.float64)
+    Af = np.eye(4) if fixed_affine is None else np.asarray(fixed_affine, dtype=np.float64)
+    W = np.eye(4) if world is None else np.asarray(world, dtype=np.float64)
+    V = np.linalg.inv(Am) @ W @ Af
+    if nd == 2:
+        V = V[np.ix_([0, 1, 3], [0, 1, 3])]
+    return V
+
+
+def register_pair(
+    moving,
+    fixed,
+    *,
+    model: RegUNet | None = None,
+    downsample: int = 1,
+    refine: RefineConfig | None = None,
+    affine=None,
+    moving_affine: np.ndarray | None = None,
+    fixed_affine: np.ndarray | None = None,
+    moving_labels=None,
+    fixed_labels=None,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> PairResult:
+    """Register ``moving`` to ``fixed``: optionally an affine first (``affine``, an
+    :class:`~fastwarp.app.affine.AffineConfig`), then the network's prediction (``model``), then
+    the instance optimization (``refine``, a :class:`~fastwarp.app.refine.RefineConfig`) starting
+    from it (or from the identity). Any of the three may be left out, not all.
+
+    ``moving``, ``fixed``: ``(*spatial)`` intensities normalized alike (e.g.
+    :func:`~fastwarp.app.data.normalize_intensity`), tensors or arrays. Their grids may differ
+    when ``moving_affine`` and ``fixed_affine`` (NIfTI voxel -> world, mm) say how they lie in the
+    world; the moving image is then first resampled onto the fixed grid. ``moving_labels`` /
+    ``fixed_labels``: integer label maps on those grids, for Dice."""
+    if model is None and refine is None and affine is None:
+        raise ValueError("register_pair: nothing to do; give a model, refine or affine")
+    device = torch.device(device)
+    moving = torch.as_tensor(np.asarray(moving, dtype=np.float32) if not isinstance(moving, torch.Tensor) else moving).float()
+    fixed = torch.as_tensor(np.asarray(fixed, dtype=np.float32) if not isinstance(fixed, torch.Tensor) else fixed).float()
+    nd = fixed.dim()
+    if nd not in (2, 3) or moving.dim() != nd:
+        raise ValueError(f"register_pair: moving {tuple(moving.shape)} and fixed {tuple(fixed.shape)} must both be 2-D or 3-D images")
+    same_grid = moving.shape == fixed.shape and (
+        moving_affine is None or fixed_affine is None or np.allclose(moving_affine, fixed_affine, atol=1e-6))
+    stages = {}
+    t0 = time.perf_counter()
+    world = None
+    if affine is not None:
+        from .affine import affine_register
+
+        result = affine_register(moving, fixed, moving_affine, fixed_affine, affine, progress=progress)
+        world = np.asarray(result.matrix, dtype=np.float64)
+        stages["affine"] = time.perf_counter() - t0
+    V = None if (same_grid and world is None) else _voxel_matrix(moving_affine, fixed_affine, world, nd)
+    V0 = None if same_grid else _voxel_matrix(moving_affine, fixed_affine, None, nd)
+    zero = torch.zeros(1, nd, *fixed.shape, device=device)
+    start = PairResult(zero, fixed, {}, 0.0, world, V)  # the affine part alone
+    aligned = start.apply(moving.to(device)) if V is not None else moving.to(device)
+
+    disp = zero
+    if model is not None:
+        t = time.perf_counter()
+        disp = predict_displacement(model, aligned.cpu().numpy(), fixed.numpy(), device, downsample).to(device)
+        stages["network"] = time.perf_counter() - t
+    if refine is not None:
+        t = time.perf_counter()
+        disp = refine_field(aligned, fixed.to(device), None if model is None else disp, refine, progress)
+        stages["refine"] = time.perf_counter() - t
+    seconds = time.perf_counter() - t0
+
+    result = PairResult(disp, fixed, {}, seconds, world, V, stages)
+    before = PairResult(zero, fixed, {}, 0.0, None, V0)
+    result.warped = result.apply(moving.to(device))
+    lab = {}
+    if moving_labels is not None and fixed_labels is not None:
+        ml = torch.as_tensor(np.asarray(moving_labels) if not isinstance(moving_labels, torch.Tensor) else moving_labels)
+        lab = dict(labels_before=before.apply(ml, "nearest")[None, None].cpu(),
+                   labels_after=result.apply(ml, "nearest")[None, None].cpu(),
+                   fixed_labels=torch.as_tensor(np.asarray(fixed_labels))[None, None])
+    result.metrics = compare(before.apply(moving)[None, None].cpu(), result.warped[None, None].cpu(), fixed[None, None],
+                             disp.cpu(), **lab)
+    if world is not None:
+        aff = compare(before.apply(moving)[None, None].cpu(), aligned[None, None].cpu(), fixed[None, None], zero.cpu(),
+                      **({} if not lab else dict(lab, labels_after=start.apply(ml, "nearest")[None, None].cpu())))
+        result.metrics["ncc_affine"] = aff["ncc_after"]
+        if "mean_dice_after" in aff:
+            result.metrics["mean_dice_affine"] = aff["mean_dice_after"]
+    return result
 
 
 def register_files(config: RegisterConfig) -> dict:

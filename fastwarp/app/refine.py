@@ -1,0 +1,209 @@
+"""Instance optimization of one pair (``fastwarp register --refine``): the displacement (or, with
+``diffeomorphic``, a stationary velocity field) that aligns ``moving`` to ``fixed``, found by
+Adam on fastwarp's warp and NCC, coarse to fine.
+
+At each level both images are reduced by the level's factor (area averaging), the field lives
+on that reduced grid, and the loss is ``-NCC(warp(moving, u), fixed) + smooth * |∇u|²`` (or the
+MSE in place of the NCC). The field found at one level, brought up to the next, is where the
+next starts; the first starts from the identity or from ``init`` (a network's prediction). A
+level stops early when the loss has not improved by ``tol`` (relative) over ``patience`` steps.
+
+Diffeomorphic: the parameter is a velocity ``v`` and ``u = exp(v)`` by scaling and squaring
+(:func:`fastwarp.nn.VecInt`), so the map is invertible and nothing folds, whatever the step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..ncc import ncc
+from ..nn import VecInt
+from ..warp import warp
+
+__all__ = ["RefineConfig", "refine", "resize_field"]
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """How :func:`refine` optimizes; the defaults are the measured ones of the README's table.
+
+    ``levels`` are reduction factors, coarse to fine; ``iterations``, ``window`` and ``lr`` are
+    one per level (a single value serves every level). ``smooth`` weighs the mean squared
+    forward difference of the field (VoxelMorph's l2 ``Grad``), in voxels of the level's grid.
+    """
+
+    levels: tuple[int, ...] = (4, 2, 1)
+    iterations: tuple[int, ...] | int = (100, 100, 50)
+    similarity: str = "ncc"  # "ncc" or "mse"
+    window: tuple[int, ...] | int = (5, 7, 9)
+    smooth: float = 1.0
+    diffeomorphic: bool = False
+    steps: int = 7  # scaling and squaring steps (diffeomorphic)
+    int_downsize: int = 2  # the velocity's grid: the level's reduced by this (diffeomorphic)
+    lr: tuple[float, ...] | float = 0.1
+    tol: float = 1e-4
+    patience: int = 20
+    seed: int = 0
+
+    def __post_init__(self):
+        levels = tuple(int(f) for f in self.levels)
+        if not levels or any(f < 1 for f in levels):
+            raise ValueError(f"refine levels must be positive integers (reduction factors), got {self.levels}")
+        object.__setattr__(self, "levels", levels)
+        for name in ("iterations", "window", "lr"):
+            value = getattr(self, name)
+            per = tuple(value) if isinstance(value, Sequence) else (value,) * len(levels)
+            if len(per) != len(levels):
+                raise ValueError(f"refine {name}: one value or one per level ({len(levels)}), got {value}")
+            object.__setattr__(self, name, per)
+        if any(int(i) < 0 for i in self.iterations):
+            raise ValueError(f"refine iterations must be >= 0, got {self.iterations}")
+        if any(int(w) < 1 or int(w) % 2 == 0 for w in self.window):
+            raise ValueError(f"refine window must be positive odd integers, got {self.window}")
+        if self.similarity not in ("ncc", "mse"):
+            raise ValueError(f"refine similarity must be 'ncc' or 'mse', got {self.similarity!r}")
+        if self.smooth < 0 or self.steps < 0 or self.tol < 0 or self.patience < 1:
+            raise ValueError("refine smooth, steps and tol must be >= 0 and patience >= 1")
+
+
+def resize_field(disp: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """A voxel-unit field ``(N, ndim, *spatial)`` on a grid of another ``size`` covering the same
+    extent (voxel centres as ``align_corners=False`` places them): resampled linearly, and each
+    component scaled by the ratio of the sizes along its axis."""
+    size = tuple(int(s) for s in size)
+    if tuple(disp.shape[2:]) == size:
+        return disp
+    mode = "bilinear" if disp.dim() == 4 else "trilinear"
+    out = F.interpolate(disp, size=size, mode=mode, align_corners=False)
+    scale = torch.tensor([n / o for n, o in zip(size, disp.shape[2:])], dtype=disp.dtype, device=disp.device)
+    return out * scale.view(1, -1, *([1] * len(size)))
+
+
+def _reduce(image: torch.Tensor, factor: int) -> torch.Tensor:
+    if factor == 1:
+        return image
+    size = tuple(max(1, math.ceil(s / factor)) for s in image.shape[2:])
+    pool = F.adaptive_avg_pool2d if image.dim() == 4 else F.adaptive_avg_pool3d
+    return pool(image, size)
+
+
+class _Diffusion(torch.autograd.Function):
+    """VoxelMorph's l2 ``Grad`` penalty, the mean over the axes of the mean squared forward
+    difference, in two passes instead of autograd's dozen: the gradient of this quadratic form is
+    a second difference (Neumann at the borders), formed directly, and its value is half the
+    gradient's inner product with the field."""
+
+    @staticmethod
+    def forward(ctx, u):
+        nd = u.dim() - 2
+        grad = torch.zeros_like(u)
+        for axis in range(2, u.dim()):
+            n = u.shape[axis]
+            if n < 2:
+                continue
+            d = u.diff(dim=axis).mul_(2.0 / (nd * (u.numel() // n) * (n - 1)))
+            grad.narrow(axis, 0, n - 1).sub_(d)
+            grad.narrow(axis, 1, n - 1).add_(d)
+        ctx.save_for_backward(grad)
+        return 0.5 * torch.dot(u.reshape(-1), grad.reshape(-1))
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        return grad_out * grad
+
+
+def _smoothness(u: torch.Tensor) -> torch.Tensor:
+    return _Diffusion.apply(u)
+
+
+def refine(
+    moving: torch.Tensor,
+    fixed: torch.Tensor,
+    init: torch.Tensor | None = None,
+    config: RefineConfig = RefineConfig(),
+    progress: bool = False,
+) -> torch.Tensor:
+    """The displacement ``(1, ndim, *spatial)`` in voxels that aligns ``moving`` to ``fixed``
+    (``warp(moving, u)`` ≈ ``fixed``), optimized as ``config`` says from ``init`` (a displacement
+    of the same layout, e.g. a network's; None: the identity).
+
+    ``moving`` and ``fixed``: ``(1, 1, *spatial)`` (or ``(*spatial)``), one shape, floating point,
+    2-D or 3-D, intensities normalized alike. Deterministic for ``config.seed`` on the CPU."""
+    moving, fixed = _as_image("moving", moving), _as_image("fixed", fixed)
+    if moving.shape != fixed.shape:
+        raise ValueError(f"refine: moving {tuple(moving.shape[2:])} and fixed {tuple(fixed.shape[2:])} must have one shape")
+    nd = moving.dim() - 2
+    spatial = tuple(moving.shape[2:])
+    if init is not None and (init.dim() != nd + 2 or init.shape[:2] != (1, nd) or tuple(init.shape[2:]) != spatial):
+        raise ValueError(f"refine: init must be a displacement (1, {nd}, {', '.join(map(str, spatial))}), "
+                         f"got {tuple(init.shape)}")
+    torch.manual_seed(config.seed)
+    moving, fixed = moving.float(), fixed.float()
+    integrate = VecInt(None, config.steps) if config.diffeomorphic else None
+    total = sum(int(i) for i in config.iterations)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="refine", unit="step", leave=False)
+
+    param = None  # the field being optimized (a velocity, diffeomorphic), on its grid of the previous level
+    u = None if init is None else init.detach().float()
+    for factor, iters, window, lr in zip(config.levels, config.iterations, config.window, config.lr):
+        m, f = _reduce(moving, factor), _reduce(fixed, factor)
+        size = tuple(m.shape[2:])
+        # A velocity lives on a grid reduced by int_downsize (VoxelMorph's): integrating it there
+        # costs 1/2**ndim of the level's, and exp(v) is smooth on the scale of that grid anyway.
+        grid = tuple(max(1, math.ceil(s / config.int_downsize)) for s in size) if integrate is not None else size
+        if param is None:
+            start = torch.zeros(1, nd, *grid) if u is None else resize_field(u, grid)
+        else:
+            start = resize_field(param.detach(), grid)
+        param = start.clone().requires_grad_(True)
+        opt = torch.optim.Adam([param], lr=float(lr), fused=True)
+        best, since = math.inf, 0
+        for _ in range(int(iters)):
+            opt.zero_grad(set_to_none=True)
+            disp = resize_field(integrate(param), size) if integrate is not None else param
+            moved = warp(m, disp)
+            if config.similarity == "ncc":
+                sim = -ncc(moved, f, int(window))
+            else:
+                sim = (moved - f).square().mean()
+            loss = sim + config.smooth * _smoothness(param)
+            loss.backward()
+            opt.step()
+            value = float(loss.detach())
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(level=factor, loss=f"{value:.4f}")
+            if value < best - config.tol * abs(best if math.isfinite(best) else value):
+                best, since = value, 0
+            else:
+                since += 1
+                if since >= config.patience:
+                    break
+    if bar is not None:
+        bar.close()
+    with torch.no_grad():
+        if integrate is not None:
+            return resize_field(integrate(param.detach()), spatial).contiguous()
+        return resize_field(param.detach(), spatial).contiguous()
+
+
+def _as_image(name: str, t) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        t = torch.as_tensor(t)
+    if t.dim() in (2, 3):
+        t = t[None, None]
+    if t.dim() not in (4, 5) or t.shape[:2] != (1, 1):
+        raise ValueError(f"refine: {name} must be (*spatial) or (1, 1, *spatial) in 2-D or 3-D, got {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise TypeError(f"refine: {name} must be floating point, got {t.dtype}")
+    return t
