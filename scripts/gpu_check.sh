@@ -31,8 +31,8 @@
 #   bench        python -m fastwarp bench --device cuda --size full: every installed baseline,
 #                bandwidth against a device copy -> REPORT_DIR/bench.json, bench.md
 #   bench_fused  benchmarks/bench_ncc.py's 2x16x128^3 window-7 case (fastwarp, fused_lncc,
-#                FireANTs when installed) and the fused baselines' agreement test
-#                -> REPORT_DIR/bench_fused.json: the NCC issue's GPU goal
+#                FireANTs when installed) -> REPORT_DIR/bench_fused.json: the NCC issue's GPU
+#                goal (their agreement with fastwarp is tested in the pytest -m cuda step)
 #   train_fp32, train_bf16
 #                python -m fastwarp train, 3-D, on the embedded brains, ~1 minute each (the bf16
 #                run's length is scaled to the time left, from the fp32 run's step rate)
