@@ -11,8 +11,8 @@ import torch.nn.functional as F
 import fastwarp
 from conftest import CUDA
 from fastwarp.app.bench import BaselineNotApplicable, BaselineUnavailable
-from fastwarp.app.bench.baselines import NCC_IMPLS, WARP_BASELINES, WARP_IMPLS
-from fastwarp.app.bench.cases import WARP_SHAPES, make_pair, smooth_disp
+from fastwarp.app.bench.baselines import NCC_IMPLS, VECINT_IMPLS, WARP_BASELINES, WARP_IMPLS
+from fastwarp.app.bench.cases import VECINT_SHAPES, WARP_SHAPES, make_pair, smooth_disp
 
 
 def build_or_skip(factory, *args, **kwargs):
@@ -40,6 +40,23 @@ def test_warp_baselines(device, nd, impl_name):
 
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("impl_name", [name for name in VECINT_IMPLS if name != "fastwarp"])
+def test_vecint_baselines(device, impl_name):
+    """Scaling and squaring (7 steps) of a velocity reaching past the borders: the baselines'
+    displacement and velocity gradient are fastwarp.nn.VecInt's."""
+    spatial = VECINT_SHAPES["tiny"][device.type]
+    impl = build_or_skip(VECINT_IMPLS[impl_name], spatial, device, torch.float64, 7)
+    vel = smooth_disp(spatial, seed=3, amplitude=3.0, dtype=torch.float64).to(device).requires_grad_()
+    grad_out = torch.randn(vel.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64).to(device)
+
+    expected = fastwarp.nn.VecInt(spatial, 7)(vel)
+    (expected_grad,) = torch.autograd.grad(expected, vel, grad_out)
+    out = impl.integrate(vel)
+    (grad,) = torch.autograd.grad(out, vel, grad_out)
+    torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-8, atol=1e-8)
 
 
 NCC_SHAPES = {2: (2, 2, 16, 16), 3: (2, 2, 8, 9, 10)}

@@ -25,23 +25,18 @@ def test_bench_command_tiny(tmp_path):
     assert meta["torch"] and meta["fastwarp"] and meta["date"]
     assert meta["command"] == "python -m fastwarp.bench " + " ".join(argv)
 
-    cases = {case["kind"]: case for case in result["cases"]}
-    plain = {
-        "warp-fwd": ["fastwarp", "grid_sample", "voxelmorph"],
-        "warp-fwdbwd": ["fastwarp", "grid_sample", "voxelmorph"],
-        "ncc-fwd": ["fastwarp", "voxelmorph-classic"],
-        "ncc-fwdbwd": ["fastwarp", "voxelmorph-classic"],
-        "train": ["fastwarp", "voxelmorph"],
-    }
+    cases = {case["case"]: case for case in result["cases"]}
+    warp = ["fastwarp", "grid_sample", "voxelmorph"]
+    plain = {f"warp-{nd}d-{mode}": warp for nd in (2, 3) for mode in ("fwd", "fwdbwd", "fwdbwd-both")}
+    plain.update({"vecint-3d": ["fastwarp", "voxelmorph"], "ncc-3d-w3-fwd": ["fastwarp", "voxelmorph-classic"],
+                  "ncc-3d-w3-fwdbwd": ["fastwarp", "voxelmorph-classic"], "train-3d": ["fastwarp", "voxelmorph"]})
     assert set(cases) == set(plain)
-    installed = {
-        "warp-fwd": [("voxelmorph-pkg", "voxelmorph"), ("monai", "monai")],
-        "ncc-fwd": [("neurite", "neurite"), ("monai", "monai")],
-    }
-    installed["warp-fwdbwd"], installed["ncc-fwdbwd"] = installed["warp-fwd"], installed["ncc-fwd"]
-    for kind, case in cases.items():
+    installed = {name: [("voxelmorph-pkg", "voxelmorph"), ("monai", "monai")] for name in plain
+                 if name.startswith(("warp", "vecint"))}
+    installed.update({name: [("neurite", "neurite"), ("monai", "monai")] for name in plain if name.startswith("ncc")})
+    for name, case in cases.items():
         rows = {row["impl"]: row for row in case["rows"]}
-        expected = plain[kind] + [impl for impl, mod in installed.get(kind, []) if importlib.util.find_spec(mod)]
+        expected = plain[name] + [impl for impl, mod in installed.get(name, []) if importlib.util.find_spec(mod)]
         for impl in expected:
             row = rows[impl]
             assert row["status"] == "ok", row
@@ -50,12 +45,12 @@ def test_bench_command_tiny(tmp_path):
         assert rows["fastwarp"]["ratio"] == 1.0
         for row in case["rows"]:
             assert row["status"] in ("ok", "not installed", "not applicable", "unavailable"), row
-        if kind.startswith(("warp", "ncc")):
+        if name.startswith(("warp", "ncc")):
             assert all(rows[impl]["gbps"] > 0 for impl in expected)
     for name in ("fused_lncc", "fireants"):  # CUDA-only peers, listed rather than run
-        assert {row["impl"]: row for row in cases["ncc-fwd"]["rows"]}[name]["status"] == "not applicable"
+        assert {row["impl"]: row for row in cases["ncc-3d-w3-fwd"]["rows"]}[name]["status"] == "not applicable"
 
-    train = {row["impl"]: row for row in cases["train"]["rows"]}
+    train = {row["impl"]: row for row in cases["train-3d"]["rows"]}
     assert all(train[v]["steps_per_s"] > 0 for v in ("fastwarp", "voxelmorph"))
     # same weights, data and loss formula: see tests/test_bench_train_step.py
     assert train["voxelmorph"]["first_step_loss"] == pytest.approx(train["fastwarp"]["first_step_loss"], rel=1e-5)

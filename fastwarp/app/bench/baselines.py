@@ -12,6 +12,11 @@ Warp (:data:`WARP_IMPLS`, each ``factory(spatial, device, dtype) -> WarpImpl``):
 - ``voxelmorph-pkg``: the installed ``voxelmorph`` package's own ``SpatialTransformer``.
 - ``monai``: ``monai.networks.blocks.Warp``.
 
+Scaling and squaring (:data:`VECINT_IMPLS`, each ``factory(spatial, device, dtype, nsteps) ->
+VecIntImpl``): ``fastwarp`` (``fastwarp.nn.VecInt``), ``voxelmorph`` (its ``VecInt`` in plain
+PyTorch, :class:`VoxelMorphVecInt`), ``voxelmorph-pkg`` (the installed package's), ``monai``
+(``monai.networks.blocks.DVF2DDF``).
+
 NCC loss (:data:`NCC_IMPLS`, each ``factory(nd, window, device, dtype) -> NccImpl``):
 
 - ``fastwarp``: ``fastwarp.losses.NCC(window)(a, b)``, i.e. ``-fastwarp.ncc(a, b, window)``.
@@ -57,6 +62,9 @@ __all__ = [
     "WARP_BASELINES",
     "NCC_IMPLS",
     "NCC_BASELINES",
+    "VoxelMorphVecInt",
+    "VecIntImpl",
+    "VECINT_IMPLS",
 ]
 
 
@@ -189,6 +197,72 @@ WARP_IMPLS = {
     "monai": _warp_monai,
 }
 WARP_BASELINES = [name for name in WARP_IMPLS if name != "fastwarp"]
+
+
+# --------------------------------------------------------------------------- scaling and squaring
+
+
+class VoxelMorphVecInt(torch.nn.Module):
+    """``voxelmorph.torch.layers.VecInt`` (VoxelMorph 0.2), as written there: ``vec * 2**-nsteps``,
+    then ``nsteps`` times ``vec = vec + SpatialTransformer(vec, vec)``."""
+
+    def __init__(self, size, nsteps=7):
+        super().__init__()
+        self.scale = 1.0 / 2**nsteps
+        self.nsteps = nsteps
+        self.transformer = VoxelMorphTransformer(size)
+
+    def forward(self, vec):
+        vec = vec * self.scale
+        for _ in range(self.nsteps):
+            vec = vec + self.transformer(vec, vec)
+        return vec
+
+
+class VecIntImpl(NamedTuple):
+    """One way to integrate a stationary velocity field by scaling and squaring: ``integrate``
+    maps a voxel-unit velocity ``(1, 3, *spatial)`` to the displacement of its exponential."""
+
+    integrate: Callable[[torch.Tensor], torch.Tensor]
+    version: str
+
+
+def _vecint_fastwarp(spatial, device, dtype, nsteps):
+    return VecIntImpl(fastwarp.nn.VecInt(spatial, nsteps), fastwarp.__version__)
+
+
+def _vecint_voxelmorph(spatial, device, dtype, nsteps):
+    return VecIntImpl(VoxelMorphVecInt(spatial, nsteps).to(device, dtype), torch.__version__)
+
+
+def _vecint_voxelmorph_pkg(spatial, device, dtype, nsteps):
+    os.environ.setdefault("VXM_BACKEND", "pytorch")
+    os.environ.setdefault("NEURITE_BACKEND", "pytorch")
+    vxm = _import("voxelmorph-pkg", "voxelmorph")
+    if hasattr(vxm, "torch"):  # 0.2: VecInt(inshape, nsteps)
+        return VecIntImpl(vxm.torch.layers.VecInt(spatial, nsteps).to(device, dtype), vxm.__version__)
+    # 0.3+: IntegrateVelocityField(steps=...), the same scaling and squaring
+    return VecIntImpl(vxm.nn.modules.IntegrateVelocityField(steps=nsteps), vxm.__version__)
+
+
+def _vecint_monai(spatial, device, dtype, nsteps):
+    # MONAI's DVF2DDF: the same scaling and squaring (ddf + Warp(ddf, ddf), nsteps times), with
+    # fastwarp's convention for the field (voxel units, channel k along spatial axis k).
+    monai = _import("monai", "monai")
+    from monai.networks.blocks import DVF2DDF
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Using PyTorch native grid_sample")
+        integrate = DVF2DDF(num_steps=nsteps, mode="bilinear", padding_mode="zeros")
+    return VecIntImpl(integrate, monai.__version__)
+
+
+VECINT_IMPLS = {
+    "fastwarp": _vecint_fastwarp,
+    "voxelmorph": _vecint_voxelmorph,
+    "voxelmorph-pkg": _vecint_voxelmorph_pkg,
+    "monai": _vecint_monai,
+}
 
 
 # --------------------------------------------------------------------------- NCC

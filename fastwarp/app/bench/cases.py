@@ -41,6 +41,19 @@ WARP_SHAPES = {
     },
 }
 
+# What a warp case times: the warp alone; with the gradient to the displacement (a training
+# step's warp, the image needs none); with the gradients to both (scaling and squaring, where a
+# field warps itself, and any optimization of the moving image).
+WARP_MODES = ("fwd", "fwdbwd", "fwdbwd-both")
+
+# Scaling and squaring (VecInt, 7 steps), forward+backward: the velocity's spatial size, where
+# VoxelMorph integrates it (int_downsize=2: half the warp's 3-D size).
+VECINT_SHAPES = {
+    "full": {"cpu": (48, 56, 64), "cuda": (80, 96, 112)},
+    "tiny": {"cpu": (8, 9, 10), "cuda": (8, 9, 10)},
+}
+VECINT_STEPS = 7
+
 # Size of the buffer the CUDA copy-bandwidth reference copies (it moves twice this: a read and
 # a write).
 COPY_BYTES = {"full": 512 << 20, "tiny": 1 << 20}
@@ -102,9 +115,11 @@ def make_pair(shape, generator, dtype=DTYPE):
 # --------------------------------------------------------------------------- warp
 
 
-def warp_inputs(spatial: Sequence[int], device: torch.device, backward: bool) -> list[tuple]:
+def warp_inputs(spatial: Sequence[int], device: torch.device, mode: str) -> list[tuple]:
     """``(image, disp, grad_out)`` sets: a U(0,1) image ``(1, 1, *spatial)``, the smooth field
-    :func:`smooth_disp` seeded by the set's index, and a random ``grad_out`` for the backward."""
+    :func:`smooth_disp` seeded by the set's index, and a random ``grad_out`` for the backward
+    (``mode``: one of :data:`WARP_MODES`)."""
+    backward = mode != "fwd"
     set_bytes = math.prod(spatial) * DTYPE.itemsize * (len(spatial) + (2 if backward else 1))
     g = torch.Generator().manual_seed(0)
     inputs = []
@@ -112,24 +127,57 @@ def warp_inputs(spatial: Sequence[int], device: torch.device, backward: bool) ->
         image = torch.rand(1, 1, *spatial, generator=g, dtype=DTYPE).to(device)
         disp = smooth_disp(spatial, seed).to(device)
         grad_out = torch.randn(image.shape, generator=g, dtype=DTYPE).to(device)
-        inputs.append((image, disp, grad_out))
+        inputs.append((image.requires_grad_(mode == "fwdbwd-both"), disp, grad_out))
     return inputs
 
 
-def warp_call(impl, inputs: Sequence[tuple], backward: bool) -> Callable[[], object]:
+def warp_call(impl, inputs: Sequence[tuple], mode: str) -> Callable[[], object]:
     """The timed warp of ``impl`` (a :class:`~fastwarp.app.bench.baselines.WarpImpl`): its
-    ``apply`` and, when ``backward``, the gradient to the displacement for the set's
-    ``grad_out`` (a training step's warp: the image needs no gradient). ``impl.prepare`` runs
-    here, untimed."""
+    ``apply`` and, after ``mode``, the gradient to the displacement (``fwdbwd``) or to both the
+    image and the displacement (``fwdbwd-both``) for the set's ``grad_out``. ``impl.prepare``
+    runs here, untimed."""
+    if mode not in WARP_MODES:
+        raise ValueError(f"warp mode must be one of {WARP_MODES}, got {mode!r}")
+    backward = mode != "fwd"
     sets = cycle([(image, impl.prepare(disp).detach().requires_grad_(backward), grad_out)
                   for image, disp, grad_out in inputs])
 
     def call():
         image, prepared, grad_out = next(sets)
         out = impl.apply(image, prepared)
+        if mode == "fwdbwd-both":
+            return out, torch.autograd.grad(out, (image, prepared), grad_out)
         if backward:
             return out, torch.autograd.grad(out, prepared, grad_out)
         return out
+
+    return call
+
+
+# --------------------------------------------------------------------------- scaling and squaring
+
+
+def vecint_inputs(spatial: Sequence[int], device: torch.device) -> list[tuple]:
+    """``(velocity, grad_out)`` sets: a smooth velocity :func:`smooth_disp` ``(1, 3, *spatial)``
+    of a few voxels, seeded by the set's index, and a random ``grad_out``."""
+    set_bytes = 2 * math.prod(spatial) * len(spatial) * DTYPE.itemsize
+    g = torch.Generator().manual_seed(0)
+    inputs = []
+    for seed in range(input_sets(device, set_bytes)):
+        vel = smooth_disp(spatial, seed, amplitude=3.0).to(device)
+        grad_out = torch.randn(vel.shape, generator=g, dtype=DTYPE).to(device)
+        inputs.append((vel.requires_grad_(True), grad_out))
+    return inputs
+
+
+def vecint_call(integrate: Callable[[torch.Tensor], torch.Tensor], inputs: Sequence[tuple]) -> Callable[[], object]:
+    """The timed integration ``integrate(velocity)`` and its gradient to the velocity."""
+    sets = cycle(inputs)
+
+    def call():
+        vel, grad_out = next(sets)
+        out = integrate(vel)
+        return out, torch.autograd.grad(out, vel, grad_out)
 
     return call
 

@@ -85,12 +85,13 @@ def nbytes(t):
     return t.numel() * t.element_size()
 
 
-def warp_bytes_moved(image, disp, backward):
+def warp_bytes_moved(image, disp, mode):
     """The bytes any warp must move: the forward pass reads the field and the image and writes
-    the output; the field-gradient pass then reads grad_out, the field and the image and writes
-    the field's gradient."""
+    the output; the field-gradient pass (``mode`` ``fwdbwd``) then reads grad_out, the field and
+    the image and writes the field's gradient; ``fwdbwd-both`` also writes the image's."""
     forward = nbytes(disp) + 2 * nbytes(image)
-    return forward + (2 * nbytes(image) + 2 * nbytes(disp) if backward else 0)
+    backward = 2 * nbytes(image) + 2 * nbytes(disp)
+    return forward + {"fwd": 0, "fwdbwd": backward, "fwdbwd-both": backward + nbytes(image)}[mode]
 
 
 def ncc_bytes_moved(a, mode):

@@ -1,11 +1,15 @@
 """``python -m fastwarp.bench``: fastwarp against every available baseline, on the same inputs.
 
-Cases (3-D, float32, batch 1; sizes from :mod:`fastwarp.app.bench.cases`):
+Cases (float32, batch 1; sizes from :mod:`fastwarp.app.bench.cases`):
 
-- ``warp-3d-fwd`` / ``warp-3d-fwdbwd``: the warp alone, and a training step's warp (the
-  displacement requires grad, the image does not; the backward takes a fixed random
-  ``grad_out``). Against ``grid_sample`` on a precomputed grid, VoxelMorph's transformer in
+- ``warp-{3d,2d}-fwd`` / ``-fwdbwd`` / ``-fwdbwd-both``: the warp alone, a training step's warp
+  (the displacement requires grad, the image does not), and the warp with the gradients to both
+  (scaling and squaring, an optimized moving image); the backward takes a fixed random
+  ``grad_out``. Against ``grid_sample`` on a precomputed grid, VoxelMorph's transformer in
   plain PyTorch, and the installed voxelmorph's and MONAI's.
+- ``vecint-3d``: scaling and squaring of a velocity field (7 steps) with its backward, at
+  VoxelMorph's half resolution: ``fastwarp.nn.VecInt`` against VoxelMorph's ``VecInt`` in plain
+  PyTorch, the installed voxelmorph's and MONAI's ``DVF2DDF``.
 - ``ncc-3d-w<window>-fwd`` / ``-fwdbwd``: the windowed NCC loss, and with its gradient to the
   moving image. Against VoxelMorph's conv NCC in plain PyTorch, neurite's, MONAI's, and (CUDA)
   fused_lncc's and FireANTs'.
@@ -40,13 +44,13 @@ import torch
 import fastwarp
 
 from . import cases as C
-from .baselines import NCC_IMPLS, WARP_IMPLS, BaselineNotApplicable, BaselineUnavailable
+from .baselines import NCC_IMPLS, VECINT_IMPLS, WARP_IMPLS, BaselineNotApplicable, BaselineUnavailable
 from .measure import copy_bandwidth, describe, ncc_bytes_moved, peak_extra_memory, time_calls, warp_bytes_moved
 from .train_step import TRAIN_VARIANTS, TrainStep
 
 __all__ = ["main", "build_parser", "run", "format_markdown"]
 
-CASE_GROUPS = ("warp", "ncc", "train")
+CASE_GROUPS = ("warp", "vecint", "ncc", "train")
 PROG = "python -m fastwarp.bench"
 _MIB = 1 << 20
 
@@ -57,8 +61,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                                                  for d in ("cpu", "cuda")) for size in C.SIZES)
 
     ncc = {size: {d: C.NCC_CASES[size]["3d"].shapes[d][2:] for d in ("cpu", "cuda")} for size in C.SIZES}
-    epilog = (f"cases (3-D, batch 1): warp forward, and forward+backward (gradient to the displacement) "
-              f"[{sizes(C.WARP_SHAPES, lambda d: (3, d))}]; NCC loss, window "
+    epilog = (f"cases (batch 1): warp forward, forward+backward with the gradient to the displacement, and "
+              f"to both [3-D {sizes(C.WARP_SHAPES, lambda d: (3, d))}; 2-D {sizes(C.WARP_SHAPES, lambda d: (2, d))}]; "
+              f"scaling and squaring, {C.VECINT_STEPS} steps, forward+backward [{sizes(C.VECINT_SHAPES)}]; "
+              f"NCC loss (3-D), window "
               f"{C.NCC_CASES['full']['3d'].window} (tiny: {C.NCC_CASES['tiny']['3d'].window}), forward, and "
               f"forward+backward (gradient to the moving image) [{sizes(ncc)}]; one training step of "
               f"RegUNet(3) on fastwarp's ops and on VoxelMorph's [{sizes(C.TRAIN_SHAPES)}].")
@@ -147,22 +153,36 @@ def _run_impls(case: str, shape: Sequence[int], names: Sequence[str],
 # --------------------------------------------------------------------------- cases
 
 
-def _warp_case(backward: bool, size: str, device: torch.device, repeats, report) -> dict:
-    spatial = C.WARP_SHAPES[size][3, device.type]
-    name = f"warp-3d-{'fwdbwd' if backward else 'fwd'}"
-    inputs = C.warp_inputs(spatial, device, backward)
-    moved = warp_bytes_moved(inputs[0][0], inputs[0][1], backward)
+def _warp_case(nd: int, mode: str, size: str, device: torch.device, repeats, report) -> dict:
+    spatial = C.WARP_SHAPES[size][nd, device.type]
+    name = f"warp-{nd}d-{mode}"
+    inputs = C.warp_inputs(spatial, device, mode)
+    moved = warp_bytes_moved(inputs[0][0], inputs[0][1], mode)
 
     def build(impl_name):
         impl = WARP_IMPLS[impl_name](spatial, device, C.DTYPE)
-        return impl.version, C.warp_call(impl, inputs, backward), moved
+        return impl.version, C.warp_call(impl, inputs, mode), moved
 
     rows = _run_impls(name, [1, 1, *spatial], list(WARP_IMPLS), build, device, repeats, report)
-    return dict(case=name, kind="warp-fwdbwd" if backward else "warp-fwd", shape=[1, 1, *spatial], window=None,
-                input_sets=len(inputs),
-                description="fastwarp.warp(image, disp) and the baselines' warps"
-                            + ("; disp requires grad, image not; backward with a fixed grad_out" if backward else ""),
-                rows=rows)
+    what = {"fwd": "", "fwdbwd": "; disp requires grad, image not; backward with a fixed grad_out",
+            "fwdbwd-both": "; image and disp require grad; backward with a fixed grad_out"}[mode]
+    return dict(case=name, kind=f"warp-{mode}", shape=[1, 1, *spatial], window=None, input_sets=len(inputs),
+                description="fastwarp.warp(image, disp) and the baselines' warps" + what, rows=rows)
+
+
+def _vecint_case(size: str, device: torch.device, repeats, report) -> dict:
+    spatial = C.VECINT_SHAPES[size][device.type]
+    name = "vecint-3d"
+    inputs = C.vecint_inputs(spatial, device)
+
+    def build(impl_name):
+        impl = VECINT_IMPLS[impl_name](spatial, device, C.DTYPE, C.VECINT_STEPS)
+        return impl.version, C.vecint_call(impl.integrate, inputs), None
+
+    rows = _run_impls(name, [1, 3, *spatial], list(VECINT_IMPLS), build, device, repeats, report)
+    return dict(case=name, kind="vecint-fwdbwd", shape=[1, 3, *spatial], window=None, input_sets=len(inputs),
+                description=f"scaling and squaring of a velocity field, {C.VECINT_STEPS} steps (VoxelMorph's "
+                            "VecInt), forward and the gradient to the velocity", rows=rows)
 
 
 def _ncc_case(backward: bool, size: str, device: torch.device, repeats, report) -> dict:
@@ -371,8 +391,11 @@ def run(args: argparse.Namespace, command: str, out=None) -> dict:
         results = []
         for group in groups:
             if group == "warp":
-                results.append(_warp_case(False, args.size, device, args.repeats, report))
-                results.append(_warp_case(True, args.size, device, args.repeats, report))
+                for nd in (3, 2):
+                    for mode in C.WARP_MODES:
+                        results.append(_warp_case(nd, mode, args.size, device, args.repeats, report))
+            elif group == "vecint":
+                results.append(_vecint_case(args.size, device, args.repeats, report))
             elif group == "ncc":
                 results.append(_ncc_case(False, args.size, device, args.repeats, report))
                 results.append(_ncc_case(True, args.size, device, args.repeats, report))
