@@ -39,3 +39,25 @@ def test_register_config():
                            ("labels-output", dict(labels="l", labels_output="x.mgz"))]:
         with pytest.raises(ValueError, match=f"--{option}: .* must end in .nii or .nii.gz"):
             RegisterConfig(**{"moving": "m", "fixed": "f", "model": "c", "output": "w.nii", **kwargs})
+
+
+def test_register_config_refine_and_affine():
+    config = register_config(["m.nii.gz", "f.nii.gz", "-o", "out/w.nii.gz", "--refine", "--affine"])
+    assert config.model is None and config.refine == 0 and config.affine and not config.diffeomorphic
+    assert config.matrix_output == "out/w_affine.txt"
+    config = register_config(["m.nii.gz", "f.nii.gz", "-o", "w.nii", "--refine", "30", "--diffeomorphic",
+                              "--matrix", "a.mat"])
+    assert config.refine == 30 and config.diffeomorphic and config.matrix_output is None  # (no --affine)
+    assert register_config(["m", "f", "-o", "w.nii", "--affine", "--matrix", "a.mat"]).matrix_output == "a.mat"
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(), "nothing to do: give --model, --refine or --affine"),
+    (dict(model="c", output=""), "--output is required"),
+    (dict(refine=-1), "--refine takes a number of steps per level >= 0"),
+    (dict(model="c", diffeomorphic=True), "--diffeomorphic applies to --refine"),
+    (dict(refine=0, similarity="cc"), "--similarity must be one of"),
+])
+def test_register_config_refuses_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RegisterConfig(**{"moving": "m", "fixed": "f", "output": "w.nii", **kwargs})

@@ -34,11 +34,19 @@ def test_register_end_to_end(synth, model3d, tmp_path, capsys):
     field = nib.load(flow)
     assert field.shape == (15, 18, 13, 3)
     np.testing.assert_allclose(field.affine, fixed_img.affine, atol=1e-6)
-    # the warped image is the raw moving image under that field (in the fixed grid)
+    # the warped image is the raw moving image under that field: the moving image is read at
+    # the moving voxel V (p + disp(p)), V = moving voxel <- world <- fixed voxel (the two
+    # images lie on different grids; their NIfTI affines place them in one world)
     disp = torch.from_numpy(np.asarray(field.dataobj, dtype=np.float32)).movedim(-1, 0)[None]
     assert disp.abs().max() > 0
-    expected = fastwarp.warp(torch.from_numpy(moving_raw)[None, None], disp)[0, 0].numpy()
-    np.testing.assert_allclose(np.asarray(warped.dataobj), expected, rtol=1e-5, atol=1e-4)
+    V = torch.from_numpy(np.linalg.inv(nib.load(mov).affine) @ fixed_img.affine).float()
+    p = torch.stack(torch.meshgrid(*[torch.arange(s, dtype=torch.float32) for s in (15, 18, 13)], indexing="ij"))
+    coords = torch.einsum("ij,jxyz->ixyz", V[:3, :3], p + disp[0]) + V[:3, 3].view(3, 1, 1, 1)
+    size = torch.tensor([14.0, 17.0, 12.0]).view(3, 1, 1, 1)
+    grid = (2 * coords / size - 1).movedim(0, -1).flip(-1)[None]
+    expected = torch.nn.functional.grid_sample(torch.from_numpy(moving_raw)[None, None], grid, align_corners=True)
+    np.testing.assert_allclose(np.asarray(warped.dataobj), expected[0, 0].numpy(), rtol=1e-5, atol=1e-3)
+    assert np.abs(np.asarray(warped.dataobj)).max() > 50
     assert moving_raw.max() > 50  # written in raw units, not normalised
 
     lab_out = tmp_path / "res" / "warped_labels.nii.gz"
@@ -67,8 +75,12 @@ def _bad_register_cases(synth, model2d, model3d, tmp):
     text.write_text("definitely not an image\n")
     series = str(tmp / "series.nii.gz")
     nib.save(nib.Nifti1Image(np.random.default_rng(0).random((15, 18, 13, 2)).astype(np.float32), np.eye(4)), series)
-    small = str(tmp / "small.nii.gz")
-    nib.save(nib.Nifti1Image(np.random.default_rng(1).random((15, 18, 12)).astype(np.float32), np.eye(4)), small)
+    far = str(tmp / "far.nii.gz")
+    shifted = np.eye(4)
+    shifted[:3, 3] = 500.0  # 500 mm away: no world overlap with the fixed image
+    nib.save(nib.Nifti1Image(np.random.default_rng(1).random((15, 18, 12)).astype(np.float32), shifted), far)
+    small_labels = str(tmp / "small_seg.nii.gz")
+    nib.save(nib.Nifti1Image(np.ones((5, 6, 7), np.int16), np.eye(4)), small_labels)
     floats = np.asarray(nib.load(mov_lab).dataobj).astype(np.float32)
     floats[3, 4, 5] = 0.5
     float_labels = str(tmp / "float_seg.nii.gz")
@@ -82,7 +94,8 @@ def _bad_register_cases(synth, model2d, model3d, tmp):
         "missing moving": (dict(good, moving=str(tmp / "missing.nii.gz")), ["missing.nii.gz"]),
         "moving not nifti": (dict(good, moving=str(text)), ["notnifti.nii.gz", "NIfTI"]),
         "4-D volume": (dict(good, moving=series), ["series.nii.gz", "4-D"]),
-        "shape mismatch": (dict(good, fixed=small), ["small.nii.gz", "(15, 18, 12)"]),
+        "no overlap": (dict(good, fixed=far), ["far.nii.gz", "overlap", "--affine"]),
+        "labels shape mismatch": (dict(good, extra=["--labels", small_labels]), ["small_seg.nii.gz", "(5, 6, 7)"]),
         "float labels": (dict(good, extra=["--labels", float_labels]), ["float_seg.nii.gz", "integer"]),
         "3-D model, 2-D images": (dict(good, moving=flat, fixed=flat), ["--model", model3d, "3-D model", "flat.nii.gz"]),
         "not a checkpoint": (dict(good, model=str(junk)), ["random.pt", "checkpoint"]),
@@ -91,7 +104,7 @@ def _bad_register_cases(synth, model2d, model3d, tmp):
     return cases
 
 
-BAD_CASES = ["missing moving", "moving not nifti", "4-D volume", "shape mismatch", "float labels",
+BAD_CASES = ["missing moving", "moving not nifti", "4-D volume", "no overlap", "labels shape mismatch", "float labels",
              "3-D model, 2-D images", "missing checkpoint", "not a checkpoint"]
 
 

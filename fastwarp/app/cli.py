@@ -107,19 +107,34 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
 
 def register_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastwarp register",
-                                description="Register a moving image to a fixed one with a trained model.")
+    p = argparse.ArgumentParser(
+        prog="fastwarp register",
+        description="Register a moving image to a fixed one: a trained network's prediction (--model), an affine "
+                    "(--affine) and/or an optimization for this pair (--refine), in the order affine, network, "
+                    "refinement. The images may lie on different voxel grids (their NIfTI affines are used).")
     p.add_argument("moving", help="moving image (NIfTI)")
-    p.add_argument("fixed", help="fixed image (NIfTI), on the same voxel grid as the moving one")
-    p.add_argument("--model", "-m", required=True, help="checkpoint written by `fastwarp train`")
+    p.add_argument("fixed", help="fixed image (NIfTI); the outputs are on its grid")
+    p.add_argument("--model", "-m", help="checkpoint written by `fastwarp train`: its prediction (the start of --refine)")
+    p.add_argument("--affine", action="store_true",
+                   help="first estimate a 12-parameter affine (multi-resolution); written as a 4x4 world matrix")
+    p.add_argument("--matrix", help="where the affine goes (default <output stem>_affine.txt: an ITK transform file, "
+                                    "which ANTs and ITK read; another suffix writes the plain 4x4 RAS matrix)")
+    p.add_argument("--refine", nargs="?", type=int, const=0, metavar="STEPS",
+                   help="optimize the field for this pair, coarse to fine (STEPS per level; default: the measured "
+                        "schedule), from the network's prediction or from the identity")
+    p.add_argument("--diffeomorphic", action="store_true",
+                   help="with --refine: a stationary velocity field, integrated by scaling and squaring (no folding)")
+    p.add_argument("--similarity", choices=("ncc", "mse"), help="of --affine and --refine (default ncc)")
     p.add_argument("--output", "-o", required=True, help="warped moving image (.nii or .nii.gz)")
-    p.add_argument("--flow", help="also write the displacement field (X, Y, Z, 3) in voxels of the fixed grid")
+    p.add_argument("--flow", help="also write the deformable field (X, Y, Z, 3) in voxels of the fixed grid")
     p.add_argument("--labels", help="label map of the moving image: warped (nearest) and used for Dice")
     p.add_argument("--fixed-labels", help="label map of the fixed image, for Dice")
     p.add_argument("--labels-output", help="warped label map (default: <output stem>_labels.nii.gz when --labels)")
     p.add_argument("--figure", help="write the registration figure (PNG/PDF/SVG)")
     p.add_argument("--json", help="write the metrics as JSON")
+    p.add_argument("--seed", type=int, help="of the optimizations (default 0)")
     p.add_argument("--device", help="auto (cuda when present), cpu, cuda")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(**_defaults(RegisterConfig))
     return p
 

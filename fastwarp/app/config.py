@@ -69,21 +69,41 @@ class TrainConfig:
 @dataclass(frozen=True)
 class RegisterConfig:
     """What ``fastwarp register`` does; the fields are its options (``fastwarp register -h``).
-    Every output path is checked here, before anything is read or written."""
+    Every output path is checked here, before anything is read or written.
+
+    At least one of ``model`` (the network's prediction), ``affine`` and ``refine`` (the
+    instance optimization, from the prediction or from the identity) says what to do."""
 
     moving: str
-    fixed: str  # on the same voxel grid as the moving image
-    model: str  # a checkpoint written by fastwarp train
-    output: str  # the warped moving image
-    flow: str | None = None  # the displacement field (X, Y, Z, 3) in voxels of the fixed grid
+    fixed: str  # any voxel grid: the NIfTI affines say how the two lie in the world
+    model: str | None = None  # a checkpoint written by fastwarp train
+    output: str = ""  # the warped moving image (required)
+    flow: str | None = None  # the deformable part (X, Y, Z, 3) in voxels of the fixed grid
     labels: str | None = None  # the moving image's label map: warped (nearest), and Dice
     fixed_labels: str | None = None  # the fixed image's label map, for Dice
     labels_output: str | None = None  # the warped label map; None: <output stem>_labels.nii.gz
     figure: str | None = None
     json: str | None = None  # the metrics
+    affine: bool = False  # estimate a 12-parameter affine first
+    matrix: str | None = None  # where the affine goes; None: <output stem>_affine.txt with --affine
+    refine: int | None = None  # refine for this pair: None no, 0 the default schedule, N steps per level
+    diffeomorphic: bool = False  # refine a stationary velocity field (no folding)
+    similarity: str = "ncc"  # of the affine and the refinement: "ncc" or "mse"
+    seed: int = 0
     device: str = "auto"
+    quiet: bool = False  # no progress bar
 
     def __post_init__(self):
+        if not self.output:
+            raise ValueError("--output is required")
+        if self.model is None and not self.affine and self.refine is None:
+            raise ValueError("nothing to do: give --model, --refine or --affine")
+        if self.refine is not None and self.refine < 0:
+            raise ValueError(f"--refine takes a number of steps per level >= 0, got {self.refine}")
+        if self.diffeomorphic and self.refine is None:
+            raise ValueError("--diffeomorphic applies to --refine: give both")
+        if self.similarity not in ("ncc", "mse"):
+            raise ValueError(f"--similarity must be one of ['ncc', 'mse'], got {self.similarity!r}")
         for option, path in (("output", self.output), ("flow", self.flow), ("labels-output", self.warped_labels)):
             if path and not path.endswith(NIFTI_SUFFIXES):
                 raise ValueError(f"--{option}: {path} must end in .nii or .nii.gz")
@@ -97,3 +117,10 @@ class RegisterConfig:
             return self.labels_output
         stem = nifti_stem(self.output)
         return stem + "_labels" + self.output[len(stem):]
+
+    @property
+    def matrix_output(self) -> str | None:
+        """Where the affine matrix goes (None without ``affine``)."""
+        if not self.affine:
+            return None
+        return self.matrix or nifti_stem(self.output) + "_affine.txt"

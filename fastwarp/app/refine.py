@@ -38,10 +38,10 @@ class RefineConfig:
     """
 
     levels: tuple[int, ...] = (4, 2, 1)
-    iterations: tuple[int, ...] | int = (100, 100, 50)
+    iterations: tuple[int, ...] | int | None = None  # None: 100 per level, 50 at the last
     similarity: str = "ncc"  # "ncc" or "mse"
-    window: tuple[int, ...] | int = (5, 7, 9)
-    smooth: float = 1.0
+    window: tuple[int, ...] | int | None = None  # None: 9 at full resolution, 7 at 1/2, 5 coarser
+    smooth: float | None = None  # None: 1 with NCC, 0.01 with MSE (VoxelMorph's weights)
     diffeomorphic: bool = False
     steps: int = 7  # scaling and squaring steps (diffeomorphic)
     int_downsize: int = 2  # the velocity's grid: the level's reduced by this (diffeomorphic)
@@ -55,6 +55,10 @@ class RefineConfig:
         if not levels or any(f < 1 for f in levels):
             raise ValueError(f"refine levels must be positive integers (reduction factors), got {self.levels}")
         object.__setattr__(self, "levels", levels)
+        if self.iterations is None:
+            object.__setattr__(self, "iterations", (100,) * (len(levels) - 1) + (50,))
+        if self.window is None:
+            object.__setattr__(self, "window", tuple({1: 9, 2: 7}.get(f, 5) for f in levels))
         for name in ("iterations", "window", "lr"):
             value = getattr(self, name)
             per = tuple(value) if isinstance(value, Sequence) else (value,) * len(levels)
@@ -67,6 +71,8 @@ class RefineConfig:
             raise ValueError(f"refine window must be positive odd integers, got {self.window}")
         if self.similarity not in ("ncc", "mse"):
             raise ValueError(f"refine similarity must be 'ncc' or 'mse', got {self.similarity!r}")
+        if self.smooth is None:
+            object.__setattr__(self, "smooth", 1.0 if self.similarity == "ncc" else 0.01)
         if self.smooth < 0 or self.steps < 0 or self.tol < 0 or self.patience < 1:
             raise ValueError("refine smooth, steps and tol must be >= 0 and patience >= 1")
 
@@ -182,7 +188,7 @@ def refine(
             value = float(loss.detach())
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(level=factor, loss=f"{value:.4f}")
+                bar.set_postfix(level=factor, loss=f"{value:.4f}", refresh=False)
             if value < best - config.tol * abs(best if math.isfinite(best) else value):
                 best, since = value, 0
             else:

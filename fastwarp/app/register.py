@@ -195,46 +195,75 @@ def register_pair(
     return result
 
 
+def refine_config(config: RegisterConfig) -> RefineConfig:
+    """The refinement that ``fastwarp register --refine [STEPS]`` runs: the measured defaults,
+    or STEPS at every level."""
+    steps = {} if not config.refine else {"iterations": config.refine}
+    return RefineConfig(similarity=config.similarity, diffeomorphic=config.diffeomorphic, seed=config.seed, **steps)
+
+
 def register_files(config: RegisterConfig) -> dict:
     """Register as ``config`` says; returns the metrics, ``"outputs"`` the files written. Every
     file is read once, and everything is read and checked before anything is written."""
     device = resolve_device(config.device)
-    ckpt = load_checkpoint(config.model)
-    model = model_from_checkpoint(ckpt).to(device)
-    downsample = int(ckpt.get("args", {}).get("downsample", 1) or 1)
+    model, downsample = None, 1
+    if config.model is not None:
+        ckpt = load_checkpoint(config.model)
+        model = model_from_checkpoint(ckpt).to(device)
+        downsample = int(ckpt.get("args", {}).get("downsample", 1) or 1)
     moving = load_volume(config.moving, config.labels, normalize=False)  # intensities as stored
     fixed = load_volume(config.fixed, config.fixed_labels, normalize=False)
-    if moving.shape != fixed.shape:
-        raise ValueError(f"moving {config.moving} has shape {moving.shape} but fixed {config.fixed} has {fixed.shape}: "
-                         "resample them to one grid (an affine registration) first")
-    if fixed.image.ndim < model.ndim:  # a 2-D model registers volumes slice by slice; a 3-D one needs volumes
-        raise CheckpointError(f"--model: {config.model} is a {model.ndim}-D model, but {config.fixed} is a "
-                              f"{fixed.image.ndim}-D image")
-    multiple = model.multiple * downsample
-    if any(s < multiple // 2 for s in fixed.shape[:model.ndim]):
-        raise ValueError(f"fixed {config.fixed} of shape {fixed.shape} is too small for this model "
-                         f"(each side >= {multiple // 2})")
+    nd = fixed.image.ndim
+    if moving.image.ndim != nd:
+        raise ValueError(f"moving {config.moving} is {moving.image.ndim}-D but fixed {config.fixed} is {nd}-D")
+    if model is not None:
+        if nd < model.ndim:  # a 2-D model registers volumes slice by slice; a 3-D one needs volumes
+            raise CheckpointError(f"--model: {config.model} is a {model.ndim}-D model, but {config.fixed} is a "
+                                  f"{nd}-D image")
+        multiple = model.multiple * downsample
+        if any(s < multiple // 2 for s in fixed.shape[:model.ndim]):
+            raise ValueError(f"fixed {config.fixed} of shape {fixed.shape} is too small for this model "
+                             f"(each side >= {multiple // 2})")
+    if not config.affine and not _overlap(moving, fixed):
+        raise ValueError(f"moving {config.moving} and fixed {config.fixed} do not overlap in the world (their NIfTI "
+                         "affines place them apart): give --affine, which starts from their centres of mass")
 
-    moving_image, fixed_image = normalize_intensity(moving.image), normalize_intensity(fixed.image)
-    disp = predict_displacement(model, moving_image, fixed_image, device, downsample).cpu()
-    moving_labels = None if moving.labels is None else torch.from_numpy(moving.labels)[None, None]
-    fixed_labels = None if fixed.labels is None else torch.from_numpy(fixed.labels)[None, None]
-    metrics = evaluate(torch.from_numpy(moving_image)[None, None], torch.from_numpy(fixed_image)[None, None], disp,
-                       moving_labels, fixed_labels)
+    affine = None
+    if config.affine:
+        from .affine import AffineConfig
 
-    warped = warp(torch.from_numpy(moving.image)[None, None], disp)[0, 0]  # in the moving image's units
+        affine = AffineConfig(similarity=config.similarity, seed=config.seed)
+    result = register_pair(
+        normalize_intensity(moving.image), normalize_intensity(fixed.image), model=model, downsample=downsample,
+        refine=None if config.refine is None else refine_config(config), affine=affine,
+        moving_affine=moving.affine, fixed_affine=fixed.affine, moving_labels=moving.labels,
+        fixed_labels=fixed.labels, device=device, progress=not config.quiet)
+    metrics = result.metrics
+    metrics["seconds"] = result.seconds
+    metrics["stages"] = result.stages
+
+    warped = result.apply(torch.from_numpy(moving.image).to(device)).cpu()  # in the moving image's units
     outputs = [save_nifti(config.output, warped, fixed.affine, fixed.header, np.float32)]
+    disp = result.disp.cpu()
     if config.flow:
         flow = disp[0].movedim(0, -1)  # (X, Y, Z, ndim): NIfTI keeps the vector last
         outputs.append(save_nifti(config.flow, flow, fixed.affine, None, np.float32))
-    if moving_labels is not None:
-        warped_labels = warp(moving_labels, disp, mode="nearest")[0, 0].numpy().astype(np.int32)
+    if moving.labels is not None:
+        warped_labels = result.apply(torch.from_numpy(moving.labels), mode="nearest").cpu().numpy().astype(np.int32)
         outputs.append(save_nifti(config.warped_labels, warped_labels, fixed.affine, None, np.int32))
+    if result.affine is not None:
+        from .affine import save_matrix
+
+        outputs.append(save_matrix(config.matrix_output, result.affine))
+        metrics["affine"] = result.affine.tolist()
     if config.figure:
         from .figures import registration_figure
 
-        warped_image = warp(torch.from_numpy(moving_image)[None, None], disp)[0, 0]
-        outputs.append(registration_figure(fixed_image, moving_image, warped_image, disp, config.figure,
+        before = PairResult(torch.zeros_like(disp), result.warped, {}, 0.0, None,
+                            None if result.voxel_matrix is None else _voxel_matrix(moving.affine, fixed.affine, None, nd))
+        moving_image = before.apply(torch.from_numpy(normalize_intensity(moving.image))).cpu().numpy()
+        outputs.append(registration_figure(normalize_intensity(fixed.image), moving_image,
+                                           result.warped.cpu().numpy(), disp, config.figure,
                                            title=f"{os.path.basename(config.moving)} -> "
                                                  f"{os.path.basename(config.fixed)}"))
     metrics["outputs"] = outputs
@@ -247,12 +276,32 @@ def register_files(config: RegisterConfig) -> dict:
     return metrics
 
 
+def _overlap(moving: Volume, fixed: Volume) -> bool:
+    """Whether the two images' world bounding boxes (voxel centres) intersect."""
+    def box(vol):
+        shape = vol.image.shape
+        corners = np.array(np.meshgrid(*[[0, s - 1] for s in shape], indexing="ij")).reshape(len(shape), -1)
+        A = np.asarray(vol.affine, dtype=np.float64)
+        if len(shape) == 2:
+            A = A[np.ix_([0, 1, 3], [0, 1, 3])]
+        world = A[:-1, :-1] @ corners + A[:-1, -1:]
+        return world.min(axis=1), world.max(axis=1)
+
+    (lo_m, hi_m), (lo_f, hi_f) = box(moving), box(fixed)
+    return bool(np.all(lo_m <= hi_f + 1e-6) and np.all(lo_f <= hi_m + 1e-6))
+
+
 def format_metrics(ev: dict) -> str:
     lines = [f"  NCC   {ev['ncc_before']:.4f} -> {ev['ncc_after']:.4f}",
              f"  MSE   {ev['mse_before']:.5f} -> {ev['mse_after']:.5f}"]
     if "mean_dice_before" in ev:
         per = ", ".join(f"{k}: {ev['dice_before'][k]:.3f} -> {ev['dice_after'].get(k, float('nan')):.3f}" for k in ev["dice_before"])
         lines.append(f"  Dice  {ev['mean_dice_before']:.4f} -> {ev['mean_dice_after']:.4f}   (per label {per})")
+        if "mean_dice_affine" in ev:
+            lines.append(f"        {ev['mean_dice_affine']:.4f} after the affine alone")
     lines.append(f"  folding (det J <= 0): {100 * ev['folding_fraction']:.4f}% of voxels; "
                  f"det J in [{ev['jacobian_min']:.3f}, {ev['jacobian_max']:.3f}]")
+    if "seconds" in ev:
+        stages = ", ".join(f"{k} {v:.2f} s" for k, v in ev.get("stages", {}).items())
+        lines.append(f"  registration took {ev['seconds']:.2f} s" + (f" ({stages})" if stages else ""))
     return "\n".join(lines)
