@@ -8,7 +8,10 @@ are used, so ``import fastwarp`` stays light.
 - :mod:`~fastwarp.app.training`: the training step and the epoch loop.
 - :mod:`~fastwarp.app.checkpoints`: saving and loading the network.
 - :mod:`~fastwarp.app.runtime`: the device and the DDP processes.
-- :mod:`~fastwarp.app.register`: registration of a pair of files with a trained network.
+- :mod:`~fastwarp.app.affine`: 12-parameter affine registration, across voxel grids.
+- :mod:`~fastwarp.app.refine`: instance optimization of one pair (displacement or velocity).
+- :mod:`~fastwarp.app.register`: registration of a pair (affine, network, refinement), of tensors
+  (``register_pair``) or of NIfTI files (``register_files``, ``fastwarp register``).
 - :mod:`~fastwarp.app.metrics`, :mod:`~fastwarp.app.figures`: Dice, Jacobian, folding; the figure.
 - :mod:`~fastwarp.app.fields`: smooth random fields and VoxelMorph's sampling grid, in plain PyTorch.
 - :mod:`~fastwarp.app.cli`, :mod:`~fastwarp.app.demo`, :mod:`~fastwarp.app.check`: the ``fastwarp``
