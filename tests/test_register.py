@@ -166,3 +166,23 @@ def test_register_bad_output_suffix(synth, model3d, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "--output" in err and "w.png" in err and "\n" not in err
     assert os.listdir(tmp_path) == []
+
+
+def test_register_affine_and_refine_without_a_model(synth, tmp_path, capsys):
+    """Raw scans on two grids: --affine then --refine, no network; the affine comes out as an
+    ITK transform file that load_matrix reads back."""
+    from fastwarp.app.affine import load_matrix
+
+    (mov, mov_lab), (fix, fix_lab) = synth["paths"]["moving"], synth["paths"]["fixed"]
+    out, js = tmp_path / "w.nii.gz", tmp_path / "m.json"
+    rc = cli.main(["register", mov, fix, "--affine", "--refine", "20", "--output", str(out), "--labels", mov_lab,
+                   "--fixed-labels", fix_lab, "--json", str(js), "--device", "cpu", "--quiet"])
+    assert rc == 0
+    stdout = capsys.readouterr().out
+    assert "after the affine alone" in stdout and "registration took" in stdout
+    matrix = tmp_path / "w_affine.txt"
+    metrics = json.loads(js.read_text())
+    assert str(matrix) in metrics["outputs"] and set(metrics["stages"]) == {"affine", "refine"}
+    np.testing.assert_allclose(load_matrix(matrix), np.array(metrics["affine"]), atol=1e-9)
+    assert metrics["mean_dice_after"] >= metrics["mean_dice_affine"] - 0.02
+    assert nib.load(out).shape == nib.load(fix).shape

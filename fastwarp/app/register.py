@@ -232,7 +232,12 @@ def register_files(config: RegisterConfig) -> dict:
     if config.affine:
         from .affine import AffineConfig
 
-        affine = AffineConfig(similarity=config.similarity, seed=config.seed)
+        # The affine's finest level is ~2 mm whatever the voxels (finer costs time and gains
+        # nothing measurable: 1 mm images at (4, 2, 1) took 12.8 s, at (8, 4, 2) 1.5 s and agreed
+        # better with the 2 mm result).
+        voxel = float(np.min(np.linalg.norm(np.asarray(fixed.affine, dtype=np.float64)[:nd, :nd], axis=0)))
+        base = max(1, round(2.0 / voxel)) if voxel > 0 else 1
+        affine = AffineConfig(levels=(4 * base, 2 * base, base), similarity=config.similarity, seed=config.seed)
     result = register_pair(
         normalize_intensity(moving.image), normalize_intensity(fixed.image), model=model, downsample=downsample,
         refine=None if config.refine is None else refine_config(config), affine=affine,
