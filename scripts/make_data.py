@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Build fastwarp/data/embedded/: two real T1 brain MRIs on one 2 mm grid, with tissue labels.
+"""Build fastwarp/data/embedded/: two real T1 brain MRIs on one 2 mm grid, with tissue labels
+(and, with --voxel-mm 1, the same two brains on a 1 mm grid, into a cache folder).
 
 A developer tool, not run-time code: it needs numpy, scipy and nibabel (matplotlib too for
---preview), reads two archives that you downloaded beforehand, and uses no network.
+--preview), reads two archives that you downloaded beforehand, and uses no network unless
+--fetch asks it to download them (with pip and apt-get, as below).
 
 Subjects
 --------
@@ -35,8 +37,13 @@ Running
     python scripts/make_data.py --download-dir SRC
     python scripts/make_data.py --nilearn SRC/nilearn-0.14.1-py3-none-any.whl \\
         --mricron-data SRC/mricron-data_1.2.20211006+dfsg-4_all.deb [--out DIR] [--preview x.png]
+    python scripts/make_data.py --fetch [--voxel-mm 1]
+        # --fetch [SRC]: runs the two download commands above into SRC (default
+        # ~/.cache/fastwarp/sources; archives already there are reused), then builds
 
-Outputs (in --out, default fastwarp/data/embedded/ of this repository):
+Outputs (in --out, default fastwarp/data/embedded/ of this repository; with --voxel-mm 1,
+default $FASTWARP_DATA_1MM or ~/.cache/fastwarp/data-1mm, which is where
+fastwarp.app.data.subjects.embedded_1mm() looks; about 4 MB, so not in the repository):
     mni152_t1.nii.gz  mni152_labels.nii.gz  colin27_t1.nii.gz  colin27_labels.nii.gz  README.md
 
 Processing (identical for both subjects)
@@ -58,7 +65,11 @@ Processing (identical for both subjects)
    union of both brain masks' world bounding boxes plus at least 2 voxels of margin on every
    side, each axis rounded up to a multiple of 16 voxels and centred on the union box.
    Because both sources have 1 mm voxels centred on integer mm, every 2 mm voxel covers
-   exactly 2x2x2 source voxels.
+   exactly 2x2x2 source voxels. (80x96x96 voxels.)
+   With --voxel-mm 1: the same rule on a 1 mm grid, voxel centres on integer mm, so every
+   voxel is one source voxel and steps 5's resampling only copies voxels: 160x192x176
+   (the union box is 145x181x157 mm; with the 2-voxel margin, 176 is the multiple of 16
+   that holds 161 in z).
 5. Resampling with scipy.ndimage.map_coordinates through each file's affine:
    intensities trilinear (order 1) -- on this grid that is the exact mean of the 2x2x2 block
    -- then rounded (half to even) to uint8; labels by majority: each class's one-hot
@@ -92,7 +103,12 @@ from scipy import ndimage as ndi
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO, "fastwarp", "data", "embedded")
 
-VOXEL_MM = 2.0
+VOXEL_MM = 2.0  # the embedded data; --voxel-mm 1 for the 1 mm versions
+DEFAULT_OUT_1MM = os.environ.get("FASTWARP_DATA_1MM") or os.path.join(
+    os.path.expanduser("~"), ".cache", "fastwarp", "data-1mm")  # as fastwarp.app.data.subjects
+DEFAULT_SOURCES = os.path.join(os.path.expanduser("~"), ".cache", "fastwarp", "sources")
+NILEARN_PIN = "nilearn==0.14.1"
+MRICRON_PIN = "mricron-data=1.2.20211006+dfsg-4"
 MARGIN_VOX = 2
 MULTIPLE = 16
 PERCENTILE = 99.5
@@ -105,13 +121,13 @@ SUBJECTS = {
         "archive": "nilearn",
         "member": NILEARN_DATA + "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
         "sha256": "421a10e872fd6cadae7f61d358dffbcc1795a497d61ee76c5dda2503e1a1e9e6",
-        "descrip": "fastwarp embedded: ICBM152 2009a sym T1 (nilearn), 2mm",
+        "descrip": "fastwarp embedded: ICBM152 2009a sym T1 (nilearn), {mm}mm",
     },
     "colin27": {
         "archive": "mricron-data",
         "member": "usr/share/mricron/templates/ch2bet.nii.gz",
         "sha256": "592a2d20abdf36eefcb540ca8958428040edffc1bc1a18ba1dcfbabac77c5dd1",
-        "descrip": "fastwarp embedded: Colin27 ch2bet (mricron-data), 2mm",
+        "descrip": "fastwarp embedded: Colin27 ch2bet (mricron-data), {mm}mm",
     },
 }
 # Used only to check the labels (not written): nilearn's GM / WM probability maps of the template.
@@ -337,19 +353,21 @@ def world_bbox(mask: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.nda
     return w.min(0), w.max(0)
 
 
-def common_grid(boxes) -> tuple[tuple[int, int, int], np.ndarray]:
+def common_grid(boxes, voxel_mm: float = VOXEL_MM) -> tuple[tuple[int, int, int], np.ndarray]:
     lo = np.min([b[0] for b in boxes], axis=0)
     hi = np.max([b[1] for b in boxes], axis=0)
-    need = (hi - lo) + 2 * MARGIN_VOX * VOXEL_MM
-    shape = tuple(int(np.ceil(np.ceil(n / VOXEL_MM - 1e-9) / MULTIPLE) * MULTIPLE) for n in need)
+    need = (hi - lo) + 2 * MARGIN_VOX * voxel_mm
+    shape = tuple(int(np.ceil(np.ceil(n / voxel_mm - 1e-9) / MULTIPLE) * MULTIPLE) for n in need)
     mid = (lo + hi) / 2
-    # first voxel centre, snapped to a half-integer mm; grid centre = origin + (N-1) * 2 / 2
-    origin = np.floor(mid - (np.array(shape) - 1) * VOXEL_MM / 2) + 0.5
-    affine = np.diag([VOXEL_MM, VOXEL_MM, VOXEL_MM, 1.0])
+    # first voxel centre, snapped so that each voxel covers whole 1 mm source voxels (centred
+    # on integer mm): a half-integer mm at 2 mm, an integer at 1 mm;
+    # grid centre = origin + (N-1) * voxel_mm / 2
+    origin = np.floor(mid - (np.array(shape) - 1) * voxel_mm / 2) + ((voxel_mm - 1) / 2) % 1
+    affine = np.diag([voxel_mm, voxel_mm, voxel_mm, 1.0])
     affine[:3, 3] = origin
-    start = origin - VOXEL_MM / 2
-    end = origin + (np.array(shape) - 0.5) * VOXEL_MM
-    assert np.all(lo - start >= MARGIN_VOX * VOXEL_MM) and np.all(end - hi >= MARGIN_VOX * VOXEL_MM)
+    start = origin - voxel_mm / 2
+    end = origin + (np.array(shape) - 0.5) * voxel_mm
+    assert np.all(lo - start >= MARGIN_VOX * voxel_mm) and np.all(end - hi >= MARGIN_VOX * voxel_mm)
     return shape, affine
 
 
@@ -410,16 +428,26 @@ def fence(text: str) -> str:
 
 
 def write_readme(path, archives, grid_shape, grid_affine, files, stats, pair_dice, brain_dice,
-                 mni_check, licences):
+                 mni_check, licences, voxel_mm: float = VOXEL_MM):
     nl, deb = archives["nilearn"], archives["mricron-data"]
+    fine = voxel_mm == 1
     L = []
     add = L.append
-    add("# Embedded brain MRI (fastwarp/data/embedded)\n")
-    add("Two real T1-weighted brain MRIs, both already in MNI space, resampled onto one common "
-        "2 mm grid, each with a 4-class tissue label map made the same way. Built by "
-        "`scripts/make_data.py` (its docstring says how to obtain the two source archives); "
-        "nothing here is fetched at run time. Re-run with:\n")
-    add("```sh\npython scripts/make_data.py --download-dir SRC\n```\n")
+    if fine:
+        add("# Brain MRI at 1 mm (the embedded pair's 1 mm versions)\n")
+        add("The two brains of `fastwarp/data/embedded/` made the same way on a common 1 mm grid "
+            "instead of 2 mm, each with a 4-class tissue label map. Built by "
+            "`scripts/make_data.py --voxel-mm 1` (its docstring says how to obtain the two source "
+            "archives; `--fetch` downloads them); not part of the repository "
+            "(`fastwarp.app.data.subjects.embedded_1mm()` finds them). Re-run with:\n")
+        add("```sh\npython scripts/make_data.py --voxel-mm 1 --download-dir SRC\n```\n")
+    else:
+        add("# Embedded brain MRI (fastwarp/data/embedded)\n")
+        add("Two real T1-weighted brain MRIs, both already in MNI space, resampled onto one common "
+            "2 mm grid, each with a 4-class tissue label map made the same way. Built by "
+            "`scripts/make_data.py` (its docstring says how to obtain the two source archives); "
+            "nothing here is fetched at run time. Re-run with:\n")
+        add("```sh\npython scripts/make_data.py --download-dir SRC\n```\n")
     add("where SRC holds `nilearn-0.14.1-py3-none-any.whl` and "
         "`mricron-data_1.2.20211006+dfsg-4_all.deb`.\n")
     add("## Files\n")
@@ -431,12 +459,16 @@ def write_readme(path, archives, grid_shape, grid_affine, files, stats, pair_dic
     add("")
     add("Label values: " + ", ".join(f"{k} {v}" for k, v in LABEL_NAMES.items()) + ".\n")
     add("## Grid\n")
-    add(f"- shape {'x'.join(map(str, grid_shape))} voxels of {VOXEL_MM:g} mm, axes RAS "
+    add(f"- shape {'x'.join(map(str, grid_shape))} voxels of {voxel_mm:g} mm, axes RAS "
         "(i: left to right, j: posterior to anterior, k: inferior to superior)")
     add("- affine (voxel index to MNI world mm), written as both qform and sform, code 4 (MNI152):\n")
     add(fence(fmt_affine(grid_affine)) + "\n")
-    add("- voxel centres lie on half-integer mm, so each 2 mm voxel covers exactly 2x2x2 of "
-        "the 1 mm source voxels (both sources have 1 mm voxels centred on integer mm)")
+    if fine:
+        add("- voxel centres lie on integer mm, so each voxel is exactly one of the 1 mm source "
+            "voxels (both sources have 1 mm voxels centred on integer mm)")
+    else:
+        add("- voxel centres lie on half-integer mm, so each 2 mm voxel covers exactly 2x2x2 of "
+            "the 1 mm source voxels (both sources have 1 mm voxels centred on integer mm)")
     add(f"- extent: the union of both brain masks' world boxes plus at least {MARGIN_VOX} voxels "
         f"on each side, each axis rounded up to a multiple of {MULTIPLE}, centred on that union\n")
     add("## Sources\n")
@@ -475,12 +507,15 @@ def write_readme(path, archives, grid_shape, grid_affine, files, stats, pair_dic
         "threshold pairs; no randomness): below t1 CSF (1), [t1, t2) grey matter (2), from t2 "
         "white matter (3).")
     add("4. Resampled to the grid through each file's affine with "
-        "`scipy.ndimage.map_coordinates`: intensities trilinear (here the exact 2x2x2 mean), "
-        "rounded half to even to uint8; labels by majority (each class's one-hot indicator "
-        "resampled trilinearly, argmax, ties to the lower label, so a voxel that is half brain "
-        "is background). So `t1 > 0` is slightly larger than `labels > 0`: a rim of boundary "
-        "voxels that are at most half brain keep their partial-volume intensity but are "
-        "labelled background.")
+        + ("`scipy.ndimage.map_coordinates`: on this grid every voxel is one source voxel, so the "
+           "intensities are the scaled source values rounded half to even to uint8 and the labels "
+           "are the source labels." if fine else
+           "`scipy.ndimage.map_coordinates`: intensities trilinear (here the exact 2x2x2 mean), "
+           "rounded half to even to uint8; labels by majority (each class's one-hot indicator "
+           "resampled trilinearly, argmax, ties to the lower label, so a voxel that is half brain "
+           "is background). So `t1 > 0` is slightly larger than `labels > 0`: a rim of boundary "
+           "voxels that are at most half brain keep their partial-volume intensity but are "
+           "labelled background."))
     add("5. Written as gzip NIfTI-1 with mtime 0 and no file name in the gzip header (level 9), "
         "so a re-run gives byte-identical files with the same zlib and identical voxel values "
         "in any case.\n")
@@ -558,17 +593,46 @@ def preview(path, grid_shape, out):
 # --------------------------------------------------------------------------- main
 
 
+def fetch_sources(folder: str) -> None:
+    """Download the two source archives into ``folder`` with their ordinary clients (pip, and
+    apt-get, which needs a Debian bookworm source list), unless one is already there. Their
+    checksums are the docstring's; the image files inside are checked again when read."""
+    import subprocess
+
+    os.makedirs(folder, exist_ok=True)
+    if not glob.glob(os.path.join(folder, "nilearn-*.whl")):
+        subprocess.run([sys.executable, "-m", "pip", "download", NILEARN_PIN, "--no-deps",
+                        "--only-binary=:all:", "-d", folder], check=True)
+    if not glob.glob(os.path.join(folder, "mricron-data_*.deb")):
+        cmd = ["apt-get", "download", MRICRON_PIN]
+        if subprocess.run(cmd, cwd=folder).returncode != 0:  # the package lists may be missing
+            subprocess.run(["apt-get", "update"], check=True)
+            subprocess.run(cmd, cwd=folder, check=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--download-dir", help="folder with nilearn-*.whl and mricron-data_*.deb")
     ap.add_argument("--nilearn", help="the nilearn wheel, or a folder it was unzipped into")
     ap.add_argument("--mricron-data", help="the mricron-data .deb, or a folder from dpkg -x")
-    ap.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: %(default)s)")
+    ap.add_argument("--out", help=f"output folder (default: {DEFAULT_OUT}; with --voxel-mm 1, {DEFAULT_OUT_1MM})")
+    ap.add_argument("--voxel-mm", type=int, choices=(2, 1), default=2,
+                    help="grid spacing: 2 (default, the embedded data) or 1 (the 1 mm versions)")
+    ap.add_argument("--fetch", nargs="?", const=DEFAULT_SOURCES, metavar="SRC",
+                    help=f"download the two archives into SRC first (default {DEFAULT_SOURCES}; "
+                         f"`pip download {NILEARN_PIN}` and `apt-get download {MRICRON_PIN}`, skipped "
+                         "for an archive already there), then read them from there")
     ap.add_argument("--preview", help="also save a PNG of mid-axial / mid-coronal slices here")
     ap.add_argument("--no-verify", action="store_true",
                     help="accept source images whose sha256 differs from the expected one")
     args = ap.parse_args(argv)
+    voxel_mm = float(args.voxel_mm)
+    if args.out is None:
+        args.out = DEFAULT_OUT if args.voxel_mm == 2 else DEFAULT_OUT_1MM
+    if args.fetch:
+        fetch_sources(args.fetch)
+        args.download_dir = args.download_dir or args.fetch
 
     paths = {"nilearn": args.nilearn, "mricron-data": args.mricron_data}
     pattern = {"nilearn": "nilearn-*.whl", "mricron-data": "mricron-data_*.deb"}
@@ -608,7 +672,7 @@ def main(argv=None) -> int:
         except (SystemExit, KeyError) as e:
             print(f"skipping the check against nilearn's GM/WM maps: {e}", file=sys.stderr)
 
-    grid_shape, grid_affine = common_grid([s["box"] for s in src.values()])
+    grid_shape, grid_affine = common_grid([s["box"] for s in src.values()], voxel_mm)
     os.makedirs(args.out, exist_ok=True)
     out, files, stats = {}, [], {}
     for name, s in src.items():
@@ -618,7 +682,7 @@ def main(argv=None) -> int:
         out[name] = (t1, lab)
         for arr, suffix, content, is_lab in [(t1, "t1", "T1, brain only, 0..255", False),
                                              (lab, "labels", "tissue labels 0..3", True)]:
-            blob = nifti_bytes(arr, grid_affine, SUBJECTS[name]["descrip"]
+            blob = nifti_bytes(arr, grid_affine, SUBJECTS[name]["descrip"].format(mm=f"{voxel_mm:g}")
                                + ("" if not is_lab else " labels"), is_lab)
             fname = f"{name}_{suffix}.nii.gz"
             with open(os.path.join(args.out, fname), "wb") as f:
@@ -659,10 +723,10 @@ def main(argv=None) -> int:
         deb_copy.decode("utf-8")))
 
     write_readme(os.path.join(args.out, "README.md"), archives, grid_shape, grid_affine,
-                 files, stats, pair_dice, brain_dice, mni_check, licences)
+                 files, stats, pair_dice, brain_dice, mni_check, licences, voxel_mm)
 
     # summary
-    print(f"grid {grid_shape} at {VOXEL_MM:g} mm, affine:\n{fmt_affine(grid_affine)}")
+    print(f"grid {grid_shape} at {voxel_mm:g} mm, affine:\n{fmt_affine(grid_affine)}")
     for name, s in stats.items():
         print(f"{name}: p99.5={s['p995']:g} otsu={s['thr']} t1 {s['min']}..{s['max']} "
               f"fractions " + " ".join(f"{LABEL_NAMES[k]}={x:.4f}" for k, x in zip(LABEL_NAMES, s['frac'])))

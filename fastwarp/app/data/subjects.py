@@ -1,6 +1,6 @@
 """Where the subjects are: :func:`find_volumes` lists a folder of NIfTI files or a list file as
 :class:`VolumeSpec` entries (an image and its label map); :func:`embedded` gives the brains
-shipped with fastwarp."""
+shipped with fastwarp, :func:`embedded_1mm` their 1 mm versions when they have been made."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .nifti import NIFTI_SUFFIXES, nifti_stem
 
-__all__ = ["VolumeSpec", "find_volumes", "embedded", "EMBEDDED_DIR"]
+__all__ = ["VolumeSpec", "find_volumes", "embedded", "embedded_1mm", "data_1mm_dir", "EMBEDDED_DIR"]
 
 # Shipped as the package data of fastwarp.data (made by scripts/make_data.py).
 EMBEDDED_DIR = pathlib.Path(__file__).resolve().parents[2] / "data" / "embedded"
@@ -66,14 +66,42 @@ def find_volumes(source: str | os.PathLike) -> list[VolumeSpec]:
     return specs
 
 
+def _pair(folder: pathlib.Path) -> list[tuple[pathlib.Path, pathlib.Path]]:
+    return [(folder / f"{name}_t1.nii.gz", folder / f"{name}_labels.nii.gz") for name in ("mni152", "colin27")]
+
+
 def embedded() -> list[VolumeSpec]:
     """The real brains shipped with fastwarp (see ``fastwarp/data/embedded/README.md``):
     the MNI152 2009 template and the Colin27 brain, on one 2 mm MNI grid, each with a
     tissue label map (1 CSF, 2 grey matter, 3 white matter). The first is the atlas."""
     specs = []
-    for name in ("mni152", "colin27"):
-        image, labels = EMBEDDED_DIR / f"{name}_t1.nii.gz", EMBEDDED_DIR / f"{name}_labels.nii.gz"
+    for image, labels in _pair(EMBEDDED_DIR):
         if not image.exists():
             raise FileNotFoundError(f"the embedded data file {image} is missing: reinstall fastwarp")
         specs.append(VolumeSpec(str(image), str(labels) if labels.exists() else None))
     return specs
+
+
+def data_1mm_dir() -> pathlib.Path:
+    """Where :func:`embedded_1mm` looks: ``$FASTWARP_DATA_1MM``, else ``~/.cache/fastwarp/data-1mm``
+    (``scripts/make_data.py --voxel-mm 1`` writes there by default)."""
+    return pathlib.Path(os.environ.get("FASTWARP_DATA_1MM") or pathlib.Path.home() / ".cache" / "fastwarp" / "data-1mm")
+
+
+def embedded_1mm(folder: str | os.PathLike | None = None, missing_ok: bool = False) -> list[VolumeSpec] | None:
+    """The embedded pair at 1 mm (160x192x176; [mni152, colin27], each with its tissue labels),
+    made from the same sources in the same way by ``scripts/make_data.py --voxel-mm 1``. They are
+    not shipped (about 4 MB): they are looked for in ``folder``, default :func:`data_1mm_dir`.
+    When they are missing: None if ``missing_ok``, else a FileNotFoundError saying how to make them."""
+    folder = pathlib.Path(folder) if folder is not None else data_1mm_dir()
+    pairs = _pair(folder)
+    missing = [str(p) for pair in pairs for p in pair if not p.exists()]
+    if missing:
+        if missing_ok:
+            return None
+        raise FileNotFoundError(
+            f"the 1 mm data are not in {folder} (missing {', '.join(os.path.basename(m) for m in missing)}): make "
+            "them once with `python scripts/make_data.py --fetch --voxel-mm 1` from a fastwarp checkout (it "
+            "downloads the two source archives with pip and apt-get; add --out DIR and set FASTWARP_DATA_1MM=DIR "
+            "for another folder)")
+    return [VolumeSpec(str(image), str(labels)) for image, labels in pairs]

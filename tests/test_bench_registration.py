@@ -1,0 +1,224 @@
+"""The registration benchmark (fastwarp/app/bench/registration.py): the peers' fields converted to
+fastwarp's convention (checked against each peer's own warped image, on a grid with unequal
+spacings and ITK's LPS flips), the driver's table, JSON and goals on tiny runs, and the 1 mm data's
+grid and finder. The peers (antspyx, SimpleITK) are skipped when not installed."""
+
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastwarp
+from fastwarp.app.bench import registration as R
+from fastwarp.app.data import normalize_intensity
+from fastwarp.app.data.subjects import embedded_1mm
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+HAS_ANTS = importlib.util.find_spec("ants") is not None
+HAS_SITK = importlib.util.find_spec("SimpleITK") is not None
+needs_ants = pytest.mark.skipif(not HAS_ANTS, reason="antspyx not installed (pip install antspyx)")
+needs_sitk = pytest.mark.skipif(not HAS_SITK, reason="SimpleITK not installed (pip install SimpleITK)")
+
+# Voxel -> world (RAS, mm) with unequal spacings, the first axis running right to left and an
+# offset: a wrong sign, axis order or spacing in the conversion shows.
+AFFINE = np.array([[-2.0, 0.0, 0.0, 30.0],
+                   [0.0, 1.5, 0.0, -20.0],
+                   [0.0, 0.0, 1.25, 5.0],
+                   [0.0, 0.0, 0.0, 1.0]])
+SHAPE = (20, 24, 18)
+
+
+def synthetic_pair(shape=SHAPE, seed=0, amplitude=2.0) -> R.Pair:
+    """A textured blob and the same blob under a smooth deformation of about ``amplitude`` voxels,
+    normalized to [0, 1], with labels 1-3 by intensity."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.meshgrid([torch.linspace(-1, 1, s) for s in shape], indexing="ij")
+    texture = F.interpolate(torch.randn(1, 1, 4, 4, 4, generator=g), size=shape, mode="trilinear", align_corners=True)
+    fixed = (torch.exp(-3.0 * sum(c ** 2 for c in x)) * (1.5 + 0.5 * texture)).clamp_min(0)
+    disp = amplitude * F.interpolate(torch.randn(1, 3, 3, 3, 3, generator=g), size=shape, mode="trilinear",
+                                     align_corners=True)
+    moving = fastwarp.warp(fixed, disp)
+    fixed, moving = (normalize_intensity(t[0, 0].numpy()) for t in (fixed, moving))
+
+    def labels(a):
+        return np.digitize(a, [0.15, 0.45, 0.75]).astype(np.int64)
+
+    return R.Pair("moving-to-fixed", 1.5, moving, fixed, labels(moving), labels(fixed), AFFINE)
+
+
+def test_itk_geometry_is_lps_of_the_nifti_affine():
+    origin, spacing, direction = R.itk_geometry(AFFINE)
+    np.testing.assert_allclose(spacing, [2.0, 1.5, 1.25])
+    idx = np.array([3.0, 5.0, 7.0])
+    world = AFFINE[:3, :3] @ idx + AFFINE[:3, 3]
+    np.testing.assert_allclose(origin + direction @ (spacing * idx), world * [-1, -1, 1])
+    if HAS_SITK:  # SimpleITK's own index -> physical map on an image with that geometry
+        import SimpleITK as sitk
+
+        img = sitk.Image([int(s) for s in SHAPE], sitk.sitkFloat32)
+        img.SetOrigin(tuple(origin))
+        img.SetSpacing(tuple(spacing))
+        img.SetDirection(tuple(direction.flatten()))
+        np.testing.assert_allclose(img.TransformContinuousIndexToPhysicalPoint(tuple(idx)), world * [-1, -1, 1])
+
+
+def test_voxel_displacement_from_a_known_physical_field():
+    # Axis 0 runs to world -x (to the left) in 2 mm steps, which is LPS +x:
+    # 1 mm of LPS x is +1/2 voxel. Axis 1 runs to world +y (anterior), LPS -y, in 1.5 mm steps: 1.5 mm
+    # of LPS y is -1 voxel. Axis 2 runs to world +z = LPS +z in 1.25 mm steps: 2.5 mm is +2 voxels.
+    u = np.zeros((*SHAPE, 3))
+    u[..., 0], u[..., 1], u[..., 2] = 1.0, 1.5, 2.5
+    disp = R.itk_to_voxel_displacement(u, AFFINE)
+    assert disp.shape == (1, 3, *SHAPE)
+    torch.testing.assert_close(disp[0, :, 0, 0, 0], torch.tensor([0.5, -1.0, 2.0]))
+
+
+def _check_peer(pair: R.Pair, peer: R.PeerResult):
+    """The peer's converted field through fastwarp.warp reproduces the peer's warped image, and a
+    field converted without the LPS flip would not (the check is not vacuous)."""
+    assert peer.disp.shape == (1, 3, *pair.fixed.shape)
+    assert float(peer.disp.abs().max()) > 0.3, "the registration barely moved: the check would prove little"
+    assert R.warp_check(pair.moving, peer) < 1e-4
+    wrong = R.PeerResult(peer.disp * torch.tensor([-1.0, -1.0, 1.0]).view(1, 3, 1, 1, 1), peer.warped, None, 0.0)
+    assert R.warp_check(pair.moving, wrong) > 1e-2
+    # the peer's nearest-neighbour labels and fastwarp's through the converted field (ties at exactly
+    # half a voxel may round either way)
+    mine = fastwarp.warp(torch.from_numpy(pair.moving_labels)[None, None], peer.disp, mode="nearest")[0, 0].numpy()
+    assert (mine == peer.warped_labels).mean() > 0.99
+    assert peer.seconds > 0
+
+
+@needs_ants
+def test_ants_field_conversion():
+    pair = synthetic_pair()
+    peer = R.ants_syn(pair.moving, pair.fixed, pair.moving_labels, schedule=(20, 10), affine=pair.affine, threads=1)
+    _check_peer(pair, peer)
+    assert peer.settings["transform"] == "SyNOnly" and peer.settings["reg_iterations"] == [20, 10]
+    again = R.ants_syn(pair.moving, pair.fixed, None, schedule=(20, 10), affine=pair.affine, threads=1)
+    torch.testing.assert_close(again.disp, peer.disp, rtol=0, atol=0)  # deterministic
+
+
+@needs_sitk
+def test_demons_field_conversion():
+    pair = synthetic_pair()
+    peer = R.sitk_demons(pair.moving, pair.fixed, pair.moving_labels, schedule=(10, 10), shrink=(2, 1),
+                         affine=pair.affine, threads=1)
+    _check_peer(pair, peer)
+    assert peer.settings["iterations"] == [10, 10]
+    with pytest.raises(ValueError, match="one iteration count per level"):
+        R.sitk_demons(pair.moving, pair.fixed, schedule=(10,), shrink=(2, 1))
+
+
+def test_driver_tiny_run_table_json_markdown():
+    pair = synthetic_pair(shape=(16, 16, 16))
+    methods = ["identity", "refine", "network", "ants-syn", "demons"]
+    lines = []
+
+    class Out:
+        def write(self, s):
+            lines.append(s)
+
+        def flush(self):
+            pass
+
+    result = R.run([pair], methods, threads=1, model="none", quick=True, command="test", out=Out())
+    rows = {r["method"]: r for r in result["rows"]}
+    assert list(rows) == methods
+    assert rows["identity"]["seconds"] == 0.0 and rows["identity"]["folding_percent"] == 0.0
+    assert rows["network"]["status"] == "skipped" and "none" in rows["network"]["reason"]
+    for name in ("identity", "refine"):
+        r = rows[name]
+        assert r["status"] == "ok" and set(r["dice"]) <= {1, 2, 3} and 0 <= r["mean_dice"] <= 1
+        assert r["mean_dice"] == pytest.approx(sum(r["dice"].values()) / len(r["dice"]))
+    assert rows["refine"]["seconds"] > 0 and rows["refine"]["settings"]["refine"]["iterations"] == [3, 2]
+    for name, installed in (("ants-syn", HAS_ANTS), ("demons", HAS_SITK)):
+        r = rows[name]
+        if installed:
+            assert r["status"] == "ok" and r["warp_check"] < 1e-4 and r["settings"]["threads"] == 1
+        else:
+            assert r["status"] == "not installed"
+    printed = "".join(lines)
+    assert "mean Dice" in printed and "refine" in printed and "skipped" in printed
+    text = json.dumps(result)  # serializable
+    assert json.loads(text)["meta"]["quick"] is True
+    md = R.format_markdown(result)
+    assert "| **refine** | moving-to-fixed | 1.5 |" in md and "warp check" in md
+
+
+def test_goals():
+    def row(method, mean, fold, sec, res=2.0, direction="colin27-to-mni152"):
+        return dict(method=method, direction=direction, resolution=res, status="ok", mean_dice=mean,
+                    folding_percent=fold, seconds=sec)
+
+    rows = [row("ants-syn-long", 0.67, 0.0, 25.0), row("refine-diffeo", 0.73, 0.0, 4.0), row("refine", 0.71, 0.2, 1.5),
+            row("ants-syn-long", 0.66, 0.0, 300.0, 1.0), row("refine-diffeo", 0.70, 0.005, 31.0, 1.0)]
+    goals = {(g["resolution"], g["method"]): g for g in R.evaluate_goals(rows)}
+    assert goals[2.0, "refine-diffeo"]["met"]
+    assert not goals[2.0, "refine"]["met"] and not goals[2.0, "refine"]["dice_met"]
+    assert goals[2.0, "refine"]["folding_met"] is None and goals[2.0, "refine"]["seconds_met"]
+    g1 = goals[1.0, "refine-diffeo"]
+    assert g1["seconds_goal"] == pytest.approx(30.0) and not g1["seconds_met"] and g1["dice_met"]
+
+
+def test_main_quick_on_the_embedded_pair(tmp_path, capsys):
+    js, md = tmp_path / "r.json", tmp_path / "r.md"
+    methods = "identity,ants-syn,demons"
+    assert R.main(["--quick", "--methods", methods, "--directions", "colin27-to-mni152", "--model", "none",
+                   "--json", str(js), "--markdown", str(md)]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(js.read_text())
+    assert [r["method"] for r in result["rows"]] == methods.split(",")
+    assert all(r["shape"] == [80, 96, 96] and r["resolution"] == 2.0 for r in result["rows"])
+    identity = result["rows"][0]
+    assert identity["mean_dice"] == pytest.approx(0.5542, abs=1e-4)  # the embedded README's figures
+    assert "colin27-to-mni152" in out and md.read_text().startswith("#### `python -m fastwarp.app.bench.registration")
+
+
+def test_main_rejects_bad_methods(capsys):
+    with pytest.raises(SystemExit):
+        R.main(["--methods", "refine,nope"])
+    assert "--methods" in capsys.readouterr().err
+
+
+def test_embedded_1mm_finder(tmp_path, monkeypatch):
+    assert embedded_1mm(tmp_path, missing_ok=True) is None
+    with pytest.raises(FileNotFoundError, match="make_data.py --fetch --voxel-mm 1"):
+        embedded_1mm(tmp_path)
+    for name in ("mni152", "colin27"):
+        for kind in ("t1", "labels"):
+            (tmp_path / f"{name}_{kind}.nii.gz").write_bytes(b"")
+    monkeypatch.setenv("FASTWARP_DATA_1MM", str(tmp_path))
+    specs = embedded_1mm()
+    assert [pathlib.Path(s.image).name for s in specs] == ["mni152_t1.nii.gz", "colin27_t1.nii.gz"]
+    assert all(pathlib.Path(s.labels).parent == tmp_path for s in specs)
+
+
+@pytest.mark.skipif(embedded_1mm(missing_ok=True) is None,
+                    reason="1 mm data not made (scripts/make_data.py --fetch --voxel-mm 1)")
+def test_1mm_pair_when_present():
+    pairs = R.load_pairs([1.0], ["mni152-to-colin27"])
+    (pair,) = pairs
+    assert pair.fixed.shape == (160, 192, 176) and pair.resolution == 1.0
+    np.testing.assert_allclose(np.diag(pair.affine), [1, 1, 1, 1])
+    assert set(np.unique(pair.fixed_labels)) == {0, 1, 2, 3}
+
+
+def test_make_data_grid_at_2_and_1_mm():
+    spec = importlib.util.spec_from_file_location("make_data", REPO / "scripts" / "make_data.py")
+    make_data = importlib.util.module_from_spec(spec)
+    pytest.importorskip("scipy")
+    spec.loader.exec_module(make_data)
+    # the two brain masks' world boxes (mni152, colin27), as make_data measures them
+    boxes = [(np.array([-72.5, -107.5, -72.5]), np.array([72.5, 73.5, 82.5])),
+             (np.array([-72.5, -106.5, -66.5]), np.array([71.5, 73.5, 84.5]))]
+    shape, affine = make_data.common_grid(boxes, 2.0)
+    assert shape == (80, 96, 96)
+    np.testing.assert_allclose(affine[:3, 3], [-78.5, -111.5, -88.5])  # the shipped files' affine
+    shape, affine = make_data.common_grid(boxes, 1.0)
+    assert shape == (160, 192, 176)
+    np.testing.assert_allclose(affine[:3, 3], [-80.0, -113.0, -82.0])
+    assert np.all(affine[:3, 3] == np.round(affine[:3, 3]))  # voxel centres on the sources' integer mm
