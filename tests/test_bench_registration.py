@@ -125,7 +125,7 @@ def test_driver_tiny_run_table_json_markdown():
         def flush(self):
             pass
 
-    result = R.run([pair], methods, threads=1, model="none", quick=True, command="test", out=Out())
+    result = R.run([pair], methods, threads=1, model="none", quick=True, repeats=2, command="test", out=Out())
     rows = {r["method"]: r for r in result["rows"]}
     assert list(rows) == methods
     assert rows["identity"]["seconds"] == 0.0 and rows["identity"]["folding_percent"] == 0.0
@@ -135,6 +135,9 @@ def test_driver_tiny_run_table_json_markdown():
         assert r["status"] == "ok" and set(r["dice"]) <= {1, 2, 3} and 0 <= r["mean_dice"] <= 1
         assert r["mean_dice"] == pytest.approx(sum(r["dice"].values()) / len(r["dice"]))
     assert rows["refine"]["seconds"] > 0 and rows["refine"]["settings"]["refine"]["iterations"] == [3, 2]
+    runs = rows["refine"]["seconds_runs"]  # repeats=2: the median of two runs, which agreed
+    assert len(runs) == 2 and rows["refine"]["seconds"] == pytest.approx(sum(runs) / 2)
+    assert rows["identity"]["seconds_runs"] is None
     for name, installed in (("ants-syn", HAS_ANTS), ("demons", HAS_SITK)):
         r = rows[name]
         if installed:

@@ -396,7 +396,7 @@ def cached_model(diffeomorphic: bool = False, cache: str = MODEL_CACHE, train: b
 def _row(pair: Pair, method: Method, **fields) -> dict:
     row = dict(method=method.name, kind=method.kind, direction=pair.direction, resolution=pair.resolution,
                shape=list(pair.fixed.shape), status="ok", reason=None, dice=None, mean_dice=None,
-               folding_percent=None, jacobian_min=None, seconds=None, warp_check=None, settings=None)
+               folding_percent=None, jacobian_min=None, seconds=None, seconds_runs=None, warp_check=None, settings=None)
     row.update(fields)
     return row
 
@@ -406,6 +406,24 @@ def _scores(warped_labels, fixed_labels, disp: torch.Tensor) -> dict:
     det = jacobian_determinant(disp.double())
     return dict(dice={int(k): v for k, v in d.items()}, mean_dice=sum(d.values()) / len(d) if d else float("nan"),
                 folding_percent=100.0 * float((det <= 0).double().mean()), jacobian_min=float(det.min()))
+
+
+def _run_repeated(pair: Pair, method: Method, models: dict, settings: dict) -> dict:
+    """:func:`_run_one` ``settings["repeats"]`` times: the first run's row, ``seconds`` the median of
+    the runs' (``seconds_runs`` all of them); a run whose Dice or folding differs is an error."""
+    row = _run_one(pair, method, models, settings)
+    runs = [row["seconds"]]
+    for _ in range(settings["repeats"] - 1):
+        if row["status"] != "ok" or method.kind == "identity":
+            break
+        again = _run_one(pair, method, models, settings)
+        if (again["dice"], again["folding_percent"]) != (row["dice"], row["folding_percent"]):
+            raise RuntimeError(f"{method.name} {pair.direction}: a repeated run gave other results "
+                               f"({again['mean_dice']} vs {row['mean_dice']})")
+        runs.append(again["seconds"])
+    if len(runs) > 1:
+        row.update(seconds=float(np.median(runs)), seconds_runs=runs)
+    return row
 
 
 def _run_one(pair: Pair, method: Method, models: dict, settings: dict) -> dict:
@@ -493,8 +511,9 @@ def _warm_up(methods: Sequence[Method]) -> None:
 
 def run(pairs: Sequence[Pair], methods: Sequence[str] = tuple(METHODS), threads: int = 2, seed: int = 0,
         model: str | None = "auto", model_diffeo: str | None = "auto", train: bool = True, quick: bool = False,
-        ants_transform: str = "SyNOnly", command: str = PROG, out=None) -> dict:
-    """Every method on every pair, in this process, printing each row as it comes; returns
+        ants_transform: str = "SyNOnly", repeats: int = 1, command: str = PROG, out=None) -> dict:
+    """Every method on every pair, in this process, printing each row as it comes (``repeats``
+    times each: the seconds are the median, the results must be the same every time); returns
     ``{"meta": ..., "rows": [...], "goals": [...]}``. A peer that is not installed or fails becomes
     a row saying so; fastwarp's own failure propagates."""
     out = sys.stdout if out is None else out
@@ -507,6 +526,7 @@ def run(pairs: Sequence[Pair], methods: Sequence[str] = tuple(METHODS), threads:
         meta = dict(tool="fastwarp.app.bench.registration", command=command,
                     date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     cpu=_cpu_model(), cpu_count=os.cpu_count(), threads=threads, seed=seed, quick=quick,
+                    repeats=repeats,
                     torch=torch.__version__, fastwarp=fastwarp.__version__, git_commit=_git_commit(),
                     python=platform.python_version(), ants_transform=ants_transform,
                     peers={"antspyx": _dist_version("antspyx"), "SimpleITK": _dist_version("SimpleITK", "simpleitk")},
@@ -515,12 +535,12 @@ def run(pairs: Sequence[Pair], methods: Sequence[str] = tuple(METHODS), threads:
         models = _load_models(chosen, model, model_diffeo, train, out)
         _warm_up(chosen)
         print(format_table([], header=True), file=out, flush=True)
-        settings = dict(threads=threads, seed=seed, quick=quick, ants_transform=ants_transform)
+        settings = dict(threads=threads, seed=seed, quick=quick, ants_transform=ants_transform, repeats=repeats)
         rows = []
         for pair in pairs:
             for method in chosen:
                 try:
-                    row = _run_one(pair, method, models, settings)
+                    row = _run_repeated(pair, method, models, settings)
                 except BaselineUnavailable as e:
                     row = _row(pair, method, status="not installed" if not e.installed else "unavailable",
                                reason=e.reason)
@@ -613,6 +633,8 @@ def format_markdown(result: dict) -> str:
         lines.append(f"- Load average (1, 5, 15 min) at the start: {loads('loadavg_start')}"
                      + (f"; at the end: {loads('loadavg_end')}" if meta.get("loadavg_end") else ""))
     lines.append(f"- ANTs transform: {meta['ants_transform']}; seed {meta['seed']}"
+                 + (f"; seconds: the median of {meta['repeats']} runs of each registration (same results each time)"
+                    if meta.get("repeats", 1) > 1 else "")
                  + ("; **quick** (smoke-run iterations)" if meta.get("quick") else ""))
     lines.append("")
     lines.append("| " + " | ".join(_HEADERS) + " |")
@@ -665,6 +687,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ants-transform", default="SyNOnly", choices=("SyNOnly", "SyN"),
                    help="SyNOnly (default; the pair is already on one MNI grid) or SyN (an affine stage first)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run each registration this many times and report the median seconds (default 1)")
     p.add_argument("--quick", action="store_true", help="a smoke run: every method with a few iterations")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON here")
     p.add_argument("--markdown", metavar="PATH", help="write the results as Markdown here")
@@ -679,8 +703,8 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     unknown = [m for m in methods if m not in METHODS]
     if not methods or unknown:
         parser.error(f"--methods takes a comma-separated subset of {','.join(METHODS)}, got {args.methods!r}")
-    if args.threads < 1:
-        parser.error("--threads must be at least 1")
+    if args.threads < 1 or args.repeats < 1:
+        parser.error("--threads and --repeats must be at least 1")
     # before antspyx is imported (ANTs also reads it at each registration)
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
     directions = tuple(DIRECTIONS) if args.directions == "both" else (args.directions,)
@@ -691,7 +715,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
         return 2
     command = " ".join([prog, shlex.join(argv)]).strip()
     result = run(pairs, methods, args.threads, args.seed, args.model, args.model_diffeo, not args.no_train,
-                 args.quick, args.ants_transform, command)
+                 args.quick, args.ants_transform, args.repeats, command)
     for row in result["rows"]:
         if row["status"] == "error":
             print(f"{prog}: warning: {row['method']} {row['direction']} failed: {row['reason']}", file=sys.stderr)
