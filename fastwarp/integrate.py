@@ -31,11 +31,11 @@ def integrate_velocity(v: torch.Tensor, steps: int = 7) -> torch.Tensor:
     Returns:
         The displacement ``u`` in voxel units, the shape and dtype of ``v``, contiguous.
 
-    One autograd node with its own backward, rather than ``steps`` warps and additions: the
-    forward keeps the ``steps`` intermediate fields ``u_0 .. u_{steps-1}`` (only when ``v``
-    requires a gradient), and the backward sweeps them in reverse, one call to the warp's
-    backward kernel per step for both gradients of the self-warp, accumulated in place (see
-    :class:`_ScalingAndSquaring`). Runs wherever :func:`fastwarp.warp` runs.
+    One autograd node with its own backward, rather than ``steps`` warps and additions: when
+    ``v`` requires a gradient the forward keeps ``u_1 .. u_{steps-1}``, and the backward sweeps
+    the steps in reverse, one call of the warp's backward kernel per step for both gradients
+    of the self-warp, summed in place (Note [Scaling and squaring backward]). Runs wherever
+    :func:`fastwarp.warp` runs; the velocity gradient is deterministic where the warp's is.
     """
     if not isinstance(v, torch.Tensor):
         raise TypeError(f"v must be a torch.Tensor, got {type(v).__name__}")
@@ -63,10 +63,10 @@ def integrate_velocity(v: torch.Tensor, steps: int = 7) -> torch.Tensor:
 
 def _scaling_and_squaring(v, steps, kept=None):
     """The forward: ``u_0 = v / 2**steps``, ``u_{k+1} = u_k + warp(u_k, u_k)``, each step added
-    in place into warp's fresh output; u_0 .. u_{steps-1} are appended to ``kept``, if given."""
+    in place into warp's fresh output; u_1 .. u_{steps-1} are appended to ``kept``, if given."""
     u = v * 2.0**-steps
-    for _ in range(steps):
-        if kept is not None:
+    for k in range(steps):
+        if kept is not None and k > 0:
             kept.append(u)
         u = torch.ops.fastwarp.warp(u, u, LINEAR, _ZEROS, False)[0].add_(u)
     return u.contiguous()
@@ -81,13 +81,21 @@ class _ScalingAndSquaring(torch.autograd.Function):
         dL/du_k = g + W_image^T g + W_disp^T g,      g = dL/du_{k+1},
 
     the two transposes being exactly the two outputs of ``fastwarp::warp_backward`` called on
-    (g, image=u_k, disp=u_k) with both gradients asked for: one kernel pass per step, which
-    reads u_k once. Both outputs are fresh tensors, so the three terms are summed in place
-    into the first, and the last scaling by ``2**-steps`` too. Finally dL/dv = 2**-steps dL/du_0.
+    (g, image=u_k, disp=u_k) with both gradients asked for: one kernel pass per step. Both
+    outputs are fresh tensors, so the three terms are summed in place into the first, and
+    the final dL/dv = 2**-steps dL/du_0 scales it in place too.
 
-    What is kept: u_0 .. u_{steps-1}, one field each, the same as the ``steps`` autograd warps
-    would save (each saves u_k once, as image and displacement alike). Recomputing them from
-    u_0 in the backward would keep one field instead, for ``steps`` more forward warps.
+    What is kept: v (an input) and u_1 .. u_{steps-1}; u_0 = v * 2**-steps is recomputed, a
+    multiply, for the last step of the backward. Between forward and backward that is one
+    field less than the ``steps`` autograd warps held (u_0 .. u_{steps-1}); inside the
+    backward it peaks one field higher than they did, since the graph freed each u_k once
+    its warp's backward had run, while saved tensors stay until the node is done (which is
+    what keeps ``retain_graph=True`` and ``torch.compile`` working as for any Function).
+    Measured, (1, 3, 96, 112, 96) float32 on 2 CPU threads: held 82.7 MiB against 94.5,
+    backward peak 153 MiB against 142. Also recomputing u_{steps-1} (one more forward warp)
+    would bring the peak to the graph's and the held memory to 70.9 MiB, for the time that
+    the single node saves; recomputing every u_k would keep only v, for
+    steps * (steps - 1) / 2 more warps.
 
     An autograd.Function rather than a registered operator: it only composes the registered
     ``fastwarp::warp`` / ``fastwarp::warp_backward`` ops, so it runs on every device they run on
@@ -99,17 +107,21 @@ class _ScalingAndSquaring(torch.autograd.Function):
     def forward(ctx, v, steps):
         kept = []
         u = _scaling_and_squaring(v, steps, kept)
-        ctx.scale = 2.0**-steps
-        ctx.save_for_backward(*kept)
+        ctx.steps = steps
+        ctx.save_for_backward(v, *kept)
         return u
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
+        v, *kept = ctx.saved_tensors
+        scale = 2.0**-ctx.steps
         g = grad
-        for u in reversed(ctx.saved_tensors):
+        for k in reversed(range(ctx.steps)):
+            u = kept[k - 1] if k > 0 else v * scale
             gi, gd = torch.ops.fastwarp.warp_backward(g, u, u.shape, u, LINEAR, _ZEROS, [True, True])
             g = gi.add_(gd).add_(g)
-        if g is grad:
-            return g * ctx.scale, None
-        return g.mul_(ctx.scale), None
+            del u, gi, gd  # not alive through the next step's call
+        if g is grad:  # steps == 0
+            return g * scale, None
+        return g.mul_(scale), None

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import fastwarp
+from conftest import deterministic_algorithms
 from fastwarp import _emu
 from reference import smooth_field, voxelmorph_warp
 
@@ -73,6 +74,20 @@ def test_zero_steps_and_strided_inputs(gen):
     fastwarp.integrate_velocity(v_op, 4).sum().backward()
     autograd_vecint(v_ref, 4).sum().backward()
     torch.testing.assert_close(v_op.grad, v_ref.grad)
+
+
+def test_retain_graph_and_determinism(device, gen):
+    vec = smooth_field((1, 3, 7, 6, 5), 3.0, gen).float().to(device).requires_grad_()
+    grad = smooth_field((1, 3, 7, 6, 5), 1.0, gen).float().to(device)
+    with deterministic_algorithms():
+        out = fastwarp.integrate_velocity(vec, 6)
+        out.backward(grad, retain_graph=True)
+        first = vec.grad.clone()
+        out.backward(grad)  # the kept fields are still there
+        torch.testing.assert_close(vec.grad, 2 * first)
+        vec.grad = None
+        fastwarp.integrate_velocity(vec, 6).backward(grad)
+        assert torch.equal(vec.grad, first)
 
 
 def test_no_double_backward(gen):
