@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from ..ncc import ncc
 from ..warp import grid_sample
 from .fields import voxel_grid
+from .optimize import Adam, Steps
 
 __all__ = ["AffineConfig", "AffineResult", "affine_register", "affine_coords", "resample", "save_matrix",
            "load_matrix"]
@@ -420,11 +421,7 @@ def affine_register(
                              f"(fixed) and {tuple(moving.shape[2:])} (moving) keep fewer than 2 voxels along an axis")
         plan.append((factor, moving_factor, iters))
     params = torch.zeros(nd * nd + nd, dtype=torch.float64, device=device, requires_grad=True)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=sum(i for *_, i in plan), desc="affine", unit="step", leave=False)
+    counter = Steps(sum(i for *_, i in plan), "affine", config.tol, config.patience, progress)
 
     def level_loss(moving_k, fixed_k, left, right):
         theta = (left @ frame.matrix(params) @ right)[:nd].float()
@@ -438,27 +435,17 @@ def affine_register(
         # affine_grid's theta maps normalized fixed coordinates to normalized moving ones
         left = torch.as_tensor(_to_normalized(moving_k.shape[2:]) @ np.linalg.inv(moving_aff), device=device)
         right = torch.as_tensor(fixed_aff @ np.linalg.inv(_to_normalized(fixed_k.shape[2:])), device=device)
-        adam = _Adam(params, config.lr * factor / first)
-        best, since, taken = math.inf, 0, 0
+        adam = Adam(params, config.lr * factor / first)
+        counter.level(factor)
         for _ in range(iters):
             params.grad = None
             loss = level_loss(moving_k, fixed_k, left, right)
             loss.backward()
             adam.step()
-            taken += 1
-            value = float(loss.detach())
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(level=factor, loss=f"{value:.4f}")
-            if value < best - config.tol * abs(best if math.isfinite(best) else value):
-                best, since = value, 0
-            else:
-                since += 1
-                if since >= config.patience:
-                    break
-        steps.append((factor, taken))
-    if bar is not None:
-        bar.close()
+            if counter.step(float(loss.detach())):
+                break
+        steps.append((factor, counter.taken))
+    counter.close()
 
     with torch.no_grad():
         final = float(level_loss(moving_k, fixed_k, left, right))

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from ..ncc import ncc
 from ..integrate import integrate_velocity
 from ..warp import warp
+from .optimize import Adam, Steps
 
 __all__ = ["RefineConfig", "refine", "resize_field"]
 
@@ -52,7 +53,7 @@ class RefineConfig:
     lr: tuple[float, ...] | float = 0.1
     tol: float = 1e-4
     patience: int = 20
-    seed: int = 0
+    seed: int = 0  # (nothing is random; kept so that configurations name it)
 
     def __post_init__(self):
         levels = tuple(int(f) for f in self.levels)
@@ -148,7 +149,8 @@ def refine(
     of the same layout, e.g. a network's; None: the identity).
 
     ``moving`` and ``fixed``: ``(1, 1, *spatial)`` (or ``(*spatial)``), one shape, floating point,
-    2-D or 3-D, intensities normalized alike. Deterministic for ``config.seed`` on the CPU."""
+    2-D or 3-D, intensities normalized alike. Nothing in it is random: a run repeats exactly on the
+    CPU (``config.seed`` is kept for the configurations' sake)."""
     moving, fixed = _as_image("moving", moving), _as_image("fixed", fixed)
     if moving.shape != fixed.shape:
         raise ValueError(f"refine: moving {tuple(moving.shape[2:])} and fixed {tuple(fixed.shape[2:])} must have one shape")
@@ -157,15 +159,9 @@ def refine(
     if init is not None and (init.dim() != nd + 2 or init.shape[:2] != (1, nd) or tuple(init.shape[2:]) != spatial):
         raise ValueError(f"refine: init must be a displacement (1, {nd}, {', '.join(map(str, spatial))}), "
                          f"got {tuple(init.shape)}")
-    torch.manual_seed(config.seed)
     moving, fixed = moving.float(), fixed.float()
     integrate = (lambda v: integrate_velocity(v, config.steps)) if config.diffeomorphic else None
-    total = sum(int(i) for i in config.iterations)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, desc="refine", unit="step", leave=False)
+    counter = Steps(sum(int(i) for i in config.iterations), "refine", config.tol, config.patience, progress)
 
     param = None  # the field being optimized (a velocity, diffeomorphic), on its grid of the previous level
     u = None if init is None else init.detach().float()
@@ -176,14 +172,14 @@ def refine(
         # costs 1/2**ndim of the level's, and exp(v) is smooth on the scale of that grid anyway.
         grid = tuple(max(1, math.ceil(s / config.int_downsize)) for s in size) if integrate is not None else size
         if param is None:
-            start = torch.zeros(1, nd, *grid) if u is None else resize_field(u, grid)
+            start = torch.zeros(1, nd, *grid, device=moving.device) if u is None else resize_field(u, grid)
         else:
             start = resize_field(param.detach(), grid)
         param = start.clone().requires_grad_(True)
-        opt = torch.optim.Adam([param], lr=float(lr), fused=True)
-        best, since = math.inf, 0
+        opt = Adam(param, float(lr))
+        counter.level(factor)
         for _ in range(int(iters)):
-            opt.zero_grad(set_to_none=True)
+            param.grad = None
             disp = resize_field(integrate(param), size) if integrate is not None else param
             moved = warp(m, disp)
             if config.similarity == "ncc":
@@ -193,18 +189,9 @@ def refine(
             loss = sim + config.smooth * _smoothness(param)
             loss.backward()
             opt.step()
-            value = float(loss.detach())
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(level=factor, loss=f"{value:.4f}", refresh=False)
-            if value < best - config.tol * abs(best if math.isfinite(best) else value):
-                best, since = value, 0
-            else:
-                since += 1
-                if since >= config.patience:
-                    break
-    if bar is not None:
-        bar.close()
+            if counter.step(float(loss.detach())):
+                break
+    counter.close()
     with torch.no_grad():
         if integrate is not None:
             return integrate(resize_field(param.detach(), spatial)).contiguous()
