@@ -175,9 +175,9 @@ def ants_syn(moving, fixed, moving_labels=None, schedule: str | Sequence[int] = 
     ``schedule``: "default" (40, 20, 0: antspyx's, no iterations at full resolution), "long"
     (100, 70, 50, 20) or the iterations themselves. ``transform``: "SyNOnly" by default, the
     deformable stage alone from the identity, like fastwarp's methods: both images are already on
-    one MNI grid. (Measured on the 2 mm pair, "SyN", which first estimates an affine by Mattes MI
-    from a centre-of-mass start, gives a mean Dice within 0.002 of "SyNOnly" and takes 1.8 times
-    as long.) Deterministic for a given ``seed`` and thread count (``--random-seed``; ITK's
+    one MNI grid. (On the 2 mm pair "SyN", which first estimates an affine by Mattes MI from a
+    centre-of-mass start, gave a mean Dice within 0.002 of "SyNOnly", and no faster:
+    benchmarks/RESULTS.md.) Deterministic for a given ``seed`` and thread count (``--random-seed``; ITK's
     threads from ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``). ``affine``: the grid's voxel -> world
     map (the identity: voxels of 1 mm), so that the images carry their real geometry and the
     physical-space parameters mean what they mean for a user's NIfTI files."""
