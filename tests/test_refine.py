@@ -6,7 +6,7 @@ import torch
 from fastwarp import warp
 from fastwarp.app.fields import smooth_noise
 from fastwarp.app.metrics import dice, folding_fraction
-from fastwarp.app.refine import RefineConfig, _smoothness, refine, resize_field
+from fastwarp.app.refine import RefineConfig, _smoothness, refine, refine_defaults, resize_field
 from fastwarp.app.register import register_pair
 from fastwarp.losses import Grad
 
@@ -119,3 +119,13 @@ def test_register_pair_refines_and_reports():
     torch.testing.assert_close(result.warped, warp(moving, result.disp)[0, 0])
     with pytest.raises(ValueError, match="nothing to do"):
         register_pair(moving[0, 0], fixed[0, 0])
+
+
+def test_refine_defaults_by_voxel_size():
+    assert refine_defaults(2.0) == RefineConfig()
+    assert refine_defaults(2.0, diffeomorphic=True) == RefineConfig(diffeomorphic=True)
+    fine = refine_defaults(1.0, diffeomorphic=True)
+    assert fine.iterations == (100, 100, 25) and fine.smooth == pytest.approx(3 * RefineConfig(diffeomorphic=True).smooth)
+    assert refine_defaults(1.0).smooth == RefineConfig().smooth
+    assert refine_defaults(1.0, iterations=7, smooth=0.5).iterations == (7, 7, 7)
+    assert refine_defaults(1.0, smooth=0.5).smooth == 0.5

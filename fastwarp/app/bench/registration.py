@@ -345,12 +345,12 @@ METHODS = {m.name: m for m in [
 ]}
 
 
-def _refine_config(method: Method, quick: bool):
-    from ..refine import RefineConfig
+def _refine_config(method: Method, quick: bool, voxel_mm: float):
+    from ..refine import RefineConfig, refine_defaults
 
     if quick:
         return RefineConfig(levels=(2, 1), iterations=(3, 2), diffeomorphic=method.diffeomorphic)
-    return RefineConfig(diffeomorphic=method.diffeomorphic)
+    return refine_defaults(voxel_mm, diffeomorphic=method.diffeomorphic)  # what fastwarp register runs
 
 
 def _checkpoint_complete(path: str) -> bool:
@@ -457,7 +457,7 @@ def _run_fastwarp(pair: Pair, method: Method, models: dict, settings: dict) -> d
         # a network sees the resolution it was trained at: downsample the finer data to it
         downsample = max(1, round(ckpt_downsample * trained_mm / pair.resolution))
         used.update(model=ckpt_path, downsample=downsample)
-    refine = _refine_config(method, settings["quick"]) if method.refine else None
+    refine = _refine_config(method, settings["quick"], pair.resolution) if method.refine else None
     if refine is not None:
         used["refine"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(refine).items()}
     res = register_pair(pair.moving, pair.fixed, model=model, downsample=downsample, refine=refine,
