@@ -10,6 +10,9 @@
 - :mod:`~fastwarp.app.bench.train_step`: the training step of ``fastwarp train`` on fastwarp's
   ops or on VoxelMorph's.
 - :mod:`~fastwarp.app.bench.runner`: the command (``main(argv) -> int``).
+- :mod:`~fastwarp.app.bench.registration`: registration of the embedded pair (2 mm, 1 mm) by
+  fastwarp against ANTs SyN and SimpleITK's demons: Dice, folding, seconds
+  (``python -m fastwarp.bench.registration``).
 
 The pytest-benchmark suite in ``benchmarks/`` is a thin layer over the same cases. The peers are
 optional: each is imported only when its baseline is built, and a missing one raises
