@@ -8,7 +8,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ._ops import LINEAR, PADDING
-from .warp import _check_coords
+from .warp import _check_field
 
 __all__ = ["integrate_velocity"]
 
@@ -50,12 +50,7 @@ def integrate_velocity(v: torch.Tensor, steps: int = 7) -> torch.Tensor:
         )
     nd = v.dim() - 2
     layout = "(N, 2, H, W)" if nd == 2 else "(N, 3, D, H, W)"
-    _check_coords("v", v, "v", v, layout)
-    if v.shape[1] != nd:
-        raise ValueError(
-            f"v must have {nd} components in dim 1 (one velocity per spatial axis of its {nd}-D grid), "
-            f"got shape {tuple(v.shape)}"
-        )
+    _check_field("v", v, "v", v, layout, f"one velocity per spatial axis of its {nd}-D grid")
     if torch.is_grad_enabled() and v.requires_grad:
         return _ScalingAndSquaring.apply(v, steps)
     return _scaling_and_squaring(v, steps)

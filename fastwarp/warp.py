@@ -60,6 +60,15 @@ def _check_coords(name, coords, image_name, image, layout):
         )
 
 
+def _check_field(name, field, image_name, image, layout, meaning):
+    """A vector field on ``image``'s grid: checked as coordinates, with one component per
+    spatial axis in dim 1 (``meaning`` says what a component is)."""
+    _check_coords(name, field, image_name, image, layout)
+    nd = image.dim() - 2
+    if field.shape[1] != nd:
+        raise ValueError(f"{name} must have {nd} components in dim 1 ({meaning}), got shape {tuple(field.shape)}")
+
+
 def _check_dtypes(image, coords, interp, image_name, coords_name):
     """Floating images and coordinates must share a dtype, as for grid_sample; under
     torch.autocast the op's autocast kernel promotes them to the wider one (fastwarp/_ops.py),
@@ -121,12 +130,7 @@ def warp(
     _check_image("image", image, "(N, C, H, W) or (N, C, D, H, W)")
     nd = image.dim() - 2
     layout = "(N or 1, 2, H, W)" if nd == 2 else "(N or 1, 3, D, H, W)"
-    _check_coords("disp", disp, "image", image, layout)
-    if disp.shape[1] != nd:
-        raise ValueError(
-            f"disp must have {nd} components in dim 1 (one displacement per spatial axis of the "
-            f"{nd}-D image), got shape {tuple(disp.shape)}"
-        )
+    _check_field("disp", disp, "image", image, layout, f"one displacement per spatial axis of the {nd}-D image")
     if disp.shape[2:] != image.shape[2:]:
         raise ValueError(
             f"disp spatial shape {tuple(disp.shape[2:])} must match image spatial shape {tuple(image.shape[2:])}"

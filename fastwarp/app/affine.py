@@ -339,27 +339,6 @@ class _Frame:
         return torch.cat([torch.cat([lin, shift[:, None]], dim=1), self.bottom])
 
 
-class _Adam:
-    """Adam (Kingma & Ba, torch's defaults) on one small parameter vector, written out: twelve
-    numbers need no more, and ``torch.optim``'s first step imports ``torch._dynamo`` (about a
-    second, more than a whole registration)."""
-
-    def __init__(self, params: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8):
-        self.params, self.lr, self.betas, self.eps, self.t = params, lr, betas, eps, 0
-        self.m = torch.zeros_like(params)
-        self.v = torch.zeros_like(params)
-
-    @torch.no_grad()
-    def step(self):
-        (b1, b2), g = self.betas, self.params.grad
-        self.t += 1
-        self.m.mul_(b1).add_(g, alpha=1 - b1)
-        self.v.mul_(b2).addcmul_(g, g, value=1 - b2)
-        denom = (self.v / (1 - b2 ** self.t)).sqrt_().add_(self.eps)
-        self.params.addcdiv_(self.m, denom, value=-self.lr / (1 - b1 ** self.t))
-
-
 def _similarity_loss(warped: torch.Tensor, fixed: torch.Tensor, config: AffineConfig) -> torch.Tensor:
     if config.similarity == "ncc":
         return -ncc(warped, fixed, config.window)
