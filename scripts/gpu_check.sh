@@ -37,7 +37,8 @@
 #                python -m fastwarp train, 3-D, on the embedded brains, ~1 minute each (the bf16
 #                run's length is scaled to the time left, from the fp32 run's step rate)
 #   register     python -m fastwarp register with the fp32 model on the held-out pair
-#                Colin27 -> MNI152: time, NCC, Dice, folding
+#                Colin27 -> MNI152, then refined for the pair (--refine --diffeomorphic):
+#                time (network, refinement), NCC, Dice, folding
 #
 # REPORT_DIR receives at most 8 files (what the device tool brings back): summary.txt (printed
 # at the end), summary.json, logs.tar.gz (every log, junit XML, train logs and figures, the
@@ -289,7 +290,7 @@ register_argv() { # checkpoint device output_dir
     ARGV=(register "$EMB/colin27_t1.nii.gz" "$EMB/mni152_t1.nii.gz" --model "$1" --device "$2"
         --output "$3/colin27_to_mni152.nii.gz" --flow "$3/colin27_to_mni152_flow.nii.gz"
         --labels "$EMB/colin27_labels.nii.gz" --fixed-labels "$EMB/mni152_labels.nii.gz"
-        --figure "$3/colin27_to_mni152.png" --json "$3/metrics.json")
+        --figure "$3/colin27_to_mni152.png" --json "$3/metrics.json" --refine --diffeomorphic --quiet)
 }
 bench_argv() { # device size [extra...]
     local device=$1 size=$2; shift 2

@@ -348,6 +348,8 @@ def _metrics_text(m):
         s += f", Dice {m['mean_dice_before']:.4f}->{m['mean_dice_after']:.4f}"
     if m.get("folding_fraction") is not None:
         s += f", folding {100 * m['folding_fraction']:.4f}%"
+    if m.get("stages"):
+        s += "; " + ", ".join(f"{k} {v:.2f} s" for k, v in m["stages"].items())
     return s
 
 
