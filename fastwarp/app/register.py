@@ -168,10 +168,14 @@ def register_pair(
     if model is not None:
         t = time.perf_counter()
         disp = predict_displacement(model, aligned.cpu().numpy(), fixed.numpy(), device, downsample).to(device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         stages["network"] = time.perf_counter() - t
     if refine is not None:
         t = time.perf_counter()
         disp = refine_field(aligned, fixed.to(device), None if model is None else disp, refine, progress)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # (the kernels run asynchronously: time them done)
         stages["refine"] = time.perf_counter() - t
     seconds = time.perf_counter() - t0
 
