@@ -18,7 +18,7 @@
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
-#include "params.h"
+#include "sample_params.h"
 
 namespace fastwarp {
 
