@@ -1,7 +1,8 @@
 """The vectorized CPU warp (csrc/cpu/sample_simd*.h) against the scalar per-point code, bit
 for bit, at every SIMD level this CPU has (Note [Vectorized CPU sampling]): forward, both
 gradients and the training path's forward Jacobian, 2-D and 3-D, warp and grid_sample,
-partial vectors, strided images, hostile coordinates."""
+partial vectors, strided images, hostile coordinates; nearest sampling of float32 and
+integer images."""
 
 import pytest
 import torch
@@ -103,13 +104,55 @@ def test_strided_inputs_and_expanded_gradient(simd_levels, gen):
         assert_bitwise(ref, at_level(level, run))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8, torch.int64])
-def test_nearest_and_labels_identical_at_every_level(dtype, simd_levels, gen):
-    labels = torch.randint(0, 200, (2, 1, 13, 17, 9), generator=gen).to(dtype)
-    disp = hostile(torch.randn(2, 3, 13, 17, 9, generator=gen) * 3, gen)
-    ref = at_level(0, lambda: fastwarp.warp(labels, disp, mode="nearest"))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool])
+@pytest.mark.parametrize("shape", [(2, 1, 13, 17, 9), (1, 2, 5, 1), (2, 3, 37, 41)])
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+def test_nearest_and_labels_identical_at_every_level(dtype, shape, padding, simd_levels, gen):
+    """The nearest lanes copy the voxel's bits (a gather for 32-bit elements, lane by lane
+    for the others); half-integer displacements check that they round half to even."""
+    labels = torch.randint(0, 200, shape, generator=gen).to(dtype)
+    disp = torch.randn(shape[0], len(shape) - 2, *shape[2:], generator=gen) * 3
+    disp.view(-1)[::3] = torch.randint(-8, 9, disp.view(-1)[::3].shape, generator=gen) / 2.0
+    disp = hostile(disp, gen)
+
+    def run():
+        return fastwarp.warp(labels, disp, mode="nearest", padding_mode=padding)
+
+    ref = at_level(0, run)
     for level in simd_levels:
-        assert torch.equal(at_level(level, lambda: fastwarp.warp(labels, disp, mode="nearest")), ref)
+        assert torch.equal(at_level(level, run), ref)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 13, 17, 9), (2, 1, 37, 41)])
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+@pytest.mark.parametrize("shared_field", [False, True])
+def test_nearest_gradients_identical_at_every_level(shape, padding, shared_field, simd_levels, gen):
+    nd = len(shape) - 2
+    image = torch.randn(shape, generator=gen)
+    disp = hostile(torch.randn((1 if shared_field else shape[0], nd, *shape[2:]), generator=gen) * 3, gen)
+    grad = torch.randn(shape, generator=gen)
+
+    def sample(im, d):
+        return fastwarp.warp(im, d, mode="nearest", padding_mode=padding)
+
+    ref = at_level(0, lambda: passes(sample, image, disp, grad))
+    for level in simd_levels:
+        assert_bitwise(ref, at_level(level, lambda: passes(sample, image, disp, grad)))
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_grid_sample_nearest_identical_at_every_level(nd, align_corners, simd_levels, gen):
+    image = torch.randn((2, 2, 11, 13, 7)[: 2 + nd], generator=gen)
+    grid = hostile(torch.rand((2, 9, 19, 6)[: 1 + nd] + (nd,), generator=gen) * 2.4 - 1.2, gen)
+    grad = torch.randn((*image.shape[:2], *grid.shape[1:-1]), generator=gen)
+
+    def sample(im, g):
+        return fastwarp.grid_sample(im, g, mode="nearest", align_corners=align_corners)
+
+    ref = at_level(0, lambda: passes(sample, image, grid, grad))
+    for level in simd_levels:
+        assert_bitwise(ref, at_level(level, lambda: passes(sample, image, grid, grad)))
 
 
 def test_level_is_capped_by_the_cpu():

@@ -1,6 +1,7 @@
 // Vectorized CPU sampling: the forward and backward of a row of output points, W points at a
-// time (W = 16 with AVX-512, 8 with AVX2), for linear interpolation of float32 images at
-// float32 coordinates with zeros or border padding. This header holds the two instruction
+// time (W = 16 with AVX-512, 8 with AVX2), at float32 coordinates with zeros or border
+// padding: linear interpolation of float32 images, and nearest of float32 and integer
+// (label) images. This header holds the two instruction
 // sets' lane operations; sample_simd_kernels.h the kernels, written once over them and
 // compiled once per instruction set; csrc/cpu/warp_cpu.cpp chooses at run time by what the
 // CPU supports. Every other case, and every CPU without AVX2, runs the scalar per-point code
@@ -22,8 +23,12 @@
 //     coordinates]); floor is the instruction, equal to floor_in_range in that range;
 //   * a corner outside is gathered as 0 (a masked gather), never weight * value, so an Inf
 //     or NaN voxel beside the border cannot leak into a point that does not touch it.
+//   * nearest: the lanes round half to even (the rounding instruction in its default mode is
+//     std::nearbyint), and copy the voxel's bits: a masked 32-bit gather for float32 and
+//     32-bit labels, a lane-by-lane copy for 8-, 16- and 64-bit labels. Its coordinate
+//     gradient is 0 and its image gradient adds each point's upstream value to one voxel.
 // Reflection keeps the scalar path (its fmod and flip parity have no exact lane form), and so
-// do nearest interpolation, integer images and half, bfloat16 and double.
+// do half, bfloat16 and double (their coordinates are not float32).
 //
 // The gathers address the image with 32-bit offsets: warp_cpu.cpp uses these kernels only
 // when params_fit_int32 holds. Along the last axis, when it is contiguous, the two
@@ -86,6 +91,9 @@ struct Avx512 {
   }
   FASTWARP_AVX512_FN F floor(F x) {
     return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  }
+  FASTWARP_AVX512_FN F round_even(F x) {  // std::nearbyint in the default rounding mode
+    return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   }
   FASTWARP_AVX512_FN I to_int(F x) { return _mm512_cvttps_epi32(x); }
   FASTWARP_AVX512_FN I addi(I a, I b) { return _mm512_add_epi32(a, b); }
@@ -153,6 +161,7 @@ struct Avx2 {
     return _mm256_blendv_ps(if_false, if_true, m);
   }
   FASTWARP_AVX2_FN F floor(F x) { return _mm256_floor_ps(x); }
+  FASTWARP_AVX2_FN F round_even(F x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   FASTWARP_AVX2_FN I to_int(F x) { return _mm256_cvttps_epi32(x); }
   FASTWARP_AVX2_FN I addi(I a, I b) { return _mm256_add_epi32(a, b); }
   FASTWARP_AVX2_FN I muli(I a, int s) { return _mm256_mullo_epi32(a, _mm256_set1_epi32(s)); }

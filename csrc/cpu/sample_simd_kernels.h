@@ -20,10 +20,12 @@ struct AxisLanes {
   typename V::M in0, in1, valid;
 };
 
-// The coordinate map, padding and axis_sample of compute_point, for the lanes of one axis.
+// The coordinate map and padding of compute_point, for the lanes of one axis: the source
+// index x and d(x)/d(v).
 template <typename V, bool kDisp, Padding kPad, int NDIM>
-FASTWARP_LANES_INLINE AxisLanes<V> axis_lanes(const SampleParams<NDIM>& P, int k,
-                                             typename V::F v, typename V::F position) {
+FASTWARP_LANES_INLINE void source_lanes(const SampleParams<NDIM>& P, int k, typename V::F v,
+                                        typename V::F position, typename V::F* x_out,
+                                        typename V::F* dxdv_out) {
   using F = typename V::F;
   F x, dxdv;
   if (kDisp) {
@@ -44,6 +46,17 @@ FASTWARP_LANES_INLINE AxisLanes<V> axis_lanes(const SampleParams<NDIM>& P, int k
     x = V::select(low, V::zero(), V::select(high, hi, x));
     dxdv = V::select(V::or_(low, high), V::zero(), dxdv);
   }
+  *x_out = x;
+  *dxdv_out = dxdv;
+}
+
+// axis_sample's linear branch, for the lanes of one axis.
+template <typename V, bool kDisp, Padding kPad, int NDIM>
+FASTWARP_LANES_INLINE AxisLanes<V> axis_lanes(const SampleParams<NDIM>& P, int k,
+                                             typename V::F v, typename V::F position) {
+  using F = typename V::F;
+  F x, dxdv;
+  source_lanes<V, kDisp, kPad, NDIM>(P, k, v, position, &x, &dxdv);
   AxisLanes<V> a;
   a.valid = V::and_(V::gt(x, V::set1(-2.f)), V::lt(x, V::set1(P.limit_f[k])));
   const F fl = V::floor(V::select(a.valid, x, V::zero()));
@@ -291,6 +304,128 @@ FASTWARP_LANES_INLINE void backward_row(const SampleParams<NDIM>& P, const float
   }
 }
 
+// Nearest interpolation: axis_sample's nearest branch and make_corners' single corner, in
+// lanes. Returns the lanes whose voxel is inside (live, every axis valid, every index in
+// range); index[k] is the voxel's index along axis k, clamped (safe to form offsets from).
+template <typename V, bool kDisp, Padding kPad, int NDIM>
+FASTWARP_LANES_INLINE typename V::M nearest_lanes(const SampleParams<NDIM>& P, const float* coords,
+                                                 int64_t nd, const int64_t (&pos)[NDIM], int64_t w,
+                                                 typename V::M live, typename V::I (&index)[NDIM]) {
+  constexpr int L = NDIM - 1;
+  int64_t base = nd * P.coord_stride_n + w * P.coord_stride[L];
+  for (int k = 0; k < L; ++k) base += pos[k] * P.coord_stride[k];
+  typename V::M inside = live;
+  for (int k = 0; k < NDIM; ++k) {
+    const typename V::F v = V::load(coords + base + P.coord_axis_offset[k], P.coord_stride[L], live);
+    const typename V::F position =
+        k == L ? V::add(V::set1(static_cast<float>(w)), V::iota()) : V::set1(static_cast<float>(pos[k]));
+    typename V::F x, dxdv;
+    source_lanes<V, kDisp, kPad, NDIM>(P, k, v, position, &x, &dxdv);
+    const typename V::M valid = V::and_(V::gt(x, V::set1(-2.f)), V::lt(x, V::set1(P.limit_f[k])));
+    const int size = static_cast<int>(P.in_size[k]);
+    const typename V::I r = V::to_int(V::round_even(V::select(valid, x, V::zero())));
+    inside = V::and_(inside, V::and_(valid, V::in_range(r, size)));
+    index[k] = V::clampi(r, 0, size - 1);
+  }
+  return inside;
+}
+
+template <typename V, int NDIM>
+FASTWARP_LANES_INLINE typename V::I offset_lanes(const typename V::I (&index)[NDIM],
+                                                const int64_t (&stride)[NDIM]) {
+  typename V::I off = V::set1i(0);
+  for (int k = 0; k < NDIM; ++k) off = V::addi(off, V::muli(index[k], static_cast<int>(stride[k])));
+  return off;
+}
+
+// forward_point's nearest branch for the points of a row: a copy of the voxel's bits, or 0.
+// elem_t is float for every 32-bit element (float32, int32 labels: one masked gather), or
+// the unsigned integer of the element's size (a lane-by-lane copy).
+template <typename V, bool kDisp, Padding kPad, int NDIM, typename elem_t>
+FASTWARP_LANES_INLINE void nearest_forward_row(const SampleParams<NDIM>& P, const elem_t* image,
+                                              const float* coords, elem_t* out, int64_t nd,
+                                              const int64_t (&pos)[NDIM]) {
+  constexpr int L = NDIM - 1;
+  const int64_t width = P.out_size[L];
+  int64_t n0 = nd, n1 = nd + 1;
+  if (P.coord_batch == 1) n0 = 0, n1 = P.N;
+  int64_t row_out = 0;
+  for (int k = 0; k < L; ++k) row_out += pos[k] * P.out_stride[k];
+  for (int64_t w = 0; w < width; w += V::W) {
+    const int count = static_cast<int>(width - w < V::W ? width - w : V::W);
+    const typename V::M live = V::first(count);
+    typename V::I index[NDIM];
+    const typename V::M inside = nearest_lanes<V, kDisp, kPad, NDIM>(P, coords, nd, pos, w, live, index);
+    const typename V::I off = offset_lanes<V, NDIM>(index, P.img_stride);
+    const int64_t out_sp = row_out + w * P.out_stride[L];
+    alignas(64) int32_t lane_off[V::W];
+    unsigned lane_in = 0;
+    if constexpr (!std::is_same<elem_t, float>::value) {
+      V::to_array(off, lane_off);
+      lane_in = V::bits(inside);
+    }
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t c = 0; c < P.C; ++c) {
+        const elem_t* img_c = image + n * P.img_stride_n + c * P.img_stride_c;
+        elem_t* dst = out + n * P.out_stride_n + c * P.out_stride_c + out_sp;
+        if constexpr (std::is_same<elem_t, float>::value) {
+          V::store(dst, V::gather(img_c, off, inside), live);
+        } else {
+          for (int j = 0; j < count; ++j) dst[j] = (lane_in >> j & 1u) ? img_c[lane_off[j]] : elem_t(0);
+        }
+      }
+    }
+  }
+}
+
+// backward_point's nearest branch for the points of a row: each point's upstream value added
+// to its voxel, lane by lane in the scalar code's order; the coordinate gradient is 0.
+template <typename V, bool kDisp, Padding kPad, int NDIM>
+FASTWARP_LANES_INLINE void nearest_backward_row(const SampleParams<NDIM>& P, const float* grad_out,
+                                               const float* coords, float* grad_image,
+                                               float* grad_coords, int64_t nd, const int64_t (&pos)[NDIM]) {
+  constexpr int L = NDIM - 1;
+  const int64_t width = P.out_size[L];
+  int64_t n0 = nd, n1 = nd + 1;
+  if (P.coord_batch == 1) n0 = 0, n1 = P.N;
+  int64_t row_out = 0, row_gc = nd * P.gcoord_stride_n;
+  for (int k = 0; k < L; ++k) {
+    row_out += pos[k] * P.out_stride[k];
+    row_gc += pos[k] * P.gcoord_stride[k];
+  }
+  for (int64_t w = 0; w < width; w += V::W) {
+    const int count = static_cast<int>(width - w < V::W ? width - w : V::W);
+    const typename V::M live = V::first(count);
+    if (grad_image != nullptr) {
+      typename V::I index[NDIM];
+      const typename V::M inside = nearest_lanes<V, kDisp, kPad, NDIM>(P, coords, nd, pos, w, live, index);
+      alignas(64) int32_t lane_off[V::W];
+      V::to_array(offset_lanes<V, NDIM>(index, P.gimg_stride), lane_off);
+      const unsigned lane_in = V::bits(inside);
+      const int64_t go_sp = row_out + w * P.out_stride[L];
+      for (int64_t n = n0; n < n1; ++n) {
+        for (int64_t c = 0; c < P.C; ++c) {
+          alignas(64) float gl[V::W];
+          V::to_array(V::load(grad_out + n * P.out_stride_n + c * P.out_stride_c + go_sp, P.out_stride[L], live), gl);
+          float* gi = grad_image + n * P.gimg_stride_n + c * P.gimg_stride_c;
+          for (int j = 0; j < count; ++j)
+            if (lane_in >> j & 1u) gi[lane_off[j]] += 1.f * gl[j];
+        }
+      }
+    }
+    if (grad_coords != nullptr) {
+      float* dst = grad_coords + row_gc + w * P.gcoord_stride[L];
+      for (int k = 0; k < NDIM; ++k) {
+        if (P.gcoord_stride[L] == 1) {
+          V::store(dst + P.gcoord_axis_offset[k], V::zero(), live);
+        } else {
+          for (int j = 0; j < count; ++j) dst[P.gcoord_axis_offset[k] + j * P.gcoord_stride[L]] = 0.f;
+        }
+      }
+    }
+  }
+}
+
 // Row loops: rows [r0, r1) of the output (coordinate batch, all axes but the last).
 template <int NDIM>
 FASTWARP_LANES_INLINE void unravel_row(const SampleParams<NDIM>& P, int64_t r, int64_t* nd, int64_t (&pos)[NDIM]) {
@@ -319,6 +454,26 @@ void backward_rows(const SampleParams<NDIM>& P, const float* grad_out, const flo
   for (int64_t r = r0; r < r1; ++r) {
     unravel_row(P, r, &nd, pos);
     backward_row<V, kDisp, kPad, NDIM>(P, grad_out, image, coords, grad_image, grad_coords, nd, pos);
+  }
+}
+
+template <typename V, int NDIM, bool kDisp, Padding kPad, typename elem_t>
+void nearest_forward_rows(const SampleParams<NDIM>& P, const elem_t* image, const float* coords,
+                          elem_t* out, int64_t r0, int64_t r1) {
+  int64_t pos[NDIM] = {}, nd = 0;
+  for (int64_t r = r0; r < r1; ++r) {
+    unravel_row(P, r, &nd, pos);
+    nearest_forward_row<V, kDisp, kPad, NDIM, elem_t>(P, image, coords, out, nd, pos);
+  }
+}
+
+template <typename V, int NDIM, bool kDisp, Padding kPad>
+void nearest_backward_rows(const SampleParams<NDIM>& P, const float* grad_out, const float* coords,
+                           float* grad_image, float* grad_coords, int64_t r0, int64_t r1) {
+  int64_t pos[NDIM] = {}, nd = 0;
+  for (int64_t r = r0; r < r1; ++r) {
+    unravel_row(P, r, &nd, pos);
+    nearest_backward_row<V, kDisp, kPad, NDIM>(P, grad_out, coords, grad_image, grad_coords, nd, pos);
   }
 }
 

@@ -146,12 +146,23 @@ int64_t cpu_simd_level(int64_t requested) {
 }
 
 // Whether the vector kernels serve this call (Note [Vectorized CPU sampling]).
+// Linear: float32 images; nearest: float32 and integer images (whose coordinates may be
+// float32 too); both at float32 coordinates.
 template <typename scalar_t, typename coord_t, int NDIM>
 bool use_simd(const SampleParams<NDIM>& P) {
-  return std::is_same<scalar_t, float>::value && std::is_same<coord_t, float>::value &&
-         simd_level().load() > 0 && P.interp == Interp::Linear &&
-         P.padding != Padding::Reflection && params_fit_int32(P, num_rows(P) * P.out_size[NDIM - 1]);
+  const bool types = std::is_same<coord_t, float>::value &&
+                     (std::is_same<scalar_t, float>::value || P.interp == Interp::Nearest);
+  return types && simd_level().load() > 0 && P.padding != Padding::Reflection &&
+         params_fit_int32(P, num_rows(P) * P.out_size[NDIM - 1]);
 }
+
+// The element type the nearest kernels copy a scalar_t as: float for every 32-bit element
+// (one gather), else the unsigned integer of its size.
+template <typename scalar_t>
+using nearest_elem_t = std::conditional_t<
+    sizeof(scalar_t) == 4, float,
+    std::conditional_t<sizeof(scalar_t) == 1, uint8_t,
+                       std::conditional_t<sizeof(scalar_t) == 2, uint16_t, uint64_t>>>;
 
 #if defined(FASTWARP_HAVE_X86_SIMD)
 // Calls f(level tag, displacement tag, padding tag) for a call that use_simd accepted.
@@ -188,17 +199,28 @@ struct CpuBackend {
                       scalar_t* out, scalar_t* jac) {
     using T = at::opmath_type<coord_t>;
 #if defined(FASTWARP_HAVE_X86_SIMD)
-    if constexpr (std::is_same<scalar_t, float>::value && std::is_same<coord_t, float>::value) {
+    if constexpr (std::is_same<coord_t, float>::value) {
       if (use_simd<scalar_t, coord_t>(P)) {
         const int level = simd_level().load();
         dispatch_simd(P, [&](auto disp, auto pad) {
           constexpr bool kDisp = decltype(disp)::value;
           constexpr Padding kPad = decltype(pad)::value;
           at::parallel_for(0, num_rows(P), rows_per_task(P), [&](int64_t r0, int64_t r1) {
-            if (level >= 2) {
-              simd::avx512::forward_rows<simd::Avx512, NDIM, kDisp, kPad>(P, image, coords, out, jac, r0, r1);
-            } else {
-              simd::avx2::forward_rows<simd::Avx2, NDIM, kDisp, kPad>(P, image, coords, out, jac, r0, r1);
+            if (P.interp == Interp::Nearest) {
+              using elem_t = nearest_elem_t<scalar_t>;
+              const auto* img = reinterpret_cast<const elem_t*>(image);
+              auto* dst = reinterpret_cast<elem_t*>(out);
+              if (level >= 2) {
+                simd::avx512::nearest_forward_rows<simd::Avx512, NDIM, kDisp, kPad>(P, img, coords, dst, r0, r1);
+              } else {
+                simd::avx2::nearest_forward_rows<simd::Avx2, NDIM, kDisp, kPad>(P, img, coords, dst, r0, r1);
+              }
+            } else if constexpr (std::is_same<scalar_t, float>::value) {
+              if (level >= 2) {
+                simd::avx512::forward_rows<simd::Avx512, NDIM, kDisp, kPad>(P, image, coords, out, jac, r0, r1);
+              } else {
+                simd::avx2::forward_rows<simd::Avx2, NDIM, kDisp, kPad>(P, image, coords, out, jac, r0, r1);
+              }
             }
           });
         });
@@ -250,7 +272,15 @@ struct CpuBackend {
           dispatch_simd(P, [&](auto disp, auto pad) {
             constexpr bool kDisp = decltype(disp)::value;
             constexpr Padding kPad = decltype(pad)::value;
-            if (level >= 2) {
+            if (P.interp == Interp::Nearest) {
+              if (level >= 2) {
+                simd::avx512::nearest_backward_rows<simd::Avx512, NDIM, kDisp, kPad>(P, grad_out, coords, gi,
+                                                                                  grad_coords, r0, r1);
+              } else {
+                simd::avx2::nearest_backward_rows<simd::Avx2, NDIM, kDisp, kPad>(P, grad_out, coords, gi,
+                                                                              grad_coords, r0, r1);
+              }
+            } else if (level >= 2) {
               simd::avx512::backward_rows<simd::Avx512, NDIM, kDisp, kPad>(P, grad_out, image, coords, gi,
                                                                         grad_coords, r0, r1);
             } else {
