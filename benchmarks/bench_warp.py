@@ -1,14 +1,14 @@
 """fastwarp.warp against the ways registration code warps today (the baselines of
 :mod:`fastwarp.app.bench.baselines`: grid_sample on a precomputed grid, VoxelMorph's transformer,
 and the installed voxelmorph's and MONAI's), one pytest-benchmark group per case
-(``warp-{2d,3d}-<size>-{cpu,cuda}-{fwd,fwdbwd,fwdbwd-both}``), and scaling and squaring
+(``warp-{2d,3d}-<size>-{cpu,cuda}-{fwd,fwdbwd,fwdbwd-both,fwd-nearest}``), and scaling and squaring
 (``vecint-3d-<size>-{cpu,cuda}``) against VoxelMorph's and MONAI's.
 
 The sizes, inputs and timed calls are ``python -m fastwarp.bench``'s
 (:mod:`fastwarp.app.bench.cases`); tests/test_bench_baselines.py checks that every baseline
 computes what fastwarp does. ``fwdbwd`` is a training step's warp: the displacement requires
 grad, the image does not, and the backward takes a fixed random ``grad_out``; ``fwdbwd-both``
-gives the gradients to both. Every case records
+gives the gradients to both; ``fwd-nearest`` warps a label map with nearest-neighbour sampling. Every case records
 in ``extra_info`` its implementation, shape, device, threads and versions, the bytes any
 implementation must move and (when timed) the achieved GB/s; on CUDA the ``copy`` case measures
 the device's copy bandwidth in the same run for reference.

@@ -42,6 +42,21 @@ def test_warp_baselines(device, nd, impl_name):
     torch.testing.assert_close(grad, expected_grad, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("impl_name", WARP_BASELINES)
+@pytest.mark.parametrize("nd", [2, 3], ids=["2d", "3d"])
+def test_warp_baselines_nearest(device, nd, impl_name):
+    """A label map's warp (the ``fwd-nearest`` cases): each baseline's nearest-neighbour warp
+    picks fastwarp's voxels (batch 2, 2 channels, fields reaching past the borders)."""
+    spatial = WARP_SHAPES["tiny"][nd, device.type]
+    impl = build_or_skip(WARP_IMPLS[impl_name], spatial, device, torch.float64)
+    g = torch.Generator().manual_seed(5)
+    labels = torch.randint(0, 7, (2, 2, *spatial), generator=g).to(device, torch.float64)
+    disp = smooth_disp(spatial, seed=6, batch=2, dtype=torch.float64).to(device)
+    assert impl.nearest is not None
+    torch.testing.assert_close(impl.nearest(labels, impl.prepare(disp)), fastwarp.warp(labels, disp, mode="nearest"),
+                               rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("impl_name", [name for name in VECINT_IMPLS if name != "fastwarp"])
 def test_vecint_baselines(device, impl_name):
     """Scaling and squaring (7 steps) of a velocity reaching past the borders: the baselines'

@@ -27,7 +27,7 @@ def test_bench_command_tiny(tmp_path):
 
     cases = {case["case"]: case for case in result["cases"]}
     warp = ["fastwarp", "grid_sample", "voxelmorph"]
-    plain = {f"warp-{nd}d-{mode}": warp for nd in (2, 3) for mode in ("fwd", "fwdbwd", "fwdbwd-both")}
+    plain = {f"warp-{nd}d-{mode}": warp for nd in (2, 3) for mode in ("fwd", "fwdbwd", "fwdbwd-both", "fwd-nearest")}
     plain.update({"vecint-3d": ["fastwarp", "voxelmorph"], "ncc-3d-w3-fwd": ["fastwarp", "voxelmorph-classic"],
                   "ncc-3d-w3-fwdbwd": ["fastwarp", "voxelmorph-classic"], "train-3d": ["fastwarp", "voxelmorph"]})
     assert set(cases) == set(plain)

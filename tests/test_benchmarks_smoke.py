@@ -30,7 +30,7 @@ def test_benchmarks_run_tiny():
     ncc = ["fastwarp", "voxelmorph-classic"] + [name for name in ("neurite", "monai") if importlib.util.find_spec(name)]
     for nd in ("2d", "3d"):
         for impl in warp:
-            for mode in ("fwd", "fwdbwd"):
+            for mode in ("fwd", "fwdbwd", "fwd-nearest"):
                 ran(f"bench_warp.py::test_warp[cpu-{nd}-{impl}-{mode}]")
         for impl in ncc:
             for mode in ("fwd", "fwdbwd"):

@@ -35,6 +35,7 @@ window) raises :class:`BaselineNotApplicable`. The pytest modules turn both into
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import math
@@ -135,11 +136,13 @@ class VoxelMorphTransformer(torch.nn.Module):
 
 class WarpImpl(NamedTuple):
     """One way to warp. ``prepare`` turns the voxel-unit displacement into what ``apply`` takes
-    (untimed, differentiable); ``apply(image, prepared)`` is the timed warp."""
+    (untimed, differentiable); ``apply(image, prepared)`` is the timed warp, ``nearest`` the
+    same with nearest-neighbour sampling (a label map's warp), where the implementation has it."""
 
     prepare: Callable[[torch.Tensor], torch.Tensor]
     apply: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     version: str
+    nearest: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 def _as_is(disp):
@@ -147,18 +150,22 @@ def _as_is(disp):
 
 
 def _warp_fastwarp(spatial, device, dtype):
-    return WarpImpl(_as_is, fastwarp.warp, fastwarp.__version__)
+    return WarpImpl(_as_is, fastwarp.warp, fastwarp.__version__, functools.partial(fastwarp.warp, mode="nearest"))
 
 
 def _warp_grid_sample(spatial, device, dtype):
     def apply(image, grid):
         return F.grid_sample(image, grid, align_corners=True)
 
-    return WarpImpl(voxelmorph_grid, apply, torch.__version__)
+    def nearest(image, grid):
+        return F.grid_sample(image, grid, mode="nearest", align_corners=True)
+
+    return WarpImpl(voxelmorph_grid, apply, torch.__version__, nearest)
 
 
 def _warp_voxelmorph(spatial, device, dtype):
-    return WarpImpl(_as_is, VoxelMorphTransformer(spatial).to(device, dtype), torch.__version__)
+    return WarpImpl(_as_is, VoxelMorphTransformer(spatial).to(device, dtype), torch.__version__,
+                    VoxelMorphTransformer(spatial, mode="nearest").to(device, dtype))
 
 
 def _warp_voxelmorph_pkg(spatial, device, dtype):
@@ -169,9 +176,11 @@ def _warp_voxelmorph_pkg(spatial, device, dtype):
     vxm = _import("voxelmorph-pkg", "voxelmorph")
     if hasattr(vxm, "torch"):  # 0.2: SpatialTransformer(size), identity grid as a float buffer
         transformer = vxm.torch.layers.SpatialTransformer(spatial).to(device, dtype)
+        nearest = vxm.torch.layers.SpatialTransformer(spatial, mode="nearest").to(device, dtype)
     else:  # 0.3+: size-free, builds and caches its identity grid on the first call
         transformer = vxm.nn.modules.SpatialTransformer()
-    return WarpImpl(_as_is, transformer, vxm.__version__)
+        nearest = vxm.nn.modules.SpatialTransformer(interpolation_mode="nearest")
+    return WarpImpl(_as_is, transformer, vxm.__version__, nearest)
 
 
 def _warp_monai(spatial, device, dtype):
@@ -186,7 +195,8 @@ def _warp_monai(spatial, device, dtype):
         # torch's grid_sample, which is the path we mean to measure.
         warnings.filterwarnings("ignore", message=".*Using PyTorch native grid_sample")
         warp = Warp(mode="bilinear", padding_mode="zeros")
-    return WarpImpl(_as_is, warp, monai.__version__)
+        nearest = Warp(mode="nearest", padding_mode="zeros")
+    return WarpImpl(_as_is, warp, monai.__version__, nearest)
 
 
 WARP_IMPLS = {

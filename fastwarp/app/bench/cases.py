@@ -19,6 +19,7 @@ from typing import NamedTuple
 import torch
 
 from ..fields import smooth_noise
+from .baselines import BaselineNotApplicable
 from .measure import input_sets
 
 DTYPE = torch.float32
@@ -43,8 +44,9 @@ WARP_SHAPES = {
 
 # What a warp case times: the warp alone; with the gradient to the displacement (a training
 # step's warp, the image needs none); with the gradients to both (scaling and squaring, where a
-# field warps itself, and any optimization of the moving image).
-WARP_MODES = ("fwd", "fwdbwd", "fwdbwd-both")
+# field warps itself, and any optimization of the moving image); a label map's warp (nearest
+# neighbour, forward: what registration does to segmentations).
+WARP_MODES = ("fwd", "fwdbwd", "fwdbwd-both", "fwd-nearest")
 
 # Scaling and squaring (VecInt, 7 steps), forward+backward: the velocity's spatial size, where
 # VoxelMorph integrates it (int_downsize=2: half the warp's 3-D size).
@@ -116,15 +118,19 @@ def make_pair(shape, generator, dtype=DTYPE):
 
 
 def warp_inputs(spatial: Sequence[int], device: torch.device, mode: str) -> list[tuple]:
-    """``(image, disp, grad_out)`` sets: a U(0,1) image ``(1, 1, *spatial)``, the smooth field
-    :func:`smooth_disp` seeded by the set's index, and a random ``grad_out`` for the backward
-    (``mode``: one of :data:`WARP_MODES`)."""
-    backward = mode != "fwd"
+    """``(image, disp, grad_out)`` sets: a U(0,1) image ``(1, 1, *spatial)`` (for ``fwd-nearest``
+    a label map of 4 labels, float32 as grid_sample needs), the smooth field :func:`smooth_disp`
+    seeded by the set's index, and a random ``grad_out`` for the backward (``mode``: one of
+    :data:`WARP_MODES`)."""
+    backward = mode not in ("fwd", "fwd-nearest")
     set_bytes = math.prod(spatial) * DTYPE.itemsize * (len(spatial) + (2 if backward else 1))
     g = torch.Generator().manual_seed(0)
     inputs = []
     for seed in range(input_sets(device, set_bytes)):
-        image = torch.rand(1, 1, *spatial, generator=g, dtype=DTYPE).to(device)
+        if mode == "fwd-nearest":
+            image = torch.randint(0, 4, (1, 1, *spatial), generator=g).to(device, DTYPE)
+        else:
+            image = torch.rand(1, 1, *spatial, generator=g, dtype=DTYPE).to(device)
         disp = smooth_disp(spatial, seed).to(device)
         grad_out = torch.randn(image.shape, generator=g, dtype=DTYPE).to(device)
         inputs.append((image.requires_grad_(mode == "fwdbwd-both"), disp, grad_out))
@@ -134,17 +140,23 @@ def warp_inputs(spatial: Sequence[int], device: torch.device, mode: str) -> list
 def warp_call(impl, inputs: Sequence[tuple], mode: str) -> Callable[[], object]:
     """The timed warp of ``impl`` (a :class:`~fastwarp.app.bench.baselines.WarpImpl`): its
     ``apply`` and, after ``mode``, the gradient to the displacement (``fwdbwd``) or to both the
-    image and the displacement (``fwdbwd-both``) for the set's ``grad_out``. ``impl.prepare``
-    runs here, untimed."""
+    image and the displacement (``fwdbwd-both``) for the set's ``grad_out``; for ``fwd-nearest``
+    its ``nearest`` (:class:`~fastwarp.app.bench.baselines.BaselineNotApplicable` when it has
+    none). ``impl.prepare`` runs here, untimed."""
     if mode not in WARP_MODES:
         raise ValueError(f"warp mode must be one of {WARP_MODES}, got {mode!r}")
-    backward = mode != "fwd"
+    backward = mode not in ("fwd", "fwd-nearest")
+    apply = impl.apply
+    if mode == "fwd-nearest":
+        if impl.nearest is None:
+            raise BaselineNotApplicable("no nearest-neighbour warp")
+        apply = impl.nearest
     sets = cycle([(image, impl.prepare(disp).detach().requires_grad_(backward), grad_out)
                   for image, disp, grad_out in inputs])
 
     def call():
         image, prepared, grad_out = next(sets)
-        out = impl.apply(image, prepared)
+        out = apply(image, prepared)
         if mode == "fwdbwd-both":
             return out, torch.autograd.grad(out, (image, prepared), grad_out)
         if backward:

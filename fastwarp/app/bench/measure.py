@@ -88,10 +88,11 @@ def nbytes(t):
 def warp_bytes_moved(image, disp, mode):
     """The bytes any warp must move: the forward pass reads the field and the image and writes
     the output; the field-gradient pass (``mode`` ``fwdbwd``) then reads grad_out, the field and
-    the image and writes the field's gradient; ``fwdbwd-both`` also writes the image's."""
+    the image and writes the field's gradient; ``fwdbwd-both`` also writes the image's
+    (``fwd-nearest``: the forward)."""
     forward = nbytes(disp) + 2 * nbytes(image)
     backward = 2 * nbytes(image) + 2 * nbytes(disp)
-    return forward + {"fwd": 0, "fwdbwd": backward, "fwdbwd-both": backward + nbytes(image)}[mode]
+    return forward + {"fwd": 0, "fwd-nearest": 0, "fwdbwd": backward, "fwdbwd-both": backward + nbytes(image)}[mode]
 
 
 def ncc_bytes_moved(a, mode):

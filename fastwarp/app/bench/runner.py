@@ -2,10 +2,10 @@
 
 Cases (float32, batch 1; sizes from :mod:`fastwarp.app.bench.cases`):
 
-- ``warp-{3d,2d}-fwd`` / ``-fwdbwd`` / ``-fwdbwd-both``: the warp alone, a training step's warp
-  (the displacement requires grad, the image does not), and the warp with the gradients to both
-  (scaling and squaring, an optimized moving image); the backward takes a fixed random
-  ``grad_out``. Against ``grid_sample`` on a precomputed grid, VoxelMorph's transformer in
+- ``warp-{3d,2d}-fwd`` / ``-fwdbwd`` / ``-fwdbwd-both`` / ``-fwd-nearest``: the warp alone, a
+  training step's warp (the displacement requires grad, the image does not), the warp with the
+  gradients to both (scaling and squaring, an optimized moving image), and a label map's warp
+  (nearest neighbour); the backward takes a fixed random ``grad_out``. Against ``grid_sample`` on a precomputed grid, VoxelMorph's transformer in
   plain PyTorch, and the installed voxelmorph's and MONAI's.
 - ``vecint-3d``: scaling and squaring of a velocity field (7 steps) with its backward, at
   VoxelMorph's half resolution: ``fastwarp.nn.VecInt`` against VoxelMorph's ``VecInt`` in plain
@@ -165,7 +165,8 @@ def _warp_case(nd: int, mode: str, size: str, device: torch.device, repeats, rep
 
     rows = _run_impls(name, [1, 1, *spatial], list(WARP_IMPLS), build, device, repeats, report)
     what = {"fwd": "", "fwdbwd": "; disp requires grad, image not; backward with a fixed grad_out",
-            "fwdbwd-both": "; image and disp require grad; backward with a fixed grad_out"}[mode]
+            "fwdbwd-both": "; image and disp require grad; backward with a fixed grad_out",
+            "fwd-nearest": "; nearest neighbour, a 4-label map (float32)"}[mode]
     return dict(case=name, kind=f"warp-{mode}", shape=[1, 1, *spatial], window=None, input_sets=len(inputs),
                 description="fastwarp.warp(image, disp) and the baselines' warps" + what, rows=rows)
 
