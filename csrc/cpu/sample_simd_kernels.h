@@ -165,6 +165,24 @@ FASTWARP_LANES_INLINE typename V::F axis_derivative_lanes(const typename V::F (&
   return tree_sum_lanes<V, (1 << NDIM) / 2>(terms);
 }
 
+// Where the row at pos (coordinate batch nd) starts: the images it serves [n0, n1) (all of
+// them for a shared field, image_batch_range), and its offsets into the output (or grad_out)
+// and the coordinate gradient.
+struct RowStart {
+  int64_t n0, n1, out, gcoord;
+};
+
+template <int NDIM>
+FASTWARP_LANES_INLINE RowStart row_start(const SampleParams<NDIM>& P, int64_t nd, const int64_t (&pos)[NDIM]) {
+  RowStart r{nd, nd + 1, 0, nd * P.gcoord_stride_n};
+  if (P.coord_batch == 1) r.n0 = 0, r.n1 = P.N;
+  for (int k = 0; k < NDIM - 1; ++k) {
+    r.out += pos[k] * P.out_stride[k];
+    r.gcoord += pos[k] * P.gcoord_stride[k];
+  }
+  return r;
+}
+
 // The lanes of points [w, w + count) of a row: pos holds the row's other axes.
 template <typename V, bool kDisp, Padding kPad, int NDIM>
 FASTWARP_LANES_INLINE void point_lanes(const SampleParams<NDIM>& P, const float* coords, int64_t nd,
@@ -188,10 +206,8 @@ FASTWARP_LANES_INLINE void forward_row(const SampleParams<NDIM>& P, const float*
                                       const int64_t (&pos)[NDIM]) {
   constexpr int K = 1 << NDIM, L = NDIM - 1;
   const int64_t width = P.out_size[L];
-  int64_t n0 = nd, n1 = nd + 1;
-  if (P.coord_batch == 1) n0 = 0, n1 = P.N;
-  int64_t row_out = 0;
-  for (int k = 0; k < L; ++k) row_out += pos[k] * P.out_stride[k];
+  const RowStart row = row_start(P, nd, pos);
+  const int64_t n0 = row.n0, n1 = row.n1, row_out = row.out;
   const int size_l = static_cast<int>(P.in_size[L]);
   const bool pairs = P.img_stride[L] == 1 && size_l >= 2;
   for (int64_t w = 0; w < width; w += V::W) {
@@ -229,13 +245,8 @@ FASTWARP_LANES_INLINE void backward_row(const SampleParams<NDIM>& P, const float
                                        float* grad_coords, int64_t nd, const int64_t (&pos)[NDIM]) {
   constexpr int K = 1 << NDIM, L = NDIM - 1;
   const int64_t width = P.out_size[L];
-  int64_t n0 = nd, n1 = nd + 1;
-  if (P.coord_batch == 1) n0 = 0, n1 = P.N;
-  int64_t row_out = 0, row_gc = nd * P.gcoord_stride_n;
-  for (int k = 0; k < L; ++k) {
-    row_out += pos[k] * P.out_stride[k];
-    row_gc += pos[k] * P.gcoord_stride[k];
-  }
+  const RowStart row = row_start(P, nd, pos);
+  const int64_t n0 = row.n0, n1 = row.n1, row_out = row.out, row_gc = row.gcoord;
   const bool want_coord = grad_coords != nullptr;
   const int size_l = static_cast<int>(P.in_size[L]);
   const bool pairs = P.img_stride[L] == 1 && size_l >= 2;
@@ -347,10 +358,8 @@ FASTWARP_LANES_INLINE void nearest_forward_row(const SampleParams<NDIM>& P, cons
                                               const int64_t (&pos)[NDIM]) {
   constexpr int L = NDIM - 1;
   const int64_t width = P.out_size[L];
-  int64_t n0 = nd, n1 = nd + 1;
-  if (P.coord_batch == 1) n0 = 0, n1 = P.N;
-  int64_t row_out = 0;
-  for (int k = 0; k < L; ++k) row_out += pos[k] * P.out_stride[k];
+  const RowStart row = row_start(P, nd, pos);
+  const int64_t n0 = row.n0, n1 = row.n1, row_out = row.out;
   for (int64_t w = 0; w < width; w += V::W) {
     const int count = static_cast<int>(width - w < V::W ? width - w : V::W);
     const typename V::M live = V::first(count);
@@ -386,13 +395,8 @@ FASTWARP_LANES_INLINE void nearest_backward_row(const SampleParams<NDIM>& P, con
                                                float* grad_coords, int64_t nd, const int64_t (&pos)[NDIM]) {
   constexpr int L = NDIM - 1;
   const int64_t width = P.out_size[L];
-  int64_t n0 = nd, n1 = nd + 1;
-  if (P.coord_batch == 1) n0 = 0, n1 = P.N;
-  int64_t row_out = 0, row_gc = nd * P.gcoord_stride_n;
-  for (int k = 0; k < L; ++k) {
-    row_out += pos[k] * P.out_stride[k];
-    row_gc += pos[k] * P.gcoord_stride[k];
-  }
+  const RowStart row = row_start(P, nd, pos);
+  const int64_t n0 = row.n0, n1 = row.n1, row_out = row.out, row_gc = row.gcoord;
   for (int64_t w = 0; w < width; w += V::W) {
     const int count = static_cast<int>(width - w < V::W ? width - w : V::W);
     const typename V::M live = V::first(count);
