@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "../common/ncc_op.h"
@@ -33,6 +34,34 @@ struct Shape {
   int64_t plane() const { return H * W; }
 };
 
+// Note [NCC loops on the CPU's vector units]
+// ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+// The loops below are elementwise over a plane (or a row of planes) and vectorize as they
+// are written. The extension is built for baseline x86-64 (two doubles per SSE2
+// instruction); FASTWARP_CPU_CLONES compiles each loop function also for AVX2 and AVX-512,
+// and the loader picks the widest one the CPU has (GCC/Clang function multiversioning: an
+// ifunc resolved once). Only the function itself is cloned: what it calls and does not
+// inline is the one ordinary copy, so nothing built for a wider target can reach a caller
+// on a CPU without it. The clones compute the same values bit for bit: the operations are
+// elementwise (no reassociated sums) and the build has -ffp-contract=off (no fused
+// multiply-add), so a lane does in its vector exactly what the scalar code does.
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#define FASTWARP_CPU_CLONES __attribute__((target_clones("default", "avx2", "avx512f"), flatten))
+#else
+#define FASTWARP_CPU_CLONES
+#endif
+// (flatten: the NCC algebra of ncc.h is inlined into each clone, as on the GPU, so that the
+// loop around it vectorizes. A lambda is a function of its own and is not cloned: the cloned
+// loops are written without them.)
+
+FASTWARP_CPU_CLONES void add_plane(double* acc, const double* src, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) acc[i] += src[i];
+}
+
+FASTWARP_CPU_CLONES void subtract_plane(double* acc, const double* src, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) acc[i] -= src[i];
+}
+
 // Running sum over slices of planes of `width` doubles produced on demand.
 class SlidingSum {
  public:
@@ -49,8 +78,7 @@ class SlidingSum {
       started_ = true;
     }
     for (; next_remove_ < c - half_ && next_remove_ < next_add_; ++next_remove_) {
-      const double* old = slot(next_remove_);
-      for (int64_t i = 0; i < width_; ++i) acc_[i] -= old[i];
+      subtract_plane(acc_.data(), slot(next_remove_), width_);
     }
     next_remove_ = std::max(next_remove_, c - half_);
     next_add_ = std::max(next_add_, next_remove_);
@@ -58,7 +86,7 @@ class SlidingSum {
     for (; next_add_ < end; ++next_add_) {
       double* dst = slot(next_add_);
       produce(next_add_, dst);
-      for (int64_t i = 0; i < width_; ++i) acc_[i] += dst[i];
+      add_plane(acc_.data(), dst, width_);
     }
     return acc_.data();
   }
@@ -74,15 +102,16 @@ class SlidingSum {
 
 // 2-D box sum, in place, of `count` planes stored one after another in `planes`;
 // `row` is scratch of W doubles.
-void box_sum_planes(double* planes, int64_t count, const Shape& s, std::vector<double>& scratch) {
+FASTWARP_CPU_CLONES void box_sum_planes(double* planes, int64_t count, const Shape& s, std::vector<double>& scratch) {
   const int64_t W = s.W, H = s.H;
   scratch.resize(static_cast<size_t>((H + 1) * W));
   double* tmp = scratch.data();         // H x W: the W pass
   double* acc = scratch.data() + H * W;  // W: running sum of rows
   for (int64_t q = 0; q < count; ++q) {
     double* p = planes + q * H * W;
-    // W pass, four rows at a time (independent running sums overlap)
+    // W pass, eight (then four) rows at a time (independent running sums overlap)
     int64_t y = 0;
+    for (; y + 8 <= H; y += 8) box_sum_lines<8>(p + y * W, tmp + y * W, W, 1, s.hw, W);
     for (; y + 4 <= H; y += 4) box_sum_lines<4>(p + y * W, tmp + y * W, W, 1, s.hw, W);
     for (; y < H; ++y) box_sum_line(p + y * W, tmp + y * W, W, 1, s.hw);
     // H pass: a running sum of whole rows, vectorizable along W
@@ -121,26 +150,141 @@ VolumeView<scalar_t> volume_view(const at::Tensor& t, int64_t m) {
 }
 
 // The five quantities I, J, I^2, J^2, IJ of slice d, 2-D box-summed, into dst (5 planes).
+// kUnit: both inputs' rows are contiguous (unit strides the vectorizer can see).
+template <typename scalar_t, bool kUnit>
+FASTWARP_CPU_CLONES void five_products(const VolumeView<scalar_t>& a, const VolumeView<scalar_t>& b,
+                                       int64_t d, const Shape& s, double* dst) {
+  const int64_t P = s.plane(), sa = kUnit ? 1 : a.sw, sb = kUnit ? 1 : b.sw;
+  for (int64_t y = 0; y < s.H; ++y) {
+    const scalar_t* ra = a.base + d * a.sd + y * a.sh;
+    const scalar_t* rb = b.base + d * b.sd + y * b.sh;
+    double* o = dst + y * s.W;
+    for (int64_t x = 0; x < s.W; ++x) {
+      const double i = static_cast<double>(ra[x * sa]), j = static_cast<double>(rb[x * sb]);
+      o[x] = i;
+      o[P + x] = j;
+      o[2 * P + x] = i * i;
+      o[3 * P + x] = j * j;
+      o[4 * P + x] = i * j;
+    }
+  }
+}
+
 template <typename scalar_t>
 void five_plane_sums(const VolumeView<scalar_t>& a, const VolumeView<scalar_t>& b, int64_t d,
                      const Shape& s, double* dst, std::vector<double>& scratch) {
-  const int64_t P = s.plane();
-  for (int64_t y = 0; y < s.H; ++y) {
-    for (int64_t x = 0; x < s.W; ++x) {
-      const double i = a.at(d, y, x), j = b.at(d, y, x);
-      const int64_t k = y * s.W + x;
-      dst[k] = i;
-      dst[P + k] = j;
-      dst[2 * P + k] = i * i;
-      dst[3 * P + k] = j * j;
-      dst[4 * P + k] = i * j;
-    }
+  if (a.sw == 1 && b.sw == 1) {
+    five_products<scalar_t, true>(a, b, d, s, dst);
+  } else {
+    five_products<scalar_t, false>(a, b, d, s, dst);
   }
   box_sum_planes(dst, 5, s, scratch);
 }
 
-NccSums sums_at(const double* acc, int64_t P, int64_t k) {
+inline NccSums sums_at(const double* acc, int64_t P, int64_t k) {
   return NccSums{acc[k], acc[P + k], acc[2 * P + k], acc[3 * P + k], acc[4 * P + k]};
+}
+
+// cc of a plane from its five window sums (acc: 5 planes of P).
+template <typename scalar_t>
+FASTWARP_CPU_CLONES void cc_plane(const double* acc, int64_t P, double inv_n, double eps, scalar_t* o) {
+  for (int64_t k = 0; k < P; ++k) o[k] = static_cast<scalar_t>(ncc_value(sums_at(acc, P, k), inv_n, eps));
+}
+
+// Where ncc_backward keeps its coefficient planes in a plane stack: (f_I, f_II) for a, (f_J,
+// f_JJ) for b, and f_IJ for either.
+struct CoefficientPlanes {
+  bool want_a, want_b;
+  int64_t i, ii, j, jj, ij, count;
+  CoefficientPlanes(bool a, bool b)
+      : want_a(a), want_b(b), i(0), ii(1), j(a ? 2 : 0), jj(j + 1), ij((a ? 2 : 0) + (b ? 2 : 0)), count(ij + 1) {}
+};
+
+// The coefficient planes of slice p from its five window sums and the upstream gradient,
+// for the gradients wanted (kA, kB); kStride: the upstream gradient's x stride when it is 1
+// or 0 (a reduced loss's gradient, expanded), else -1 (read at run time).
+template <typename scalar_t, bool kA, bool kB, int kStride>
+FASTWARP_CPU_CLONES void coefficient_rows(const double* acc, const VolumeView<scalar_t>& vg, int64_t p,
+                                          const Shape& s, double inv_n, double eps, double g_scale,
+                                          const CoefficientPlanes& cq, double* dst) {
+  const int64_t P = s.plane(), sg = kStride >= 0 ? kStride : vg.sw;
+  for (int64_t y = 0; y < s.H; ++y) {
+    const scalar_t* g = vg.base + p * vg.sd + y * vg.sh;
+    const int64_t k0 = y * s.W;
+    for (int64_t x = 0; x < s.W; ++x) {
+      const int64_t k = k0 + x;
+      const NccCoefficients f =
+          ncc_coefficients(sums_at(acc, P, k), inv_n, eps, g_scale * static_cast<double>(g[x * sg]));
+      if (kA) {
+        dst[cq.i * P + k] = f.i;
+        dst[cq.ii * P + k] = f.ii;
+      }
+      if (kB) {
+        dst[cq.j * P + k] = f.j;
+        dst[cq.jj * P + k] = f.jj;
+      }
+      dst[cq.ij * P + k] = f.ij;
+    }
+  }
+}
+
+// The gradients of slice q from the box-summed coefficient planes B.
+template <typename scalar_t, bool kA, bool kB, bool kUnit>
+FASTWARP_CPU_CLONES void gradient_rows(const double* B, const VolumeView<scalar_t>& va,
+                                       const VolumeView<scalar_t>& vb, int64_t q, const Shape& s,
+                                       const CoefficientPlanes& cq, scalar_t* ga, scalar_t* gb) {
+  const int64_t P = s.plane(), sa = kUnit ? 1 : va.sw, sb = kUnit ? 1 : vb.sw;
+  for (int64_t y = 0; y < s.H; ++y) {
+    const scalar_t* ra = va.base + q * va.sd + y * va.sh;
+    const scalar_t* rb = vb.base + q * vb.sd + y * vb.sh;
+    const int64_t k0 = y * s.W;
+    for (int64_t x = 0; x < s.W; ++x) {
+      const int64_t k = k0 + x;
+      const double i = static_cast<double>(ra[x * sa]), j = static_cast<double>(rb[x * sb]);
+      if (kA) ga[k] = static_cast<scalar_t>(ncc_input_grad(B[cq.i * P + k], B[cq.ii * P + k], B[cq.ij * P + k], i, j));
+      if (kB) gb[k] = static_cast<scalar_t>(ncc_input_grad(B[cq.j * P + k], B[cq.jj * P + k], B[cq.ij * P + k], j, i));
+    }
+  }
+}
+
+// Calls f(want_a, want_b, stride) with the flags as compile-time constants, so that the
+// loops above have no branch left in their bodies; stride: 1, 0 or -1 (another stride).
+template <typename F>
+void with_flags(const CoefficientPlanes& cq, int64_t stride, const F& f) {
+  auto with_unit = [&](auto a, auto b) {
+    if (stride == 1) {
+      f(a, b, std::integral_constant<int, 1>{});
+    } else if (stride == 0) {
+      f(a, b, std::integral_constant<int, 0>{});
+    } else {
+      f(a, b, std::integral_constant<int, -1>{});
+    }
+  };
+  if (cq.want_a && cq.want_b) {
+    with_unit(std::true_type{}, std::true_type{});
+  } else if (cq.want_a) {
+    with_unit(std::true_type{}, std::false_type{});
+  } else {
+    with_unit(std::false_type{}, std::true_type{});
+  }
+}
+
+template <typename scalar_t>
+void coefficient_plane(const double* acc, const VolumeView<scalar_t>& vg, int64_t p, const Shape& s,
+                       double inv_n, double eps, double g_scale, const CoefficientPlanes& cq, double* dst) {
+  with_flags(cq, vg.sw, [&](auto a, auto b, auto stride) {
+    coefficient_rows<scalar_t, decltype(a)::value, decltype(b)::value, decltype(stride)::value>(
+        acc, vg, p, s, inv_n, eps, g_scale, cq, dst);
+  });
+}
+
+template <typename scalar_t>
+void gradient_plane(const double* B, const VolumeView<scalar_t>& va, const VolumeView<scalar_t>& vb, int64_t q,
+                    const Shape& s, const CoefficientPlanes& cq, scalar_t* ga, scalar_t* gb) {
+  with_flags(cq, va.sw == 1 && vb.sw == 1 ? 1 : -1, [&](auto a, auto b, auto stride) {
+    gradient_rows<scalar_t, decltype(a)::value, decltype(b)::value, decltype(stride)::value == 1>(
+        B, va, vb, q, s, cq, ga, gb);
+  });
 }
 
 Shape volume_shape(const at::Tensor& a, at::IntArrayRef window) {
@@ -186,8 +330,7 @@ at::Tensor ncc_forward_cpu(const at::Tensor& a, const at::Tensor& b, at::IntArra
       for (int64_t d = d0; d < d1; ++d) {
         const double* acc = sums.advance(
             d, [&](int64_t z, double* dst) { five_plane_sums(va, vb, z, s, dst, scratch); });
-        scalar_t* o = po + (m * s.D + d) * P;
-        for (int64_t k = 0; k < P; ++k) o[k] = static_cast<scalar_t>(ncc_value(sums_at(acc, P, k), inv_n, eps));
+        cc_plane(acc, P, inv_n, eps, po + (m * s.D + d) * P);
       }
     });
   });
@@ -207,12 +350,7 @@ std::tuple<at::Tensor, at::Tensor> ncc_backward_cpu(const at::Tensor& grad_out, 
   const Shape s = volume_shape(a, window);
   const double inv_n = inverse_window_size(window);
   const int64_t P = s.plane();
-  // Coefficient planes kept in the second sliding sum: (f_I, f_II) for a, (f_J, f_JJ) for
-  // b, and f_IJ for either; their positions in a plane stack:
-  const int64_t cq_i = 0, cq_ii = 1;
-  const int64_t cq_j = want_a ? 2 : 0, cq_jj = cq_j + 1;
-  const int64_t cq_ij = (want_a ? 2 : 0) + (want_b ? 2 : 0);
-  const int64_t nq = cq_ij + 1;
+  const CoefficientPlanes cq(want_a, want_b);  // kept in the second sliding sum
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "fastwarp_ncc_backward", [&] {
     scalar_t* pa_out = want_a ? grad_a.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* pb_out = want_b ? grad_b.mutable_data_ptr<scalar_t>() : nullptr;
@@ -220,43 +358,19 @@ std::tuple<at::Tensor, at::Tensor> ncc_backward_cpu(const at::Tensor& grad_out, 
       const auto va = volume_view<scalar_t>(a, m), vb = volume_view<scalar_t>(b, m);
       const auto vg = volume_view<scalar_t>(upstream.grad, m);
       SlidingSum sums(5 * P, s.hd, s.D);
-      SlidingSum coefs(nq * P, s.hd, s.D);
+      SlidingSum coefs(cq.count * P, s.hd, s.D);
       std::vector<double> scratch;
-      auto coefficient_plane = [&](int64_t p, double* dst) {
+      auto coefficients = [&](int64_t p, double* dst) {
         const double* acc = sums.advance(
             p, [&](int64_t z, double* plane) { five_plane_sums(va, vb, z, s, plane, scratch); });
-        for (int64_t y = 0; y < s.H; ++y) {
-          for (int64_t x = 0; x < s.W; ++x) {
-            const int64_t k = y * s.W + x;
-            const NccCoefficients f = ncc_coefficients(sums_at(acc, P, k), inv_n, eps, g_scale * vg.at(p, y, x));
-            if (want_a) {
-              dst[cq_i * P + k] = f.i;
-              dst[cq_ii * P + k] = f.ii;
-            }
-            if (want_b) {
-              dst[cq_j * P + k] = f.j;
-              dst[cq_jj * P + k] = f.jj;
-            }
-            dst[cq_ij * P + k] = f.ij;
-          }
-        }
-        box_sum_planes(dst, nq, s, scratch);
+        coefficient_plane(acc, vg, p, s, inv_n, eps, g_scale, cq, dst);
+        box_sum_planes(dst, cq.count, s, scratch);
       };
       for (int64_t q = d0; q < d1; ++q) {
-        const double* B = coefs.advance(q, coefficient_plane);
+        const double* B = coefs.advance(q, coefficients);
         const int64_t out_base = (m * s.D + q) * P;
-        for (int64_t y = 0; y < s.H; ++y) {
-          for (int64_t x = 0; x < s.W; ++x) {
-            const int64_t k = y * s.W + x;
-            const double i = va.at(q, y, x), j = vb.at(q, y, x);
-            if (want_a)
-              pa_out[out_base + k] = static_cast<scalar_t>(
-                  ncc_input_grad(B[cq_i * P + k], B[cq_ii * P + k], B[cq_ij * P + k], i, j));
-            if (want_b)
-              pb_out[out_base + k] = static_cast<scalar_t>(
-                  ncc_input_grad(B[cq_j * P + k], B[cq_jj * P + k], B[cq_ij * P + k], j, i));
-          }
-        }
+        gradient_plane(B, va, vb, q, s, cq, want_a ? pa_out + out_base : nullptr,
+                       want_b ? pb_out + out_base : nullptr);
       }
     });
   });
