@@ -44,7 +44,9 @@ struct Shape {
 // inline is the one ordinary copy, so nothing built for a wider target can reach a caller
 // on a CPU without it. The clones compute the same values bit for bit: the operations are
 // elementwise (no reassociated sums) and the build has -ffp-contract=off (no fused
-// multiply-add), so a lane does in its vector exactly what the scalar code does.
+// multiply-add), so a lane does in its vector exactly what the scalar code does. Unlike the
+// warp's lanes (Note [CPU SIMD level]), the choice does not follow ATEN_CPU_CAPABILITY: it
+// is made by the loader, and no result depends on it.
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
 #define FASTWARP_CPU_CLONES __attribute__((target_clones("default", "avx2", "avx512f"), flatten))
 #else
