@@ -31,6 +31,16 @@ inline void define_schemas(torch::Library& m) {
       "grid_sample_backward(Tensor grad_output, Tensor? input, SymInt[] input_size, Tensor grid, "
       "int interp, int padding, bool align_corners, bool[2] output_mask) -> (Tensor, Tensor)");
 
+  // The derivatives of the sampling with respect to the coordinates, and their transposes
+  // (Note [Derivative ops] in csrc/common/sample_op.h): kind 0 displacement (warp), 1 grid
+  // (grid_sample); order: one derivative order per spatial axis, in axis order.
+  m.def(
+      "sample_derivative(Tensor image, Tensor coords, int kind, int interp, int padding, "
+      "bool align_corners, int[] order) -> Tensor");
+  m.def(
+      "splat_derivative(Tensor values, SymInt[] image_size, Tensor coords, int kind, int interp, "
+      "int padding, bool align_corners, int[] order) -> Tensor");
+
   // The CPU warp's instruction set (Note [CPU SIMD level] in csrc/cpu/warp_cpu.cpp): returns
   // the current level (0 scalar, 1 AVX2, 2 AVX-512); a level >= 0 sets it, capped by the CPU.
   m.def("_cpu_simd_level(int level=-1) -> int");

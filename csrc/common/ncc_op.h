@@ -28,7 +28,6 @@ inline void check_ncc_args(const at::Tensor& a, const at::Tensor& b, at::IntArra
   TORCH_CHECK(a.scalar_type() == b.scalar_type() && at::isFloatingType(a.scalar_type()),
               "fastwarp::ncc: inputs must share a floating dtype");
   TORCH_CHECK(a.device() == b.device(), "fastwarp::ncc: inputs on different devices");
-  TORCH_CHECK(a.numel() > 0, "fastwarp::ncc: empty inputs");
   TORCH_CHECK(static_cast<int64_t>(window.size()) == a.dim() - 2,
               "fastwarp::ncc: one window size per spatial axis");
   for (int64_t w : window) TORCH_CHECK(w > 0 && w % 2 == 1, "fastwarp::ncc: windows must be odd and positive");
@@ -47,11 +46,17 @@ inline std::vector<int64_t> ncc_output_shape(const at::Tensor& a, NccReduction r
   return {};
 }
 
-// Reduces a cc map (the CPU's output, or the GPU's large-window fallback).
+// Reduces a cc map (the CPU's output, or the GPU's large-window fallback). An empty map
+// reduces as torch.mean reduces nothing: to NaN, or to an empty (N, C).
 inline at::Tensor reduce_ncc_map(const at::Tensor& cc, NccReduction r) {
   if (r == NccReduction::Mean) return cc.mean();
   if (r == NccReduction::Batch) return cc.flatten(2).mean(2);
   return cc;
+}
+
+// The forward of empty inputs (a batch, channel or spatial size of 0): no kernel runs.
+inline at::Tensor ncc_of_nothing(const at::Tensor& a, NccReduction r) {
+  return reduce_ncc_map(at::empty(a.sizes(), a.options()), r);
 }
 
 // The upstream gradient of the op as a per-voxel gradient g(p) = scale * grad[p] over the
@@ -68,7 +73,7 @@ inline NccUpstream ncc_upstream(const at::Tensor& grad_out, const at::Tensor& a,
               "fastwarp::ncc_backward: grad_output must have the inputs' dtype");
   TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(ncc_output_shape(a, r)),
               "fastwarp::ncc_backward: grad_output has the wrong shape for this reduction");
-  if (r == NccReduction::None) return {grad_out, 1.0};
+  if (r == NccReduction::None || a.numel() == 0) return {grad_out, 1.0};
   std::vector<int64_t> ones(a.dim(), 1);
   if (r == NccReduction::Batch) {
     ones[0] = a.size(0);

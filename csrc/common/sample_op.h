@@ -43,6 +43,7 @@ std::tuple<at::Tensor, at::Tensor> sample_forward(const at::Tensor& image, const
     jac_shape.insert(jac_shape.end(), out_shape.begin() + 2, out_shape.end());
   }
   at::Tensor jac = at::empty(jac_shape, image.options());
+  if (out.numel() == 0) return {out, jac};  // nothing to sample (see check_input_spatial)
   dispatch_ndim(image.dim() - 2, [&](auto ndim_tag) {
     constexpr int NDIM = decltype(ndim_tag)::value;
     SampleParams<NDIM> P =
@@ -80,6 +81,7 @@ std::tuple<at::Tensor, at::Tensor> sample_backward(const at::Tensor& grad_out,
   const bool want_coords = output_mask[1];
   TORCH_CHECK(image_size.size() == 4 || image_size.size() == 5,
               "fastwarp: image_size must have 4 or 5 entries");
+  if (kind == CoordKind::Grid) check_input_spatial(image_size);
   TORCH_CHECK(at::isFloatingType(grad_out.scalar_type()) &&
                   grad_out.scalar_type() == coords.scalar_type(),
               "fastwarp: grad_output must be floating point with the coordinates' dtype");
@@ -98,6 +100,10 @@ std::tuple<at::Tensor, at::Tensor> sample_backward(const at::Tensor& grad_out,
   at::Tensor grad_coords = want_coords ? at::empty(coords.sizes(), coords.options())
                                        : at::empty({0}, coords.options());
   if (!want_image && !want_coords) return {grad_image, grad_coords};
+  if (grad_out.numel() == 0) {  // no output point, or no image to sample: zero gradients
+    if (want_coords) grad_coords.zero_();
+    return {grad_image, grad_coords};
+  }
 
   // Half and bfloat16 image gradients are accumulated in float, then rounded once.
   const bool low_precision = grad_out.scalar_type() == at::kHalf ||
@@ -126,6 +132,88 @@ std::tuple<at::Tensor, at::Tensor> sample_backward(const at::Tensor& grad_out,
   });
   if (want_image && low_precision) grad_image.copy_(grad_image_acc);
   return {grad_image, grad_coords};
+}
+
+// Note [Derivative ops]
+// ~~~~~~~~~~~~~~~~~~~~~
+// sample_derivative(image, coords, order) = d^order(sample of image at coords)/d(coords),
+// (N, C, *out_spatial); splat_derivative(values, image_size, coords, order) is its
+// transpose in the image: every output point's value scattered onto the corners it reads,
+// with the same weights, (N, C, *in_spatial). order has one entry per spatial axis, in
+// axis order (Note [Coordinate conventions]); the weights are Note [Derivative weights]'.
+// With order 0 they are the forward and the image gradient; fastwarp/_ops.py builds every
+// derivative of the sampling ops past the first-order backward from these two (Note
+// [Derivatives of any order]). A derivative that vanishes (nearest, or linear twice along
+// one axis) is a zero tensor and launches nothing.
+template <typename Backend>
+at::Tensor sample_derivative(const at::Tensor& image, const at::Tensor& coords, int64_t kind_code,
+                             int64_t interp_code, int64_t padding_code, bool align_corners,
+                             at::IntArrayRef order) {
+  const CoordKind kind = to_coord_kind(kind_code);
+  const Interp interp = to_interp(interp_code);
+  const Padding padding = to_padding(padding_code);
+  check_sample_args(image, coords, kind, interp);
+  TORCH_CHECK(at::isFloatingType(image.scalar_type()),
+              "fastwarp: derivatives of the sampling need a floating image");
+  const std::vector<int64_t> out_shape = output_shape(image.sizes(), coords, kind);
+  if (derivative_vanishes(order, interp)) return at::zeros(out_shape, image.options());
+  at::Tensor out = at::empty(out_shape, image.options());
+  if (out.numel() == 0) return out;
+  dispatch_ndim(image.dim() - 2, [&](auto ndim_tag) {
+    constexpr int NDIM = decltype(ndim_tag)::value;
+    SampleParams<NDIM> P = make_params<NDIM>(image.sizes(), image, coords, kind, interp, padding,
+                                             align_corners);
+    set_derivative_order(&P, order);
+    set_output(&P, out);
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, image.scalar_type(), "fastwarp_sample_derivative", [&] {
+          Backend::template forward<scalar_t, scalar_t, NDIM>(
+              P, image.const_data_ptr<scalar_t>(), coords.const_data_ptr<scalar_t>(),
+              out.mutable_data_ptr<scalar_t>(), nullptr);
+        });
+  });
+  return out;
+}
+
+template <typename Backend>
+at::Tensor splat_derivative(const at::Tensor& values, at::IntArrayRef image_size,
+                            const at::Tensor& coords, int64_t kind_code, int64_t interp_code,
+                            int64_t padding_code, bool align_corners, at::IntArrayRef order) {
+  const CoordKind kind = to_coord_kind(kind_code);
+  const Interp interp = to_interp(interp_code);
+  const Padding padding = to_padding(padding_code);
+  TORCH_CHECK(image_size.size() == 4 || image_size.size() == 5,
+              "fastwarp: image_size must have 4 or 5 entries");
+  if (kind == CoordKind::Grid) check_input_spatial(image_size);
+  TORCH_CHECK(at::isFloatingType(values.scalar_type()) &&
+                  values.scalar_type() == coords.scalar_type(),
+              "fastwarp: values must be floating point with the coordinates' dtype");
+  TORCH_CHECK(values.device() == coords.device(), "fastwarp: values and coordinates on different devices");
+  TORCH_CHECK(coords.dim() == static_cast<int64_t>(image_size.size()),
+              "fastwarp: coordinates must be ", image_size.size(), "-D");
+  TORCH_CHECK(values.sizes() == at::IntArrayRef(output_shape(image_size, coords, kind)),
+              "fastwarp: values must have the sampled output's shape");
+  at::Tensor grad_image = at::zeros(image_size, values.options());
+  if (derivative_vanishes(order, interp) || values.numel() == 0) return grad_image;
+  const bool low_precision = values.scalar_type() == at::kHalf || values.scalar_type() == at::kBFloat16;
+  at::Tensor acc = low_precision ? at::zeros(image_size, values.options().dtype(at::kFloat)) : grad_image;
+  dispatch_ndim(static_cast<int64_t>(image_size.size()) - 2, [&](auto ndim_tag) {
+    constexpr int NDIM = decltype(ndim_tag)::value;
+    SampleParams<NDIM> P = make_params<NDIM>(image_size, at::Tensor(), coords, kind, interp, padding,
+                                             align_corners);
+    set_derivative_order(&P, order);
+    set_output(&P, values);
+    set_grad_image(&P, acc);
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, values.scalar_type(), "fastwarp_splat_derivative", [&] {
+          using acc_t = at::opmath_type<scalar_t>;
+          Backend::template backward<scalar_t, NDIM>(P, values.const_data_ptr<scalar_t>(), nullptr,
+                                                     coords.const_data_ptr<scalar_t>(),
+                                                     acc.mutable_data_ptr<acc_t>(), nullptr);
+        });
+  });
+  if (low_precision) grad_image.copy_(acc);
+  return grad_image;
 }
 
 // The schemas (csrc/fastwarp.cpp) bound to one backend.
@@ -164,6 +252,22 @@ struct SampleOps {
     return sample_backward<Backend>(grad_out, input, input_size, grid, CoordKind::Grid, interp,
                                     padding, align_corners, output_mask);
   }
+
+  static at::Tensor sample_derivative(const at::Tensor& image, const at::Tensor& coords,
+                                      int64_t kind, int64_t interp, int64_t padding,
+                                      bool align_corners, at::IntArrayRef order) {
+    [[maybe_unused]] const auto guard = Backend::device_guard(image);
+    return fastwarp::sample_derivative<Backend>(image, coords, kind, interp, padding,
+                                                align_corners, order);
+  }
+
+  static at::Tensor splat_derivative(const at::Tensor& values, at::IntArrayRef image_size,
+                                     const at::Tensor& coords, int64_t kind, int64_t interp,
+                                     int64_t padding, bool align_corners, at::IntArrayRef order) {
+    [[maybe_unused]] const auto guard = Backend::device_guard(values);
+    return fastwarp::splat_derivative<Backend>(values, image_size, coords, kind, interp, padding,
+                                               align_corners, order);
+  }
 };
 
 template <typename Backend>
@@ -172,6 +276,8 @@ void register_sample_ops(torch::Library& m) {
   m.impl("warp_backward", &SampleOps<Backend>::warp_backward);
   m.impl("grid_sample", &SampleOps<Backend>::grid_sample);
   m.impl("grid_sample_backward", &SampleOps<Backend>::grid_sample_backward);
+  m.impl("sample_derivative", &SampleOps<Backend>::sample_derivative);
+  m.impl("splat_derivative", &SampleOps<Backend>::splat_derivative);
 }
 
 }  // namespace fastwarp

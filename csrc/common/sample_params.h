@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
+#include <algorithm>
 #include <array>
 #include <limits>
 #include <optional>
@@ -15,7 +16,13 @@
 namespace fastwarp {
 
 // How the coordinate tensor addresses the input (see Note [Coordinate conventions]).
-enum class CoordKind { Displacement, Grid };
+// Mirrored by the table in fastwarp/_ops.py (the derivative ops take it as an int).
+enum class CoordKind : int64_t { Displacement = 0, Grid = 1 };
+
+inline CoordKind to_coord_kind(int64_t v) {
+  TORCH_CHECK(v == 0 || v == 1, "fastwarp: coordinate kind must be 0 (displacement) or 1 (grid), got ", v);
+  return static_cast<CoordKind>(v);
+}
 
 inline Interp to_interp(int64_t v) {
   TORCH_CHECK(v == 0 || v == 1, "fastwarp: interpolation code must be 0 (linear) or 1 (nearest), got ", v);
@@ -28,6 +35,17 @@ inline Padding to_padding(int64_t v) {
   return static_cast<Padding>(v);
 }
 
+// Empty tensors are sampled as torch's grid_sample samples them: a batch, channel or
+// output size of 0 gives an empty output (and zero or empty gradients), but a grid needs an
+// input with voxels to point into. (A warp's output grid is its input's, so an empty one
+// is simply empty.)
+inline void check_input_spatial(at::IntArrayRef image_size) {
+  for (size_t k = 2; k < image_size.size(); ++k)
+    TORCH_CHECK(image_size[k] > 0,
+                "fastwarp: expected input to have non-empty spatial dimensions, but input has sizes ",
+                image_size);
+}
+
 // The checks a direct caller of torch.ops.fastwarp.* gets; fastwarp/warp.py gives the
 // friendlier messages before we get here.
 inline void check_sample_args(const at::Tensor& image, const at::Tensor& coords, CoordKind kind,
@@ -36,12 +54,13 @@ inline void check_sample_args(const at::Tensor& image, const at::Tensor& coords,
   TORCH_CHECK(dim == 4 || dim == 5, "fastwarp: image must be 4-D or 5-D, got ", dim, "-D");
   const int64_t nd = dim - 2;
   TORCH_CHECK(coords.dim() == dim, "fastwarp: coordinates must be ", dim, "-D, got ", coords.dim(), "-D");
-  TORCH_CHECK(image.numel() > 0 && coords.numel() > 0, "fastwarp: empty tensors are not supported");
   TORCH_CHECK(image.device() == coords.device(), "fastwarp: image and coordinates on different devices");
   TORCH_CHECK(at::isFloatingType(coords.scalar_type()), "fastwarp: coordinates must be floating point");
   if (at::isFloatingType(image.scalar_type())) {
     TORCH_CHECK(image.scalar_type() == coords.scalar_type(),
-                "fastwarp: floating image and coordinates must share a dtype");
+                "fastwarp: floating image and coordinates must share a dtype, got ",
+                image.scalar_type(), " and ", coords.scalar_type(),
+                " (autocast leaves float64 as it is, as for grid_sample: convert one)");
   } else {
     TORCH_CHECK(interp == Interp::Nearest, "fastwarp: integer images need nearest interpolation");
     TORCH_CHECK(coords.scalar_type() == at::kFloat || coords.scalar_type() == at::kDouble,
@@ -57,6 +76,7 @@ inline void check_sample_args(const at::Tensor& image, const at::Tensor& coords,
   } else {
     TORCH_CHECK(coords.size(-1) == nd, "fastwarp: grid last dimension must be ", nd);
     TORCH_CHECK(coords.size(0) == image.size(0), "fastwarp: grid and input batch differ");
+    check_input_spatial(image.sizes());
   }
 }
 
@@ -147,6 +167,28 @@ void set_grad_coords(SampleParams<NDIM>* P, const at::Tensor& grad_coords, Coord
       P->gcoord_axis_offset[k] = (NDIM - 1 - k) * grad_coords.stride(-1);
     }
   }
+}
+
+// Derivative weights (Note [Derivative weights]): one order per spatial axis, in axis
+// order (k = 0 is D in 3-D, H in 2-D).
+template <int NDIM>
+void set_derivative_order(SampleParams<NDIM>* P, at::IntArrayRef order) {
+  TORCH_CHECK(static_cast<int64_t>(order.size()) == NDIM, "fastwarp: the derivative order needs ", NDIM,
+              " entries, one per spatial axis, got ", order.size());
+  P->derivative = false;
+  for (int k = 0; k < NDIM; ++k) {
+    TORCH_CHECK(order[k] >= 0, "fastwarp: derivative orders must be >= 0, got ", order);
+    P->order[k] = static_cast<int32_t>(std::min<int64_t>(order[k], 2));
+    P->derivative = P->derivative || order[k] > 0;
+  }
+}
+
+// Whether every derivative weight of this order vanishes (Note [Derivative weights]).
+inline bool derivative_vanishes(at::IntArrayRef order, Interp interp) {
+  for (int64_t o : order) {
+    if (o > (interp == Interp::Linear ? 1 : 0)) return true;
+  }
+  return false;
 }
 
 template <int NDIM>

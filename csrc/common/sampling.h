@@ -86,6 +86,10 @@ struct SampleParams {
   int64_t gcoord_stride_n, gcoord_stride[NDIM], gcoord_axis_offset[NDIM];
   // gradient of the image (backward only): (N, C, *in_size), contiguous
   int64_t gimg_stride_n, gimg_stride_c, gimg_stride[NDIM];
+  // derivative weights (Note [Derivative weights]): with `derivative`, the weights become
+  // those of d^order(out)/d(v_0^order[0] ... v_{NDIM-1}^order[NDIM-1]); else plain weights
+  int32_t order[NDIM];
+  bool derivative;
 };
 
 // The grid value v in [-1, 1] as a source index along an axis of `size` voxels, by ATen's
@@ -169,10 +173,13 @@ FASTWARP_HD T pad_source_index_set_grad(T x, int64_t size, Padding padding, bool
 // kernels use DynamicConfig (a branch every thread of a launch takes alike costs nothing
 // there, and it keeps the number of kernels small); the CPU loops instantiate StaticConfig
 // for linear interpolation of floating images, their hot path, where it removed ~30% of
-// the forward's instructions.
+// the forward's instructions. Derivative weights (Note [Derivative weights]) are read at
+// run time only: StaticConfig has none, and the CPU loops take DynamicConfig for them.
 struct DynamicConfig {
   template <int NDIM>
   static FASTWARP_HD bool displacement(const SampleParams<NDIM>& P) { return P.displacement; }
+  template <int NDIM>
+  static FASTWARP_HD bool derivative(const SampleParams<NDIM>& P) { return P.derivative; }
   template <int NDIM>
   static FASTWARP_HD Interp interp(const SampleParams<NDIM>& P) { return P.interp; }
   template <int NDIM>
@@ -183,6 +190,8 @@ template <bool kDisplacement, Interp kInterp, Padding kPadding>
 struct StaticConfig {
   template <int NDIM>
   static constexpr FASTWARP_HD bool displacement(const SampleParams<NDIM>&) { return kDisplacement; }
+  template <int NDIM>
+  static constexpr FASTWARP_HD bool derivative(const SampleParams<NDIM>&) { return false; }
   template <int NDIM>
   static constexpr FASTWARP_HD Interp interp(const SampleParams<NDIM>&) { return kInterp; }
   template <int NDIM>
@@ -258,6 +267,27 @@ FASTWARP_HD bool axis_sample(T x, T dxdv, int64_t size, T limit, Interp interp, 
   return true;
 }
 
+// Note [Derivative weights]
+// ~~~~~~~~~~~~~~~~~~~~~~~~~
+// Every derivative of the sampled value with respect to the coordinates is again a sum of
+// weights times corner values, only with other weights: along an axis, the weights
+// (1 - t, t) of linear interpolation have the derivative (-1, +1) * d(x)/d(v) (the
+// coordinate map's and the padding's factor, dxdv), and every higher derivative along
+// that one axis is zero (the interpolant is piecewise linear along each axis; at the
+// voxel boundaries, where it has a kink, we take the one-sided value of the cell the point
+// lies in, as the first-order backward does). Nearest sampling is piecewise constant: all
+// its derivatives are zero. So d^order(out)/d(v_0^order[0] ...), and its transpose (the
+// same weights, scattered), are the forward and the image-gradient backward run with the
+// per-axis weights replaced here, after the padding: the higher-order autograd of the
+// sampling ops (fastwarp/_ops.py, Note [Derivatives of any order]) needs nothing else.
+template <typename T>
+FASTWARP_HD void differentiate_axis(int32_t order, Interp interp, AxisSample<T>* s) {
+  if (order == 0) return;
+  const T d = (order == 1 && interp == Interp::Linear) ? s->dxdv : T(0);
+  s->w0 = -d;
+  s->w1 = d;
+}
+
 // ---------------------------------------------------------------------------------------
 // One output point: its source indices, and its interpolation corners.
 
@@ -291,6 +321,7 @@ FASTWARP_UNROLL
     ok = axis_sample(x, dxdv * dpad, P.in_size[k], grid_param<T>(P.limit, P.limit_f, k),
                      Cfg::interp(P), &ps->ax[k]) &&
          ok;
+    if (Cfg::derivative(P)) differentiate_axis(P.order[k], Cfg::interp(P), &ps->ax[k]);
   }
   return ok;
 }

@@ -319,6 +319,7 @@ at::Tensor ncc_forward_cpu(const at::Tensor& a, const at::Tensor& b, at::IntArra
                            double eps, int64_t reduction) {
   check_ncc_args(a, b, window);
   const NccReduction r = to_ncc_reduction(reduction);
+  if (a.numel() == 0) return ncc_of_nothing(a, r);
   at::Tensor out = at::empty(a.sizes(), a.options());
   const Shape s = volume_shape(a, window);
   const double inv_n = inverse_window_size(window);
@@ -348,7 +349,7 @@ std::tuple<at::Tensor, at::Tensor> ncc_backward_cpu(const at::Tensor& grad_out, 
   const NccUpstream upstream = ncc_upstream(grad_out, a, to_ncc_reduction(reduction));
   const double g_scale = upstream.scale;
   const bool want_a = output_mask[0], want_b = output_mask[1];
-  if (!want_a && !want_b) return {grad_a, grad_b};
+  if ((!want_a && !want_b) || a.numel() == 0) return {grad_a, grad_b};
   const Shape s = volume_shape(a, window);
   const double inv_n = inverse_window_size(window);
   const int64_t P = s.plane();

@@ -82,7 +82,7 @@ void for_each_point(const SampleParams<NDIM>& P, int64_t r0, int64_t r1, const F
 // Note [Sampling configurations]) and DynamicConfig otherwise.
 template <typename scalar_t, int NDIM, typename F>
 void dispatch_config(const SampleParams<NDIM>& P, const F& f) {
-  if (std::is_integral<scalar_t>::value || P.interp != Interp::Linear) {
+  if (std::is_integral<scalar_t>::value || P.interp != Interp::Linear || P.derivative) {
     f(DynamicConfig{});
     return;
   }
@@ -152,7 +152,7 @@ template <typename scalar_t, typename coord_t, int NDIM>
 bool use_simd(const SampleParams<NDIM>& P) {
   const bool types = std::is_same<coord_t, float>::value &&
                      (std::is_same<scalar_t, float>::value || P.interp == Interp::Nearest);
-  return types && simd_level().load() > 0 && P.padding != Padding::Reflection &&
+  return types && simd_level().load() > 0 && P.padding != Padding::Reflection && !P.derivative &&
          params_fit_int32(P, num_rows(P) * P.out_size[NDIM - 1]);
 }
 

@@ -533,6 +533,7 @@ at::Tensor ncc_forward_cuda(const at::Tensor& a, const at::Tensor& b, at::IntArr
                             double eps, int64_t reduction) {
   check_ncc_args(a, b, window);
   const NccReduction r = to_ncc_reduction(reduction);
+  if (a.numel() == 0) return ncc_of_nothing(a, r);
   [[maybe_unused]] const auto guard = cuda::device_guard(a);
   at::Tensor result;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "fastwarp_ncc", [&] {
@@ -584,7 +585,7 @@ std::tuple<at::Tensor, at::Tensor> ncc_backward_cuda(const at::Tensor& grad_out,
   const NccUpstream up = ncc_upstream(grad_out, a, to_ncc_reduction(reduction));
   [[maybe_unused]] const auto guard = cuda::device_guard(a);
   const int mask = (output_mask[0] ? 1 : 0) | (output_mask[1] ? 2 : 0);
-  if (mask == 0) return {grad_a, grad_b};
+  if (mask == 0 || a.numel() == 0) return {grad_a, grad_b};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "fastwarp_ncc_backward", [&] {
     using acc_t = acc_type<scalar_t>;
     dispatch_tile(a, [&](auto ty_tag, auto tx_tag) {
