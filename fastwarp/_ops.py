@@ -1,15 +1,23 @@
-"""Python side of the fastwarp:: operators: fake (meta) kernels for torch.compile, and
-autograd. The schemas and the CPU/CUDA kernels are in csrc/.
+"""Python side of the fastwarp:: operators: fake (meta) kernels for torch.compile, autograd
+(every order, forward mode and functorch), batching rules for vmap, and autocast. The
+schemas and the CPU/CUDA kernels are in csrc/.
 
 Modes and paddings are strings in the public API; the tables below are the only place they
 become the integer codes of the schemas (csrc/common/sampling.h mirrors them).
 """
 
+from __future__ import annotations
+
+import dataclasses
+
 import torch
+from torch._library.utils import fill_defaults
+from torch.autograd import forward_ad
 
 INTERP = {"linear": 0, "bilinear": 0, "trilinear": 0, "nearest": 1}
 PADDING = {"zeros": 0, "border": 1, "reflection": 2}
 NCC_REDUCTION = {"none": 0, "mean": 1, "batch": 2}  # csrc/common/ncc_op.h
+COORD_KIND = {"displacement": 0, "grid": 1}  # csrc/common/sample_params.h
 LINEAR = INTERP["linear"]
 NEAREST = INTERP["nearest"]
 
@@ -40,6 +48,10 @@ def want_jacobian(image, coords, interp):
 # --------------------------------------------------------------------------- fake kernels
 
 
+def _sampled_shape(image_size, coords, grid):
+    return (*image_size[:2], *(coords.shape[1:-1] if grid else coords.shape[2:]))
+
+
 def _jacobian_fake(out, nd, jacobian):
     if jacobian:
         return out.new_empty((*out.shape[:2], nd, *out.shape[2:]))
@@ -47,12 +59,12 @@ def _jacobian_fake(out, nd, jacobian):
 
 
 def _warp_fake(image, disp, interp, padding, jacobian=False):
-    out = image.new_empty(image.shape)
+    out = image.new_empty(_sampled_shape(image.shape, disp, False))
     return out, _jacobian_fake(out, image.dim() - 2, jacobian)
 
 
 def _grid_sample_fake(input, grid, interp, padding, align_corners, jacobian=False):
-    out = input.new_empty((*input.shape[:2], *grid.shape[1:-1]))
+    out = input.new_empty(_sampled_shape(input.shape, grid, True))
     return out, _jacobian_fake(out, input.dim() - 2, jacobian)
 
 
@@ -72,77 +84,12 @@ def _grid_sample_backward_fake(
     return _backward_fake(grad_output, input_size, grid, output_mask)
 
 
-# --------------------------------------------------------------------------- autograd
-#
-# Both ops are linear in the image, so the image gradient needs only the coordinates; the
-# coordinate gradient also needs the image, which is therefore saved only when that
-# gradient is wanted and no forward Jacobian was computed. With the Jacobian, the
-# coordinate gradient is sum over channels of grad * jacobian. Nearest sampling is
-# piecewise constant: its coordinate gradient is zero and needs no kernel. Second
-# derivatives are not implemented.
+def _sample_derivative_fake(image, coords, kind, interp, padding, align_corners, order):
+    return image.new_empty(_sampled_shape(image.shape, coords, kind == COORD_KIND["grid"]))
 
 
-def _setup_context(ctx, inputs, output):
-    image, coords, interp = inputs[0], inputs[1], inputs[2]
-    jac = output[1]
-    ctx.mark_non_differentiable(jac)
-    ctx.interp = interp
-    ctx.extra = tuple(inputs[3:-1])  # padding (and align_corners for grid_sample)
-    ctx.image_size = image.shape
-    ctx.coord_batch = coords.shape[0]
-    ctx.use_jacobian = jac.numel() > 0
-    need_image = ctx.needs_input_grad[1] and interp == LINEAR and not ctx.use_jacobian
-    ctx.save_for_backward(
-        image if need_image else None, coords, jac if ctx.use_jacobian else None
-    )
-
-
-def _coords_grad_from_jacobian(grad, jac, coord_batch, grid_layout):
-    # grad (N, C, *S), jac (N, C, ndim, *S) -> (N or 1, ndim, *S), axis order
-    if jac.dtype in (torch.float16, torch.bfloat16):
-        g = (grad.float().unsqueeze(2) * jac.float()).sum(1).to(jac.dtype)
-    elif jac.shape[1] == 1:  # one channel (training): one pass, no (N, 1, ndim, *S) temporary
-        g = jac[:, 0] * grad
-    else:
-        g = (grad.unsqueeze(2) * jac).sum(1)
-    if coord_batch == 1 and g.shape[0] != 1:
-        g = g.sum(0, keepdim=True)
-    if grid_layout:  # grid components are (x, y[, z]): axis order reversed, channels last
-        g = g.movedim(1, -1).flip(-1)
-    return g
-
-
-def _make_backward(backward_op, grid_layout):
-    n_extra = 4 if grid_layout else 3  # interp, padding, [align_corners,] jacobian
-
-    def backward(ctx, grad, _grad_jac):
-        image, coords, jac = ctx.saved_tensors
-        want_image, want_coords = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_image = grad_coords = None
-        if want_coords and ctx.interp == NEAREST:
-            grad_coords = torch.zeros_like(coords)
-            want_coords = False
-        if want_coords and jac is not None:
-            grad_coords = _coords_grad_from_jacobian(grad, jac, ctx.coord_batch, grid_layout)
-            want_coords = False
-        if want_image or want_coords:
-            gi, gc = backward_op(
-                grad, image, ctx.image_size, coords, ctx.interp, *ctx.extra, [want_image, want_coords]
-            )
-            grad_image = gi if want_image else None
-            grad_coords = gc if want_coords else grad_coords
-        return (grad_image, grad_coords) + (None,) * n_extra
-
-    return backward
-
-
-
-
-# --------------------------------------------------------------------------- ncc
-#
-# The backward recomputes the window sums from the inputs (csrc/common/ncc.h, Note
-# [Windowed NCC]): only a and b are saved, never the moment volumes. The reduction is
-# the op's own, so that the GPU kernels reduce as they go and write no cc map.
+def _splat_derivative_fake(values, image_size, coords, kind, interp, padding, align_corners, order):
+    return values.new_empty(image_size)
 
 
 def _ncc_output_shape(a, reduction):
@@ -162,89 +109,743 @@ def _ncc_backward_fake(grad_output, a, b, window, eps, reduction, output_mask):
     )
 
 
-def _ncc_setup_context(ctx, inputs, output):
-    a, b, window, eps = inputs[:4]
-    ctx.window, ctx.eps = window, eps
-    ctx.reduction = inputs[4] if len(inputs) > 4 else NCC_REDUCTION["none"]
-    ctx.save_for_backward(a, b)
+# --------------------------------------------------------------------------- derivatives
+#
+# Note [Derivatives of any order]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# Write D_a(I, c) for the sampling of image I at coordinates c with the weights
+# differentiated a = (a_0, .., a_{nd-1}) times along the spatial axes (Note [Derivative
+# weights] in csrc/common/sampling.h), and D_a^T(h, c) for its transpose in the image (h
+# scattered onto the corners with the same weights): the ops fastwarp::sample_derivative
+# and fastwarp::splat_derivative. The forward is D_0, its Jacobian column k is D_{e_k}, and
+# every derivative of either op is again one of them:
+#
+#   D_a(I, c):   grad_I = D_a^T(g, c)        grad_c_k = sum_{n,ch} g * D_{a+e_k}(I, c)
+#                tangent = D_a(I', c) + sum_k c'_k * D_{a+e_k}(I, c)
+#   D_a^T(h, c): grad_h = D_a(g, c)          grad_c_k = sum_{n,ch} h * D_{a+e_k}(g, c)
+#                tangent = D_a^T(h', c) + sum_k D_{a+e_k}^T(h * c'_k, c)
+#
+# (sum over n only for a field shared by the batch; c'_k is the tangent of the coordinate
+# component that addresses axis k). So both ops are differentiable to any order by the two
+# kernels alone, and for linear interpolation the orders stop growing at a = (1, .., 1):
+# past it, every derivative vanishes (a_k >= 2), and the ops return zeros without a launch.
+#
+# The fused first-order kernels (fastwarp::warp's forward Jacobian, fastwarp::*_backward)
+# stay the path of training; their own derivatives are written in D_a and D_a^T below:
+# the backward op's outputs are (D_0^T(g, c), sum g * D_{e_k}(I, c)), so given their
+# gradients (G_I, G_c) and tangents:
+#
+#   grad_g = D_0(G_I, c) + sum_k G_c,k * D_{e_k}(I, c)
+#   grad_I = sum_k D_{e_k}^T(g * G_c,k, c)
+#   grad_c = [sum g * D_{e_l}(G_I, c)]_l + sum_k [sum (g * G_c,k) * D_{e_k+e_l}(I, c)]_l
+#
+# Cost: a second derivative of a 3-D warp launches about 16 sampling-sized kernels where
+# the first-order backward launches one; speed matters less there than being right.
 
 
-def _make_ncc_backward(backward_op):
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How one call samples (the ops' namespace, the coordinate kind and the options), and
+    the derivative ops of Note [Derivatives of any order] bound to it."""
+
+    namespace: str
+    grid: bool
+    interp: int
+    padding: int
+    align_corners: bool
+
+    @property
+    def ops(self):
+        return getattr(torch.ops, self.namespace)
+
+    def vanishes(self, order):
+        return any(o > (1 if self.interp == LINEAR else 0) for o in order)
+
+    def sample(self, image, coords, order):
+        """D_order(image, coords): (N, C, *out_spatial)."""
+        return self.ops.sample_derivative.default(
+            image, coords, int(self.grid), self.interp, self.padding, self.align_corners, list(order)
+        )
+
+    def splat(self, values, image_size, coords, order):
+        """D_order^T(values, coords): (N, C, *in_spatial) = image_size."""
+        return self.ops.splat_derivative.default(
+            values, list(image_size), coords, int(self.grid), self.interp, self.padding, self.align_corners,
+            list(order),
+        )
+
+    def component(self, t, k):
+        """The component of a coordinate-shaped tensor that addresses spatial axis k, as
+        (N_c, 1, *out_spatial), to broadcast against (N, C, *out_spatial)."""
+        if self.grid:
+            return t[..., t.shape[-1] - 1 - k].unsqueeze(1)
+        return t[:, k : k + 1]
+
+    def coords_grad(self, values, image, coords, order):
+        """[sum over (n,) ch of values * D_{order+e_k}(image, coords)]_k, in the layout of
+        coords: the coordinate gradient of <values, D_order(image, coords)>."""
+        parts = []
+        for k in range(image.dim() - 2):
+            o = _raised(order, k)
+            if self.vanishes(o):
+                parts.append(coords.new_zeros((coords.shape[0], *values.shape[2:])))
+                continue
+            d = (values * self.sample(image, coords, o)).sum(1)
+            if coords.shape[0] == 1 and d.shape[0] != 1:  # a field shared by the batch
+                d = d.sum(0, keepdim=True)
+            parts.append(d)
+        g = torch.stack(parts, 1)  # (N_c, nd, *out_spatial), axis order
+        return g.movedim(1, -1).flip(-1) if self.grid else g
+
+
+def _raised(order, k):
+    return [o + (j == k) for j, o in enumerate(order)]
+
+
+def _add(a, b):
+    if a is None:
+        return b
+    return a if b is None else a + b
+
+
+# The two first-order paths of the coordinate gradient: from the forward Jacobian, or the
+# backward op (which needs the image).
+def _coords_grad_from_jacobian(grad, jac, coord_batch, grid_layout):
+    # grad (N, C, *S), jac (N, C, ndim, *S) -> (N or 1, ndim, *S), axis order
+    if jac.dtype in (torch.float16, torch.bfloat16):
+        g = (grad.float().unsqueeze(2) * jac.float()).sum(1).to(jac.dtype)
+    elif jac.shape[1] == 1:  # one channel (training): one pass, no (N, 1, ndim, *S) temporary
+        g = jac[:, 0] * grad
+    else:
+        g = (grad.unsqueeze(2) * jac).sum(1)
+    if coord_batch == 1 and g.shape[0] != 1:
+        g = g.sum(0, keepdim=True)
+    if grid_layout:  # grid components are (x, y[, z]): axis order reversed, channels last
+        g = g.movedim(1, -1).flip(-1)
+    return g
+
+
+# --------------------------------------------------------------------------- autograd
+#
+# Each op gets an autograd.Function (forward, setup_context, backward, jvp, and a vmap rule
+# generated from the ops' batching rules) as its kernel at the Autograd key: the dispatcher
+# routes every differentiable call through it, including torch.compile's tracing and the
+# functorch transforms (grad, vjp, jvp, jacrev, jacfwd, hessian, vmap), which need
+# setup_context-style Functions. An op's forward runs the op below autograd.
+#
+# The sampling ops are linear in the image, so the image gradient needs only the
+# coordinates; the coordinate gradient also needs the image. The image is an input, so
+# keeping it for the backward holds a reference, not a copy. With the forward Jacobian, the
+# coordinate gradient is sum over channels of grad * jacobian; the Jacobian stays a
+# differentiable output (D_{e_k}), so even that path differentiates again correctly.
+# Nearest sampling is piecewise constant: its coordinate gradient is zero.
+
+
+def _needs_autograd(args):
+    """Whether a call must go through the op's autograd.Function: something may want a
+    derivative (a gradient, a forward-mode tangent, or a functorch transform)."""
+    if torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0:
+        return True
+    return torch.is_grad_enabled() and torch._C._any_requires_grad(*args)
+
+
+def _below_autograd(op, args):
+    if torch._C._are_functorch_transforms_active():
+        # The Function's apply turned gradients off for its forward, but under nested
+        # transforms the op still passes through the outer levels, which must record it:
+        # functorch's own Functions turn them back on the same way.
+        with torch.enable_grad(), forward_ad._set_fwd_grad_enabled(True), torch._C._AutoDispatchBelowAutograd():
+            return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
+NESTED_FORWARD_MODE = (
+    "fastwarp: forward-mode AD nested in forward-mode AD (jvp of jvp, jacfwd of jacfwd) is not "
+    "supported: torch runs an autograd.Function's jvp with forward gradients off, so the outer "
+    "tangent would silently be zero. Use reverse mode for one of the two levels (torch.func.hessian "
+    "is forward over reverse, and works)"
+)
+
+
+def check_forward_levels():
+    """Raises where a custom jvp would return a silently wrong (zero) second-order
+    tangent: under two functorch forward-mode levels."""
+    if torch._C._are_functorch_transforms_active():
+        stack = torch._C._functorch.get_interpreter_stack() or []
+        if sum(i.key() == torch._C._functorch.TransformType.Jvp for i in stack) > 1:
+            raise RuntimeError(NESTED_FORWARD_MODE)
+
+
+def _checked_jvp(jvp):
+    def checked(ctx, *tangents):
+        check_forward_levels()
+        return jvp(ctx, *tangents)
+
+    return staticmethod(checked)
+
+
+def _function(name, op, methods):
+    """An autograd.Function whose forward is ``op`` below autograd."""
+    methods = dict(methods)
+    methods["jvp"] = _checked_jvp(methods["jvp"].__func__)
+    methods["forward"] = staticmethod(lambda *args: _below_autograd(op, args))
+    methods["generate_vmap_rule"] = True
+    return type(name, (torch.autograd.Function,), methods)
+
+
+def _sampling_functions(namespace, grid):
+    ops = getattr(torch.ops, namespace)
+    forward_op = (ops.grid_sample if grid else ops.warp).default
+    backward_op = (ops.grid_sample_backward if grid else ops.warp_backward).default
+    n_options = 3 if grid else 2  # padding[, align_corners], jacobian / output_mask
+
+    def spec(interp, options):
+        return Sampling(namespace, grid, interp, options[0], bool(options[1]) if grid else True)
+
+    # ---- the forward op: (image, coords, interp, padding[, align_corners], jacobian) -> (out, jac)
+
+    def setup_context(ctx, inputs, output):
+        image, coords, interp, *options = inputs
+        ctx.sampling = spec(interp, options)
+        ctx.options = options[:-1]
+        ctx.use_jacobian = bool(options[-1])
+        ctx.image_size = image.shape
+        ctx.set_materialize_grads(False)
+        jac = output[1] if ctx.use_jacobian else None
+        ctx.save_for_backward(image, coords, jac)
+        ctx.save_for_forward(image, coords, jac)
+
+    def backward(ctx, grad, grad_jac):
+        image, coords, jac = ctx.saved_tensors
+        s = ctx.sampling
+        want_image, want_coords = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_image = grad_coords = None
+        if grad is not None:
+            bw_coords = want_coords
+            if want_coords and s.interp == NEAREST:
+                grad_coords, bw_coords = torch.zeros_like(coords), False
+            elif want_coords and jac is not None:
+                grad_coords = _coords_grad_from_jacobian(grad, jac, coords.shape[0], grid)
+                bw_coords = False
+            if want_image or bw_coords:
+                gi, gc = backward_op(
+                    grad, image if bw_coords else None, list(ctx.image_size), coords, s.interp, *ctx.options,
+                    [want_image, bw_coords],
+                )
+                grad_image = gi if want_image else None
+                grad_coords = gc if bw_coords else grad_coords
+        if grad_jac is not None and jac is not None:  # the Jacobian's own gradient: jac[:, :, k] = D_{e_k}(image, coords)
+            for k in range(image.dim() - 2):
+                e_k = _raised([0] * (image.dim() - 2), k)
+                if want_image:
+                    grad_image = _add(grad_image, s.splat(grad_jac[:, :, k], ctx.image_size, coords, e_k))
+                if want_coords:
+                    grad_coords = _add(grad_coords, s.coords_grad(grad_jac[:, :, k], image, coords, e_k))
+        return (grad_image, grad_coords) + (None,) * (1 + n_options)
+
+    def jvp(ctx, image_t, coords_t, *_):
+        image, coords, jac = ctx.saved_tensors
+        s = ctx.sampling
+        if not image.is_floating_point():  # a label map: integer outputs have no tangent
+            return None, None
+        nd = image.dim() - 2
+        zero = [0] * nd
+        out_t = s.sample(image_t, coords, zero) if image_t is not None else None
+        # (a floating output needs a tangent tensor, even an empty one: autograd rejects None)
+        jac_t = image.new_zeros(0)
+        if coords_t is not None:
+            for k in range(nd):
+                d_k = jac[:, :, k] if jac is not None else s.sample(image, coords, _raised(zero, k))
+                out_t = _add(out_t, d_k * s.component(coords_t, k))
+        if out_t is None:
+            out_t = torch.zeros(_sampled_shape(image.shape, coords, grid), dtype=image.dtype, device=image.device)
+        if jac is not None:
+            columns = []
+            for k in range(nd):
+                e_k = _raised(zero, k)
+                col = s.sample(image_t, coords, e_k) if image_t is not None else None
+                if coords_t is not None:
+                    for j in range(nd):
+                        col = _add(col, s.sample(image, coords, _raised(e_k, j)) * s.component(coords_t, j))
+                columns.append(col if col is not None else torch.zeros_like(jac[:, :, k]))
+            jac_t = torch.stack(columns, 2)
+        return out_t, jac_t
+
+    forward_fn = _function(
+        f"{'GridSample' if grid else 'Warp'}Function",
+        forward_op,
+        {"setup_context": staticmethod(setup_context), "backward": staticmethod(backward), "jvp": staticmethod(jvp)},
+    )
+
+    # ---- the backward op: (grad, image?, image_size, coords, interp, padding[, align], mask) -> (gI, gc)
+
+    def bw_setup_context(ctx, inputs, output):
+        grad, image, image_size, coords, interp, *options = inputs
+        ctx.sampling = spec(interp, options)
+        ctx.image_size = list(image_size)
+        ctx.mask = list(options[-1])
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(grad, image, coords)
+        ctx.save_for_forward(grad, image, coords)
+
+    def bw_backward(ctx, gg_image, gg_coords):
+        grad, image, coords = ctx.saved_tensors
+        s = ctx.sampling
+        gg_image = gg_image if ctx.mask[0] else None
+        gg_coords = gg_coords if ctx.mask[1] and s.interp == LINEAR else None
+        want_grad, want_image, want_coords = (ctx.needs_input_grad[i] for i in (0, 1, 3))
+        zero = [0] * (len(ctx.image_size) - 2)
+        grad_grad = grad_image = grad_coords = None
+        if gg_image is not None:
+            if want_grad:
+                grad_grad = s.sample(gg_image, coords, zero)
+            if want_coords:
+                grad_coords = s.coords_grad(grad, gg_image, coords, zero)
+        if gg_coords is not None:
+            for k in range(len(zero)):
+                e_k = _raised(zero, k)
+                gc_k = s.component(gg_coords, k)
+                if want_grad:
+                    grad_grad = _add(grad_grad, gc_k * s.sample(image, coords, e_k))
+                if want_image:
+                    grad_image = _add(grad_image, s.splat(grad * gc_k, ctx.image_size, coords, e_k))
+                if want_coords:
+                    grad_coords = _add(grad_coords, s.coords_grad(grad * gc_k, image, coords, e_k))
+        return (grad_grad, grad_image, None, grad_coords) + (None,) * (1 + n_options)
+
+    def bw_jvp(ctx, grad_t, image_t, _size_t, coords_t, *_):
+        grad, image, coords = ctx.saved_tensors
+        s = ctx.sampling
+        zero = [0] * (len(ctx.image_size) - 2)
+        linear = s.interp == LINEAR and coords_t is not None
+        gi_t = gc_t = None
+        if ctx.mask[0]:
+            if grad_t is not None:
+                gi_t = s.splat(grad_t, ctx.image_size, coords, zero)
+            if linear:
+                for k in range(len(zero)):
+                    gi_t = _add(gi_t, s.splat(grad * s.component(coords_t, k), ctx.image_size, coords, _raised(zero, k)))
+            if gi_t is None:
+                gi_t = grad.new_zeros(ctx.image_size)
+        else:  # the empty output of an unrequested gradient (autograd rejects a None tangent)
+            gi_t = grad.new_zeros(0)
+        if ctx.mask[1]:
+            if image is not None:
+                if grad_t is not None:
+                    gc_t = s.coords_grad(grad_t, image, coords, zero)
+                if linear:
+                    for k in range(len(zero)):
+                        gc_t = _add(gc_t, s.coords_grad(grad * s.component(coords_t, k), image, coords, _raised(zero, k)))
+            if image_t is not None:
+                gc_t = _add(gc_t, s.coords_grad(grad, image_t, coords, zero))
+            if gc_t is None:
+                gc_t = torch.zeros_like(coords)
+        else:
+            gc_t = coords.new_zeros(0)
+        return gi_t, gc_t
+
+    backward_fn = _function(
+        f"{'GridSample' if grid else 'Warp'}BackwardFunction",
+        backward_op,
+        {
+            "setup_context": staticmethod(bw_setup_context),
+            "backward": staticmethod(bw_backward),
+            "jvp": staticmethod(bw_jvp),
+        },
+    )
+    return {forward_op: forward_fn, backward_op: backward_fn}
+
+
+def _derivative_functions(namespace):
+    ops = getattr(torch.ops, namespace)
+
+    def spec(inputs):
+        kind, interp, padding, align_corners, order = inputs[-5:]
+        return Sampling(namespace, kind == COORD_KIND["grid"], interp, padding, align_corners), list(order)
+
+    # ---- sample_derivative(image, coords, kind, interp, padding, align_corners, order)
+
+    def setup_context(ctx, inputs, output):
+        ctx.sampling, ctx.order = spec(inputs)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(inputs[0], inputs[1])
+        ctx.save_for_forward(inputs[0], inputs[1])
+
+    def backward(ctx, grad):
+        image, coords = ctx.saved_tensors
+        s, order = ctx.sampling, ctx.order
+        grad_image = s.splat(grad, image.shape, coords, order) if ctx.needs_input_grad[0] else None
+        grad_coords = s.coords_grad(grad, image, coords, order) if ctx.needs_input_grad[1] else None
+        return grad_image, grad_coords, None, None, None, None, None
+
+    def jvp(ctx, image_t, coords_t, *_):
+        image, coords = ctx.saved_tensors
+        s, order = ctx.sampling, ctx.order
+        out_t = s.sample(image_t, coords, order) if image_t is not None else None
+        if coords_t is not None:
+            for k in range(image.dim() - 2):
+                o = _raised(order, k)
+                if not s.vanishes(o):
+                    out_t = _add(out_t, s.sample(image, coords, o) * s.component(coords_t, k))
+        if out_t is None:
+            out_t = s.sample(image, coords, _raised(order, 0)) * 0
+        return out_t
+
+    # ---- splat_derivative(values, image_size, coords, kind, interp, padding, align_corners, order)
+
+    def splat_setup_context(ctx, inputs, output):
+        ctx.sampling, ctx.order = spec(inputs)
+        ctx.image_size = list(inputs[1])
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(inputs[0], inputs[2])
+        ctx.save_for_forward(inputs[0], inputs[2])
+
+    def splat_backward(ctx, grad):
+        values, coords = ctx.saved_tensors
+        s, order = ctx.sampling, ctx.order
+        grad_values = s.sample(grad, coords, order) if ctx.needs_input_grad[0] else None
+        grad_coords = s.coords_grad(values, grad, coords, order) if ctx.needs_input_grad[2] else None
+        return grad_values, None, grad_coords, None, None, None, None, None
+
+    def splat_jvp(ctx, values_t, _size_t, coords_t, *_):
+        values, coords = ctx.saved_tensors
+        s, order = ctx.sampling, ctx.order
+        out_t = s.splat(values_t, ctx.image_size, coords, order) if values_t is not None else None
+        if coords_t is not None:
+            for k in range(len(ctx.image_size) - 2):
+                o = _raised(order, k)
+                if not s.vanishes(o):
+                    out_t = _add(out_t, s.splat(values * s.component(coords_t, k), ctx.image_size, coords, o))
+        return out_t if out_t is not None else values.new_zeros(ctx.image_size)
+
+    sample_fn = _function(
+        "SampleDerivativeFunction",
+        ops.sample_derivative.default,
+        {"setup_context": staticmethod(setup_context), "backward": staticmethod(backward), "jvp": staticmethod(jvp)},
+    )
+    splat_fn = _function(
+        "SplatDerivativeFunction",
+        ops.splat_derivative.default,
+        {
+            "setup_context": staticmethod(splat_setup_context),
+            "backward": staticmethod(splat_backward),
+            "jvp": staticmethod(splat_jvp),
+        },
+    )
+    return {ops.sample_derivative.default: sample_fn, ops.splat_derivative.default: splat_fn}
+
+
+# --------------------------------------------------------------------------- ncc
+#
+# The backward recomputes the window sums from the inputs (csrc/common/ncc.h, Note
+# [Windowed NCC]): only a and b are saved, never the moment volumes. The reduction is
+# the op's own, so that the GPU kernels reduce as they go and write no cc map.
+#
+# Forward mode: for the reduced NCC ("mean", "batch") the tangent is the gradient's inner
+# product with the inputs' tangents, one backward pass: exact and cheap. The cc map
+# ("none") would need the window algebra's own tangent, and second derivatives the
+# backward's; both raise rather than return a wrong zero.
+
+NCC_NO_SECOND_DERIVATIVE = (
+    "fastwarp.ncc has no second derivative: differentiating its gradient again (double "
+    "backward, a Hessian, or forward mode over its gradient) is not implemented"
+)
+
+
+def _ncc_functions(namespace):
+    ops = getattr(torch.ops, namespace)
+    backward_op = ops.ncc_backward.default
+
+    def setup_context(ctx, inputs, output):
+        a, b, window, eps = inputs[:4]
+        ctx.window, ctx.eps = window, eps
+        ctx.reduction = inputs[4]
+        ctx.save_for_backward(a, b)
+        ctx.save_for_forward(a, b)
+
     def backward(ctx, grad):
         a, b = ctx.saved_tensors
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1]]
         ga, gb = backward_op(grad, a, b, ctx.window, ctx.eps, ctx.reduction, mask)
         return (ga if mask[0] else None, gb if mask[1] else None, None, None, None)
 
-    return backward
+    def jvp(ctx, a_t, b_t, *_):
+        if ctx.reduction == NCC_REDUCTION["none"]:
+            raise RuntimeError(
+                "fastwarp.ncc: forward-mode AD (jvp) of the cc map, reduction='none', is not "
+                "implemented; it is for reduction='mean' and 'batch'"
+            )
+        a, b = ctx.saved_tensors
+        ones = a.new_ones(_ncc_output_shape(a, ctx.reduction))
+        mask = [a_t is not None, b_t is not None]
+        ga, gb = backward_op(ones, a, b, ctx.window, ctx.eps, ctx.reduction, mask)
+        terms = [g * t for g, t, m in ((ga, a_t, mask[0]), (gb, b_t, mask[1])) if m]
+        dot = terms[0] if len(terms) == 1 else terms[0] + terms[1]
+        return dot.sum() if ctx.reduction == NCC_REDUCTION["mean"] else dot.flatten(2).sum(2)
+
+    def refuse(*_):
+        raise RuntimeError(NCC_NO_SECOND_DERIVATIVE)
+
+    def bw_setup_context(ctx, inputs, output):
+        pass
+
+    forward_fn = _function(
+        "NccFunction",
+        ops.ncc.default,
+        {"setup_context": staticmethod(setup_context), "backward": staticmethod(backward), "jvp": staticmethod(jvp)},
+    )
+    backward_fn = _function(
+        "NccBackwardFunction",
+        backward_op,
+        {"setup_context": staticmethod(bw_setup_context), "backward": staticmethod(refuse), "jvp": staticmethod(refuse)},
+    )
+    return {ops.ncc.default: forward_fn, backward_op: backward_fn}
+
+
+def _apply(function, args):
+    """``function.apply(*args)`` from inside the op's Autograd kernel.
+
+    Under a functorch transform (grad, jvp, ...) the dispatcher has already brought the
+    call to this transform's level: the arguments are that level's tensors, as ATen's own
+    autograd kernels see them. autograd.Function.apply would hand the call back to functorch
+    (custom_function_call), which can only enter above the dispatcher and finds no kernel
+    here; so we run the Function's own C++ apply on them instead, which records the node on
+    these tensors (and runs its jvp for a forward-mode level), just as an ATen autograd
+    kernel does under functorch. functorch's own single-level Functions run the same way
+    (torch/_functorch/autograd_function.py), with the same permission set around them."""
+    if not torch._C._are_functorch_transforms_active():
+        return function.apply(*args)
+    allowed = torch._C._functorch.get_single_level_autograd_function_allowed()
+    torch._C._functorch.set_single_level_autograd_function_allowed(True)
+    try:
+        return super(torch.autograd.Function, function).apply(*args)
+    finally:
+        torch._C._functorch.set_single_level_autograd_function_allowed(allowed)
+
+
+def _autograd_kernel(op, function):
+    schema = op._schema
+
+    def kernel(keyset, *args):
+        if _needs_autograd(args):
+            # the dispatcher drops trailing arguments equal to their defaults
+            return _apply(function, fill_defaults(schema, args, {})[0])
+        with torch._C._AutoDispatchBelowAutograd():
+            return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
+
+    return kernel
+
+
+# --------------------------------------------------------------------------- batching rules
+#
+# vmap over any op is one call of the op on the vmapped dimension folded into the batch:
+# (B, N, ...) -> (B * N, ...), a tensor that is not vmapped expanded first. The exceptions
+# are the coordinates of a warp: a field of batch 1 not vmapped stays shared by every image
+# (no copy), and a vmapped field of batch 1 serving N images is expanded to N, its
+# gradient summed back. The NCC's "mean" is computed as "batch" and averaged per vmapped
+# entry (every volume has the same size, so that is the mean).
+
+
+def _vmapped(t, dim, size):
+    """t with the vmapped dimension first (expanded, when t is not vmapped)."""
+    return t.movedim(dim, 0) if dim is not None else t.expand(size, *t.shape)
+
+
+def _fold(t):
+    return t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
+
+
+def _unfold(t, size):
+    return t.reshape(size, t.shape[0] // size, *t.shape[1:])
+
+
+def _fold_coords(coords, dim, size, images, grid, shared_ok):
+    """The coordinates folded for ``images`` images per vmapped entry; returns (coords,
+    expanded) where ``expanded`` says that a field of batch 1 was repeated per image."""
+    if dim is None and coords.shape[0] == 1 and not grid and shared_ok:
+        return coords, False
+    c = _vmapped(coords, dim, size)
+    expanded = not grid and c.shape[1] == 1 and images != 1
+    if expanded:
+        c = c.expand(size, images, *c.shape[2:])
+    return _fold(c), expanded
+
+
+def _sampling_vmap_rules(namespace):
+    ops = getattr(torch.ops, namespace)
+
+    def forward_rule(op, grid):
+        def rule(info, in_dims, image, coords, interp, *options):
+            size = info.batch_size
+            x = _vmapped(image, in_dims[0], size)  # (B, N, C, *S)
+            c, _ = _fold_coords(coords, in_dims[1], size, x.shape[1], grid, True)
+            out, jac = op(_fold(x), c, interp, *options)
+            jacobian = bool(options[-1])
+            return (_unfold(out, size), _unfold(jac, size) if jacobian else jac), (0, 0 if jacobian else None)
+
+        return rule
+
+    def backward_rule(op, grid):
+        def rule(info, in_dims, grad, image, image_size, coords, interp, *options):
+            size = info.batch_size
+            g = _fold(_vmapped(grad, in_dims[0], size))
+            x = _fold(_vmapped(image, in_dims[1], size)) if image is not None else None
+            images = image_size[0]
+            c, expanded = _fold_coords(coords, in_dims[3], size, images, grid, False)
+            gi, gc = op(g, x, [size * images, *image_size[1:]], c, interp, *options)
+            mask = options[-1]
+            if mask[1]:
+                gc = _unfold(gc, size)
+                if expanded:
+                    gc = gc.sum(1, keepdim=True)
+            return (gi if not mask[0] else _unfold(gi, size), gc), (0 if mask[0] else None, 0 if mask[1] else None)
+
+        return rule
+
+    def sample_derivative_rule(info, in_dims, image, coords, kind, *options):
+        size = info.batch_size
+        x = _vmapped(image, in_dims[0], size)
+        c, _ = _fold_coords(coords, in_dims[1], size, x.shape[1], kind == COORD_KIND["grid"], True)
+        return _unfold(ops.sample_derivative.default(_fold(x), c, kind, *options), size), 0
+
+    def splat_derivative_rule(info, in_dims, values, image_size, coords, kind, *options):
+        size = info.batch_size
+        v = _fold(_vmapped(values, in_dims[0], size))
+        c, _ = _fold_coords(coords, in_dims[2], size, image_size[0], kind == COORD_KIND["grid"], True)
+        out = ops.splat_derivative.default(v, [size * image_size[0], *image_size[1:]], c, kind, *options)
+        return _unfold(out, size), 0
+
+    return {
+        ops.warp.default: forward_rule(ops.warp.default, False),
+        ops.grid_sample.default: forward_rule(ops.grid_sample.default, True),
+        ops.warp_backward.default: backward_rule(ops.warp_backward.default, False),
+        ops.grid_sample_backward.default: backward_rule(ops.grid_sample_backward.default, True),
+        ops.sample_derivative.default: sample_derivative_rule,
+        ops.splat_derivative.default: splat_derivative_rule,
+    }
+
+
+def _ncc_vmap_rules(namespace):
+    ops = getattr(torch.ops, namespace)
+    none, mean, batch = NCC_REDUCTION["none"], NCC_REDUCTION["mean"], NCC_REDUCTION["batch"]
+
+    def forward_rule(info, in_dims, a, b, window, eps, reduction):
+        size = info.batch_size
+        x, y = _fold(_vmapped(a, in_dims[0], size)), _fold(_vmapped(b, in_dims[1], size))
+        out = ops.ncc.default(x, y, window, eps, none if reduction == none else batch)
+        out = _unfold(out, size)
+        return (out.flatten(1).mean(1) if reduction == mean else out), 0
+
+    def backward_rule(info, in_dims, grad, a, b, window, eps, reduction, mask):
+        size = info.batch_size
+        x, y = _fold(_vmapped(a, in_dims[1], size)), _fold(_vmapped(b, in_dims[2], size))
+        g = _vmapped(grad, in_dims[0], size)
+        if reduction == mean:  # d(mean)/d(per-volume mean) = 1 / volumes
+            volumes = x.shape[0] // size * x.shape[1]
+            g = (g / volumes).reshape(size, 1, 1).expand(size, x.shape[0] // size, x.shape[1])
+        ga, gb = ops.ncc_backward.default(_fold(g), x, y, window, eps, none if reduction == none else batch, mask)
+        return (_unfold(ga, size) if mask[0] else ga, _unfold(gb, size) if mask[1] else gb), (
+            0 if mask[0] else None,
+            0 if mask[1] else None,
+        )
+
+    return {ops.ncc.default: forward_rule, ops.ncc_backward.default: backward_rule}
+
+
+def _register_vmap(op, rule):
+    schema = op._schema
+
+    def with_defaults(info, in_dims, *args):
+        args = fill_defaults(schema, args, {})[0]
+        in_dims = tuple(in_dims) + (None,) * (len(args) - len(in_dims))
+        return rule(info, in_dims, *args)
+
+    torch.library.register_vmap(op, with_defaults, lib=_library(op.namespace))
 
 
 # --------------------------------------------------------------------------- autocast
 #
-# grid_sample's autocast policy, for both sampling ops: ATen lists grid_sampler among
-# autocast's "promote" ops, which run in the widest floating dtype of their inputs. Outside
-# autocast, mixed dtypes are an error (fastwarp/warp.py), as they are for grid_sample.
+# The sampling ops follow grid_sample's autocast policy: ATen lists grid_sampler under
+# "fp32" on the CPU (floating inputs other than float64 run in float32, so the output is
+# float32) and under "promote" on CUDA (the widest floating dtype of the inputs). The NCC
+# promotes on both. Outside autocast, mixed dtypes are an error (fastwarp/warp.py), as they
+# are for grid_sample.
 
 _LIBRARIES = {}
 
 
-def _library(namespace):
-    if namespace not in _LIBRARIES:
-        _LIBRARIES[namespace] = torch.library.Library(namespace, "IMPL")
-    return _LIBRARIES[namespace]
+def _library(namespace, kind="IMPL"):
+    if (namespace, kind) not in _LIBRARIES:
+        _LIBRARIES[namespace, kind] = torch.library.Library(namespace, kind)
+    return _LIBRARIES[namespace, kind]
 
 
-def _register_promote_autocast(namespace, name):
+def _autocast_fp32(a, b):
+    cast = [t.float() if t.is_floating_point() and t.dtype != torch.float64 else t for t in (a, b)]
+    return cast[0], cast[1]
+
+
+def _autocast_promote(a, b):
+    if a.is_floating_point() and b.dtype != a.dtype:
+        dtype = torch.promote_types(a.dtype, b.dtype)
+        return a.to(dtype), b.to(dtype)
+    return a, b
+
+
+_AUTOCAST = {
+    "warp": {"cpu": _autocast_fp32, "cuda": _autocast_promote},
+    "grid_sample": {"cpu": _autocast_fp32, "cuda": _autocast_promote},
+    "ncc": {"cpu": _autocast_promote, "cuda": _autocast_promote},
+}
+
+
+def _register_autocast(namespace, name):
     op = getattr(getattr(torch.ops, namespace), name).default
-    for device_type in ("cpu", "cuda"):
+    for device_type, policy in _AUTOCAST[name].items():
         key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
         dispatch_key = getattr(torch._C.DispatchKey, key)
 
-        def promoted(image, coords, *rest, _key=dispatch_key):
-            if image.is_floating_point() and coords.dtype != image.dtype:
-                dtype = torch.promote_types(image.dtype, coords.dtype)
-                image, coords = image.to(dtype), coords.to(dtype)
+        def cast(a, b, *rest, _key=dispatch_key, _policy=policy):
+            a, b = _policy(a, b)
             with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(_key)):
-                return op(image, coords, *rest)
+                return op(a, b, *rest)
 
         if op.has_kernel_for_dispatch_key(dispatch_key):
             op.py_kernels.pop(dispatch_key, None)
-        op.py_impl(dispatch_key)(promoted)  # the Python dispatcher's (torch.compile) path
-        _library(namespace).impl(name, lambda _keyset, *args, _f=promoted: _f(*args), key, with_keyset=True)
+        op.py_impl(dispatch_key)(cast)  # the Python dispatcher's (torch.compile) path
+        _library(namespace).impl(name, lambda _keyset, *args, _f=cast: _f(*args), key, with_keyset=True)
 
 
 # --------------------------------------------------------------------------- registration
 
 
 def register(namespace):
-    """Fake kernels and autograd for the ops of ``namespace``: ``fastwarp``, and the private
-    twin ``fastwarp_emu`` of the emulated-CUDA test build (fastwarp/_emu.py), which has the
-    same schemas."""
-    ops = getattr(torch.ops, namespace)
+    """Fake kernels, autograd, batching rules and autocast for the ops of ``namespace``:
+    ``fastwarp``, and the private twin ``fastwarp_emu`` of the emulated-CUDA test build
+    (fastwarp/_emu.py), which has the same schemas."""
     for name, fake in (
         ("warp", _warp_fake),
         ("grid_sample", _grid_sample_fake),
         ("warp_backward", _warp_backward_fake),
         ("grid_sample_backward", _grid_sample_backward_fake),
+        ("sample_derivative", _sample_derivative_fake),
+        ("splat_derivative", _splat_derivative_fake),
         ("ncc", _ncc_fake),
         ("ncc_backward", _ncc_backward_fake),
     ):
         torch.library.register_fake(f"{namespace}::{name}", fake)
-    torch.library.register_autograd(
-        f"{namespace}::warp",
-        _make_backward(ops.warp_backward.default, grid_layout=False),
-        setup_context=_setup_context,
-    )
-    torch.library.register_autograd(
-        f"{namespace}::grid_sample",
-        _make_backward(ops.grid_sample_backward.default, grid_layout=True),
-        setup_context=_setup_context,
-    )
-    torch.library.register_autograd(
-        f"{namespace}::ncc", _make_ncc_backward(ops.ncc_backward.default), setup_context=_ncc_setup_context
-    )
-    for name in ("warp", "grid_sample"):
-        _register_promote_autocast(namespace, name)
+    functions = {}
+    functions.update(_sampling_functions(namespace, grid=False))
+    functions.update(_sampling_functions(namespace, grid=True))
+    functions.update(_derivative_functions(namespace))
+    functions.update(_ncc_functions(namespace))
+    for op, function in functions.items():
+        _library(namespace).impl(op._opname, _autograd_kernel(op, function), "Autograd", with_keyset=True)
+    for op, rule in {**_sampling_vmap_rules(namespace), **_ncc_vmap_rules(namespace)}.items():
+        _register_vmap(op, rule)
+    for name in _AUTOCAST:
+        _register_autocast(namespace, name)
 
 
 register("fastwarp")

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ._errors import ArgumentError, ArgumentTypeError
 from ._ops import NCC_REDUCTION, has_cuda_kernels
 
 __all__ = ["ncc"]
@@ -16,10 +17,10 @@ REDUCTIONS = ("mean", "none", "batch")
 def _window(window, nd):
     sizes = (window,) * nd if isinstance(window, int) and not isinstance(window, bool) else window
     if not isinstance(sizes, Sequence) or len(sizes) != nd:
-        raise ValueError(f"window must be an odd int or {nd} odd ints (one per spatial axis), got {window!r}")
+        raise ArgumentError(f"window must be an odd int or {nd} odd ints (one per spatial axis), got {window!r}")
     for w in sizes:
         if isinstance(w, bool) or not isinstance(w, int) or w <= 0 or w % 2 == 0:
-            raise ValueError(f"window sizes must be odd positive ints, got {window!r}")
+            raise ArgumentError(f"window sizes must be odd positive ints, got {window!r}")
     return [int(w) for w in sizes]
 
 
@@ -45,13 +46,18 @@ def ncc(
         a, b: ``(N, C, H, W)`` or ``(N, C, D, H, W)``, same shape, dtype and device.
             Floating point; large intensities (e.g. CT in HU) do not cancel away (the CPU
             accumulates in float64; the GPU sums values shifted by a local reference).
+            Under ``torch.autocast`` two dtypes are promoted to the wider one. Empty inputs
+            give an empty map, and ``"mean"`` / ``"batch"`` of no voxels are NaN, as
+            :func:`torch.mean` of nothing is.
         window: odd int, or one odd int per spatial axis.
         eps: added to the variance product.
         reduction: ``"mean"`` (a scalar, over everything), ``"none"`` (the cc map,
             ``(N, C, *spatial)``) or ``"batch"`` (one value per (N, C)).
 
     Gradients flow to both inputs (either may be constant), computed by the kernels from the
-    inputs alone: nothing is kept for the backward but the inputs. On the CPU the kernels
+    inputs alone: nothing is kept for the backward but the inputs. Forward-mode AD (``jvp``)
+    works for ``"mean"`` and ``"batch"``; second derivatives, and ``jvp`` of the map, raise a
+    ``RuntimeError`` (fastwarp/_ops.py). On the CPU the kernels
     stream each volume slice by slice (a window's depth of planes in double); on the GPU
     they work in shared-memory tiles in float32 (float64 for float64 inputs) with sums
     shifted so that large intensities do not cancel, reduce "mean" and "batch" as they go
@@ -59,22 +65,23 @@ def ncc(
     """
     for name, t in (("a", a), ("b", b)):
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            raise ArgumentTypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if a.dim() not in (4, 5):
-        raise ValueError(f"a must be (N, C, H, W) or (N, C, D, H, W), got a {a.dim()}-D tensor of shape {tuple(a.shape)}")
+        raise ArgumentError(f"a must be (N, C, H, W) or (N, C, D, H, W), got a {a.dim()}-D tensor of shape {tuple(a.shape)}")
     if b.shape != a.shape:
-        raise ValueError(f"b must have the shape of a {tuple(a.shape)}, got {tuple(b.shape)}")
-    if a.numel() == 0:
-        raise ValueError(f"a and b are empty (shape {tuple(a.shape)}); every dimension must be at least 1")
+        raise ArgumentError(f"b must have the shape of a {tuple(a.shape)}, got {tuple(b.shape)}")
     if not a.is_floating_point() or not b.is_floating_point():
-        raise TypeError(f"a and b must be floating point, got {a.dtype} and {b.dtype}")
-    if a.dtype != b.dtype:
-        raise TypeError(f"a and b must share a dtype, got {a.dtype} and {b.dtype}")
+        raise ArgumentTypeError(f"a and b must be floating point, got {a.dtype} and {b.dtype}")
+    if a.dtype != b.dtype and not torch.is_autocast_enabled(a.device.type):
+        raise ArgumentTypeError(
+            f"a and b must share a dtype, got {a.dtype} and {b.dtype}; convert one, or run under "
+            "torch.autocast, which promotes them to the wider dtype"
+        )
     if a.device != b.device:
-        raise ValueError(f"b is on {b.device} but a is on {a.device}; they must share a device")
+        raise ArgumentError(f"b is on {b.device} but a is on {a.device}; they must share a device")
     if a.device.type == "cuda" and not has_cuda_kernels():
         raise RuntimeError("fastwarp was built without CUDA kernels, so it cannot run on cuda tensors (see README.md)")
     if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}, got {reduction!r}")
+        raise ArgumentError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}, got {reduction!r}")
     sizes = _window(window, a.dim() - 2)
     return torch.ops.fastwarp.ncc(a, b, sizes, float(eps), NCC_REDUCTION[reduction])

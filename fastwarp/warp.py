@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
-import torch
+import warnings
 
+import torch
+from torch.overrides import handle_torch_function, has_torch_function_variadic
+
+from ._errors import ArgumentError, ArgumentTypeError, UnsupportedDtypeError
 from ._ops import INTERP, NEAREST, PADDING, has_cuda_kernels, want_jacobian
 
 __all__ = ["warp", "grid_sample"]
@@ -13,25 +17,28 @@ _WARP_MODES = ("linear", "bilinear", "trilinear", "nearest")
 _GRID_MODES = ("bilinear", "nearest")
 
 
+# Errors are fastwarp/_errors.py's: each is both the Python type named in the docstrings
+# and the RuntimeError (or NotImplementedError) that torch's grid_sample raises for the same
+# mistake.
+
+
 def _code(table, value, name, allowed):
     if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+        raise ArgumentError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
     return table[value]
 
 
 def _check_tensor(name, t):
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        raise ArgumentTypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
 
 
 def _check_image(name, image, layout):
     _check_tensor(name, image)
     if image.dim() not in (4, 5):
-        raise ValueError(f"{name} must be {layout}, got a {image.dim()}-D tensor of shape {tuple(image.shape)}")
-    if image.numel() == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(image.shape)}); every dimension must be at least 1")
+        raise ArgumentError(f"{name} must be {layout}, got a {image.dim()}-D tensor of shape {tuple(image.shape)}")
     if image.is_complex() or not (image.is_floating_point() or image.dtype == torch.bool or _is_integer(image)):
-        raise TypeError(f"{name} must be a real floating-point or integer tensor, got {image.dtype}")
+        raise UnsupportedDtypeError(f"{name} must be a real floating-point or integer tensor, got {image.dtype}")
 
 
 def _is_integer(t):
@@ -41,18 +48,16 @@ def _is_integer(t):
 def _check_coords(name, coords, image_name, image, layout):
     _check_tensor(name, coords)
     if coords.dim() != image.dim():
-        raise ValueError(
+        raise ArgumentError(
             f"{name} must be {layout} for a {image.dim()}-D {image_name}, "
             f"got a {coords.dim()}-D tensor of shape {tuple(coords.shape)}"
         )
-    if coords.numel() == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(coords.shape)}); every dimension must be at least 1")
     if not coords.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {coords.dtype}")
+        raise ArgumentTypeError(f"{name} must be a floating-point tensor, got {coords.dtype}")
     if coords.device != image.device:
-        raise ValueError(f"{name} is on {coords.device} but {image_name} is on {image.device}; they must share a device")
+        raise ArgumentError(f"{name} is on {coords.device} but {image_name} is on {image.device}; they must share a device")
     if coords.device.type not in ("cpu", "cuda", "meta"):
-        raise ValueError(f"fastwarp runs on cpu and cuda tensors, got {name} on {coords.device}")
+        raise ArgumentError(f"fastwarp runs on cpu and cuda tensors, got {name} on {coords.device}")
     if coords.device.type == "cuda" and not has_cuda_kernels():
         raise RuntimeError(
             "fastwarp was built without CUDA kernels, so it cannot run on cuda tensors: reinstall it on a "
@@ -66,7 +71,7 @@ def _check_field(name, field, image_name, image, layout, meaning):
     _check_coords(name, field, image_name, image, layout)
     nd = image.dim() - 2
     if field.shape[1] != nd:
-        raise ValueError(f"{name} must have {nd} components in dim 1 ({meaning}), got shape {tuple(field.shape)}")
+        raise ArgumentError(f"{name} must have {nd} components in dim 1 ({meaning}), got shape {tuple(field.shape)}")
 
 
 def _check_dtypes(image, coords, interp, image_name, coords_name):
@@ -76,7 +81,7 @@ def _check_dtypes(image, coords, interp, image_name, coords_name):
     float64 coordinates."""
     if image.is_floating_point():
         if image.dtype != coords.dtype and not torch.is_autocast_enabled(image.device.type):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"{image_name} and {coords_name} must have the same dtype, as in "
                 f"torch.nn.functional.grid_sample: got {image_name} {image.dtype} and {coords_name} "
                 f"{coords.dtype}; convert one (e.g. {coords_name}.to({image_name}.dtype)), or run "
@@ -84,7 +89,7 @@ def _check_dtypes(image, coords, interp, image_name, coords_name):
             )
         return image, coords
     if interp != NEAREST:
-        raise TypeError(
+        raise UnsupportedDtypeError(
             f"{image_name} has dtype {image.dtype}: integer and bool images (label maps) can only be "
             "sampled with mode='nearest'; convert to floating point for linear interpolation"
         )
@@ -132,11 +137,11 @@ def warp(
     layout = "(N or 1, 2, H, W)" if nd == 2 else "(N or 1, 3, D, H, W)"
     _check_field("disp", disp, "image", image, layout, f"one displacement per spatial axis of the {nd}-D image")
     if disp.shape[2:] != image.shape[2:]:
-        raise ValueError(
+        raise ArgumentError(
             f"disp spatial shape {tuple(disp.shape[2:])} must match image spatial shape {tuple(image.shape[2:])}"
         )
     if disp.shape[0] not in (1, image.shape[0]):
-        raise ValueError(f"disp batch must be 1 or the image batch {image.shape[0]}, got {disp.shape[0]}")
+        raise ArgumentError(f"disp batch must be 1 or the image batch {image.shape[0]}, got {disp.shape[0]}")
     image, disp = _check_dtypes(image, disp, interp, "image", "disp")
     jacobian = want_jacobian(image, disp, interp)
     return torch.ops.fastwarp.warp(image, disp, interp, padding, jacobian)[0]
@@ -154,22 +159,45 @@ def grid_sample(
     Same arguments and result: ``input`` ``(N, C, H_in, W_in)`` or ``(N, C, D_in, H_in, W_in)``,
     ``grid`` ``(N, H_out, W_out, 2)`` or ``(N, D_out, H_out, W_out, 3)`` holding normalized
     ``(x, y[, z])`` in ``[-1, 1]``; output ``(N, C, *out_spatial)``. ``mode`` is
-    ``"bilinear"`` (trilinear for 5-D) or ``"nearest"``; ``"bicubic"`` is handed to torch.
-    ``align_corners=None`` means ``False``, as in torch. Integer/bool inputs are accepted
-    with ``mode="nearest"`` and keep their dtype.
+    ``"bilinear"`` (trilinear for 5-D) or ``"nearest"``; ``"bicubic"`` runs torch's own
+    kernel (``torch.grid_sampler``, which no patch of ``torch.nn.functional`` reaches).
+    ``align_corners=None`` means ``False`` and warns, as in torch. Integer/bool inputs are
+    accepted with ``mode="nearest"`` and keep their dtype.
+
+    torch's contracts hold: empty batches, channels and output grids give empty outputs;
+    bad arguments raise exceptions that ``except RuntimeError`` catches, as torch's do
+    (fastwarp/_errors.py); gradients of every order and forward-mode AD are right;
+    autocast casts as it does for grid_sample; tensor subclasses with
+    ``__torch_function__`` see the call.
     """
-    if mode == "bicubic":
-        return torch.nn.functional.grid_sample(input, grid, mode, padding_mode, align_corners)
-    interp = _code(INTERP, mode, "mode", _GRID_MODES + ("bicubic",))
+    if has_torch_function_variadic(input, grid):
+        return handle_torch_function(
+            grid_sample, (input, grid), input, grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners
+        )
+    interp = _code(INTERP | {"bicubic": 2}, mode, "mode", _GRID_MODES + ("bicubic",))
     padding = _code(PADDING, padding_mode, "padding_mode", tuple(PADDING))
+    if align_corners is None:
+        warnings.warn(
+            "Default grid_sample and affine_grid behavior has changed to align_corners=False since 1.3.0. "
+            "Please specify align_corners=True if the old behavior is desired. "
+            "See the documentation of grid_sample for details.",
+            stacklevel=2,
+        )
+        align_corners = False
+    if mode == "bicubic":
+        return torch.grid_sampler(input, grid, interp, padding, bool(align_corners))
     _check_image("input", input, "(N, C, H, W) or (N, C, D, H, W)")
     nd = input.dim() - 2
     layout = "(N, H_out, W_out, 2)" if nd == 2 else "(N, D_out, H_out, W_out, 3)"
     _check_coords("grid", grid, "input", input, layout)
     if grid.shape[-1] != nd:
-        raise ValueError(f"grid must be {layout}: its last dimension must be {nd}, got shape {tuple(grid.shape)}")
+        raise ArgumentError(f"grid must be {layout}: its last dimension must be {nd}, got shape {tuple(grid.shape)}")
     if grid.shape[0] != input.shape[0]:
-        raise ValueError(f"grid batch {grid.shape[0]} must equal input batch {input.shape[0]}")
+        raise ArgumentError(f"grid batch {grid.shape[0]} must equal input batch {input.shape[0]}")
+    if 0 in input.shape[2:]:
+        raise ArgumentError(
+            f"input must have non-empty spatial dimensions for the grid to point into, got shape {tuple(input.shape)}"
+        )
     input, grid = _check_dtypes(input, grid, interp, "input", "grid")
     jacobian = want_jacobian(input, grid, interp)
     return torch.ops.fastwarp.grid_sample(input, grid, interp, padding, bool(align_corners), jacobian)[0]
