@@ -1,6 +1,8 @@
 """Values and gradients of fastwarp.warp / fastwarp.grid_sample against float64
 references, on CPU (and CUDA when present), at odd sizes."""
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -320,16 +322,34 @@ def test_mixed_dtypes_are_an_error_outside_autocast(gen):
         fastwarp.grid_sample(image, disp.half().movedim(1, -1))
 
 
-def test_autocast_promotes_like_grid_sample(gen):
-    """Under autocast the mixed dtypes are promoted to the wider one, as grid_sample's are."""
+AUTOCAST_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+@pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16])
+def test_autocast_casts_like_grid_sample(autocast_dtype, gen):
+    """Under CPU autocast, grid_sample's policy is "fp32": floating inputs other than float64
+    run in float32. Every dtype pair gives grid_sample's output dtype, or its error, for
+    both fastwarp.grid_sample and fastwarp.warp."""
     image = torch.randn(1, 1, 6, 7, generator=gen)
-    grid = make_grid(1, (5, 4), 2, gen)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        expected = F.grid_sample(image, grid.half(), align_corners=False)
-        got = fastwarp.grid_sample(image, grid.half())
-        warped = fastwarp.warp(image, make_disp((1, 2, 6, 7), gen))
-    assert got.dtype == expected.dtype == torch.float32 and warped.dtype == torch.float64
-    torch.testing.assert_close(got, expected)
+    grid = make_grid(1, (5, 4), 2, gen).float()
+    disp = make_disp((1, 2, 6, 7), gen).float()
+    for image_dtype, coord_dtype in itertools.product(AUTOCAST_DTYPES, AUTOCAST_DTYPES):
+        x, g, d = image.to(image_dtype), grid.to(coord_dtype), disp.to(coord_dtype)
+        with torch.autocast("cpu", dtype=autocast_dtype):
+            try:
+                expected = F.grid_sample(x, g, align_corners=False)
+            except RuntimeError:
+                expected = None
+            if expected is None:
+                with pytest.raises(RuntimeError, match="share a dtype"):
+                    fastwarp.grid_sample(x, g, align_corners=False)
+                with pytest.raises(RuntimeError, match="share a dtype"):
+                    fastwarp.warp(x, d)
+                continue
+            got = fastwarp.grid_sample(x, g, align_corners=False)
+            warped = fastwarp.warp(x, d)
+        assert got.dtype == warped.dtype == expected.dtype, (image_dtype, coord_dtype)
+        torch.testing.assert_close(got, expected)
 
 
 def test_autocast(gen):
