@@ -604,33 +604,40 @@ def _ncc_functions(namespace):
 
 
 def _apply(function, args):
-    """``function.apply(*args)`` from inside the op's Autograd kernel.
+    """``function.apply(*args)`` from inside the op's Autograd kernel, by the Function's own
+    C++ apply: the Python wrapper's work (binding defaults by signature inspection, routing
+    to functorch) is either done already or wrong here, and cost more than the kernel on
+    small inputs.
 
     Under a functorch transform (grad, jvp, ...) the dispatcher has already brought the
     call to this transform's level: the arguments are that level's tensors, as ATen's own
     autograd kernels see them. autograd.Function.apply would hand the call back to functorch
     (custom_function_call), which can only enter above the dispatcher and finds no kernel
-    here; so we run the Function's own C++ apply on them instead, which records the node on
-    these tensors (and runs its jvp for a forward-mode level), just as an ATen autograd
-    kernel does under functorch. functorch's own single-level Functions run the same way
-    (torch/_functorch/autograd_function.py), with the same permission set around them."""
+    here; the C++ apply records the node on these tensors (and runs the jvp for a
+    forward-mode level), just as an ATen autograd kernel does under functorch. functorch's
+    own single-level Functions run the same way (torch/_functorch/autograd_function.py),
+    with the same permission set around them."""
     if not torch._C._are_functorch_transforms_active():
-        return function.apply(*args)
+        return _cpp_apply(function, args)
     allowed = torch._C._functorch.get_single_level_autograd_function_allowed()
     torch._C._functorch.set_single_level_autograd_function_allowed(True)
     try:
-        return super(torch.autograd.Function, function).apply(*args)
+        return _cpp_apply(function, args)
     finally:
         torch._C._functorch.set_single_level_autograd_function_allowed(allowed)
 
 
+def _cpp_apply(function, args):
+    return super(torch.autograd.Function, function).apply(*args)
+
+
 def _autograd_kernel(op, function):
-    schema = op._schema
+    # the dispatcher drops trailing arguments equal to their defaults: put them back
+    defaults = tuple(a.default_value for a in op._schema.arguments)
 
     def kernel(keyset, *args):
         if _needs_autograd(args):
-            # the dispatcher drops trailing arguments equal to their defaults
-            return _apply(function, fill_defaults(schema, args, {})[0])
+            return _apply(function, args + defaults[len(args):])
         with torch._C._AutoDispatchBelowAutograd():
             return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
 

@@ -57,7 +57,9 @@ def integrate_velocity(v: torch.Tensor, steps: int = 7) -> torch.Tensor:
         torch.is_grad_enabled() and v.requires_grad if torch.compiler.is_compiling() else _needs_autograd((v,))
     )
     if wants_derivative:
-        return _ScalingAndSquaring.apply(v, steps)[0]
+        # (torch.compile cannot trace a Function with a custom jvp, nor needs one)
+        function = _ScalingAndSquaringTraced if torch.compiler.is_compiling() else _ScalingAndSquaring
+        return function.apply(v, steps)[0]
     return _scaling_and_squaring(v, steps)
 
 
@@ -72,7 +74,7 @@ def _scaling_and_squaring(v, steps, kept=None):
     return u.contiguous()
 
 
-class _ScalingAndSquaring(torch.autograd.Function):
+class _ScalingAndSquaringTraced(torch.autograd.Function):
     """Note [Scaling and squaring backward]
     ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
     With ``W(x, u)`` the warp of the field ``x`` by ``u``, a step is
@@ -142,6 +144,12 @@ class _ScalingAndSquaring(torch.autograd.Function):
         if g is grad:  # steps == 0
             return g * scale, None
         return g.mul_(scale), None
+
+
+
+class _ScalingAndSquaring(_ScalingAndSquaringTraced):
+    """With the forward mode of Note [Scaling and squaring backward] (the eager path;
+    torch.compile traces the Function above, which has none)."""
 
     @staticmethod
     def jvp(ctx, v_t, _steps_t):

@@ -363,6 +363,8 @@ def build_summary(work, report):
     bench = _json(os.path.join(report, "bench.json"))
     fused = _json(os.path.join(report, "bench_fused.json"))
     failed = [s["name"] for s in steps if s["status"] in FAILING]
+    if not steps:  # a run in which nothing ran proves nothing: it fails
+        failed.append("no step ran")
     partial = [s["name"] for s in steps if s["status"] in ("PARTIAL", "EMPTY")]
     tests = {step: pytest_result(work, step) for step in ("tests", "tests_large")}
     if meta.get("mode") == "gpu" and meta.get("device", "cuda") == "cuda":
@@ -614,10 +616,10 @@ def selftest():
             "warp fwd >= 2x grid_sample": "yes",
         }
         wrong = {k: (verdicts.get(k), v) for k, v in checks.items() if verdicts.get(k) != v}
-        # and on nothing at all: no inputs, no crash, every section says so
+        # and on nothing at all: no inputs, no crash, every section says so, and it fails
         empty = os.path.join(tmp, "empty")
         text_empty, _ = write_summary(empty, empty)
-        empty_ok = "benchmarks: no bench.json" in text_empty and "result: PASS" in text_empty
+        empty_ok = "benchmarks: no bench.json" in text_empty and "result: FAIL (no step ran)" in text_empty
         lines = text.splitlines()
         if missing or wrong or not empty_ok or len(lines) > 60:
             sys.stdout.write(text)

@@ -280,9 +280,20 @@ def test_ncc_forward_mode(reduction, device, gen):
     a = torch.rand(2, 1, 6, 5, generator=gen, dtype=torch.float64).to(device).requires_grad_()
     b = (0.5 * a.detach() + 0.5 * torch.rand(a.shape, generator=gen, dtype=torch.float64).to(device)).requires_grad_()
     assert gradcheck(lambda x, y: fastwarp.ncc(x, y, 3, reduction=reduction), (a, b), **CHECKS)
-    grad = torch.func.grad(lambda x: fastwarp.ncc(x, b.detach(), 3, reduction=reduction).sum())(a.detach())
-    (expected,) = torch.autograd.grad(fastwarp.ncc(a, b.detach(), 3, reduction=reduction).sum(), a)
-    torch.testing.assert_close(grad, expected)
+    def loss(x, y=b.detach()):
+        return fastwarp.ncc(x, y, 3, reduction=reduction).sum()
+
+    (expected,) = torch.autograd.grad(loss(a), a)
+    torch.testing.assert_close(torch.func.grad(loss)(a.detach()), expected)
+    # vmap of grad, over both inputs, against a loop; the Jacobian of the reduced values
+    xs = torch.stack([a.detach(), b.detach()])
+    ys = torch.stack([b.detach(), a.detach()])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the ncc ops have batching rules
+        batched = torch.func.vmap(torch.func.grad(loss))(xs, ys)
+    torch.testing.assert_close(batched, torch.stack([torch.func.grad(loss)(x, y) for x, y in zip(xs, ys)]))
+    jac = torch.func.jacrev(lambda x: fastwarp.ncc(x, b.detach(), 3, reduction=reduction))(a.detach())
+    torch.testing.assert_close(jac, torch.autograd.functional.jacobian(lambda x: fastwarp.ncc(x, b.detach(), 3, reduction=reduction), a.detach()))
 
 
 def test_ncc_refuses_what_it_cannot_differentiate(device, gen):

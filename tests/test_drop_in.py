@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import fastwarp
+from conftest import HAS_CUDA
 
 TORCH_GRID_SAMPLE = F.grid_sample
 
@@ -216,3 +217,19 @@ def test_ncc_autocast_promotes(gen):
             swapped = fastwarp.ncc(b, a, 3)
         assert got.dtype == swapped.dtype == torch.float32
         torch.testing.assert_close(got, fastwarp.ncc(a, b.float(), 3))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU")
+def test_cuda_autocast_promotes_like_grid_sample(gen):
+    """On CUDA, grid_sample's autocast policy is "promote": the widest floating dtype."""
+    image = torch.randn(1, 1, 6, 7, generator=gen).cuda()
+    grid = (torch.rand(1, 5, 4, 2, generator=gen) * 2 - 1).cuda()
+    disp = torch.randn(1, 2, 6, 7, generator=gen).cuda()
+    for image_dtype, coord_dtype in itertools.product((torch.float16, torch.float32), repeat=2):
+        with torch.autocast("cuda", dtype=torch.float16):
+            expected = TORCH_GRID_SAMPLE(image.to(image_dtype), grid.to(coord_dtype), align_corners=False)
+            got = fastwarp.grid_sample(image.to(image_dtype), grid.to(coord_dtype), align_corners=False)
+            warped = fastwarp.warp(image.to(image_dtype), disp.to(coord_dtype))
+        assert got.dtype == warped.dtype == expected.dtype
+        torch.testing.assert_close(got.float(), expected.float(), rtol=2e-3, atol=2e-3)

@@ -87,9 +87,11 @@ def test_summary_gpu_run_where_nothing_passed_fails(tmp_path):
 
 
 def test_summary_of_nothing(tmp_path):
-    """Run where everything failed early: no inputs at all still make a summary."""
+    """Run where everything failed early: no inputs at all still make a summary, and an
+    empty run fails (it proves nothing)."""
     text, data = _summary_module().write_summary(str(tmp_path / "w"), str(tmp_path / "r"))
-    assert "benchmarks: no bench.json" in text and data["result"] == "pass" and not data["steps"]
+    assert "benchmarks: no bench.json" in text and not data["steps"]
+    assert data["result"] == "fail" and "no step ran" in text
 
 
 # --------------------------------------------------------------------------- the wheel list
