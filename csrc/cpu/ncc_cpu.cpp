@@ -9,7 +9,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "../common/ncc_op.h"
+#include "../common/ncc_host.h"
 
 namespace fastwarp {
 namespace {

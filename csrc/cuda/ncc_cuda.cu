@@ -9,7 +9,7 @@
 #include <algorithm>
 #include <type_traits>
 
-#include "../common/ncc_op.h"
+#include "../common/ncc_host.h"
 #include "runtime.h"
 
 namespace fastwarp {
