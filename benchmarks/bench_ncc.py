@@ -3,7 +3,7 @@ baselines of :mod:`fastwarp.app.bench.baselines`: VoxelMorph's conv formula, neu
 and on CUDA fused_lncc's and FireANTs'), one pytest-benchmark group per case
 (``ncc-{2d,3d}-<size>-{cpu,cuda}-w<window>-<mode>``).
 
-The sizes, inputs and timed calls are ``python -m fastwarp.bench``'s
+The sizes, inputs and timed calls are ``fastwarp bench``'s
 (:mod:`fastwarp.app.bench.cases`: 2-D and 3-D window 9, and on CUDA fused_lncc's headline shape
 ``2x16x128x128x128`` window 7; ``--fw-size=tiny`` shrinks them, window 3); tests/test_bench_baselines.py
 checks that the baselines compute fastwarp's loss. Modes: ``fwd``, the loss alone; ``fwdbwd``, a

@@ -5,7 +5,7 @@ The step is :class:`fastwarp.app.bench.train_step.TrainStep`: ``fastwarp train``
 (:func:`fastwarp.app.training.train_step`) on RegUNet(3) with the loss NCC(9) + Grad("l2"), Adam,
 batch 1, the same weights and data for both variants; ``voxelmorph`` swaps in VoxelMorph's
 grid_sample transformer and conv NCC. The UNet is the same in both, so the ratio is the end-to-end
-gain in a training step, not the kernels' alone. Sizes and inputs are ``python -m fastwarp.bench``'s
+gain in a training step, not the kernels' alone. Sizes and inputs are ``fastwarp bench``'s
 (:mod:`fastwarp.app.bench.cases`); tests/test_bench_train_step.py checks that both variants compute
 the same loss.
 

@@ -4,7 +4,7 @@ and the installed voxelmorph's and MONAI's), one pytest-benchmark group per case
 (``warp-{2d,3d}-<size>-{cpu,cuda}-{fwd,fwdbwd,fwdbwd-both,fwd-nearest}``), and scaling and squaring
 (``vecint-3d-<size>-{cpu,cuda}``) against VoxelMorph's and MONAI's.
 
-The sizes, inputs and timed calls are ``python -m fastwarp.bench``'s
+The sizes, inputs and timed calls are ``fastwarp bench``'s
 (:mod:`fastwarp.app.bench.cases`); tests/test_bench_baselines.py checks that every baseline
 computes what fastwarp does. ``fwdbwd`` is a training step's warp: the displacement requires
 grad, the image does not, and the backward takes a fixed random ``grad_out``; ``fwdbwd-both``

@@ -46,7 +46,7 @@ inline void define_schemas(torch::Library& m) {
   m.def("_cpu_simd_level(int level=-1) -> int");
 
   // Windowed NCC (csrc/common/ncc.h): the local coefficient map, (N, C, *spatial), or its
-  // mean per (n, c) or overall (reduction 0 none, 1 mean, 2 batch: csrc/common/ncc_op.h),
+  // mean per (n, c) or overall (reduction 0 none, 1 mean, 2 batch: csrc/common/ncc_host.h),
   // and its backward (grad_a, grad_b), an empty tensor for a gradient whose mask entry is
   // false; grad_output has the forward output's shape.
   m.def("ncc(Tensor a, Tensor b, int[] window, float eps, int reduction=0) -> Tensor");

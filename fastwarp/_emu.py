@@ -109,7 +109,8 @@ def sanitizer_env(variant: str, env: dict | None = None) -> dict:
 
 
 def active() -> bool:
-    """Whether an EmulatedCuda mode is active in this thread."""
+    """Whether an EmulatedCuda mode is active: entered and not yet exited, in any thread (a
+    process-wide count; the tests enter it on the main thread only)."""
     return _active > 0
 
 

@@ -9,6 +9,7 @@ become the integer codes of the schemas (csrc/common/sampling.h mirrors them).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 from torch._library.utils import fill_defaults
@@ -16,8 +17,8 @@ from torch.autograd import forward_ad
 
 INTERP = {"linear": 0, "bilinear": 0, "trilinear": 0, "nearest": 1}
 PADDING = {"zeros": 0, "border": 1, "reflection": 2}
-NCC_REDUCTION = {"none": 0, "mean": 1, "batch": 2}  # csrc/common/ncc_op.h
-COORD_KIND = {"displacement": 0, "grid": 1}  # csrc/common/sample_params.h
+NCC_REDUCTION = {"none": 0, "mean": 1, "batch": 2}  # csrc/common/ncc_host.h
+COORD_KIND = {"displacement": 0, "grid": 1}  # csrc/common/sample_host.h
 LINEAR = INTERP["linear"]
 NEAREST = INTERP["nearest"]
 
@@ -249,7 +250,7 @@ def _needs_autograd(args):
     return torch.is_grad_enabled() and torch._C._any_requires_grad(*args)
 
 
-def _below_autograd(op, args):
+def _below_autograd(op, *args):
     if torch._C._are_functorch_transforms_active():
         # The Function's apply turned gradients off for its forward, but under nested
         # transforms the op still passes through the outer levels, which must record it:
@@ -277,263 +278,219 @@ def check_forward_levels():
             raise RuntimeError(NESTED_FORWARD_MODE)
 
 
-def _checked_jvp(jvp):
-    def checked(ctx, *tangents):
+def _function(name, op, setup_context, backward, jvp, *bound):
+    """An autograd.Function for ``op``: its forward is ``op`` below autograd, its
+    setup_context ``setup_context(*bound, ctx, inputs, output)`` (what it needs to know of the
+    op: the namespace, the coordinate kind), its backward and jvp the module functions given,
+    the jvp behind :func:`check_forward_levels`; vmap by the ops' batching rules."""
+
+    def checked_jvp(ctx, *tangents):
         check_forward_levels()
         return jvp(ctx, *tangents)
 
-    return staticmethod(checked)
+    return type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(functools.partial(_below_autograd, op)),
+        "setup_context": staticmethod(functools.partial(setup_context, *bound)),
+        "backward": staticmethod(backward),
+        "jvp": staticmethod(checked_jvp),
+        "generate_vmap_rule": True,
+    })
 
 
-def _function(name, op, methods):
-    """An autograd.Function whose forward is ``op`` below autograd."""
-    methods = dict(methods)
-    methods["jvp"] = _checked_jvp(methods["jvp"].__func__)
-    methods["forward"] = staticmethod(lambda *args: _below_autograd(op, args))
-    methods["generate_vmap_rule"] = True
-    return type(name, (torch.autograd.Function,), methods)
+def _sampling(namespace, grid, interp, options):
+    """The :class:`Sampling` of a call of a sampling op (options: padding[, align_corners], ...)."""
+    return Sampling(namespace, grid, interp, options[0], bool(options[1]) if grid else True)
 
 
-def _sampling_functions(namespace, grid):
+# ---- the forward ops: warp / grid_sample (image, coords, interp, padding[, align_corners],
+# jacobian) -> (out, jac)
+
+
+def _sample_setup(namespace, grid, ctx, inputs, output):
+    image, coords, interp, *options = inputs
     ops = getattr(torch.ops, namespace)
-    forward_op = (ops.grid_sample if grid else ops.warp).default
-    backward_op = (ops.grid_sample_backward if grid else ops.warp_backward).default
-    n_options = 3 if grid else 2  # padding[, align_corners], jacobian / output_mask
+    ctx.sampling = _sampling(namespace, grid, interp, options)
+    ctx.backward_op = (ops.grid_sample_backward if grid else ops.warp_backward).default
+    ctx.options = options[:-1]
+    ctx.image_size = image.shape
+    ctx.set_materialize_grads(False)
+    jac = output[1] if options[-1] else None
+    ctx.save_for_backward(image, coords, jac)
+    ctx.save_for_forward(image, coords, jac)
 
-    def spec(interp, options):
-        return Sampling(namespace, grid, interp, options[0], bool(options[1]) if grid else True)
 
-    # ---- the forward op: (image, coords, interp, padding[, align_corners], jacobian) -> (out, jac)
-
-    def setup_context(ctx, inputs, output):
-        image, coords, interp, *options = inputs
-        ctx.sampling = spec(interp, options)
-        ctx.options = options[:-1]
-        ctx.use_jacobian = bool(options[-1])
-        ctx.image_size = image.shape
-        ctx.set_materialize_grads(False)
-        jac = output[1] if ctx.use_jacobian else None
-        ctx.save_for_backward(image, coords, jac)
-        ctx.save_for_forward(image, coords, jac)
-
-    def backward(ctx, grad, grad_jac):
-        image, coords, jac = ctx.saved_tensors
-        s = ctx.sampling
-        want_image, want_coords = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_image = grad_coords = None
-        if grad is not None:
-            bw_coords = want_coords
-            if want_coords and s.interp == NEAREST:
-                grad_coords, bw_coords = torch.zeros_like(coords), False
-            elif want_coords and jac is not None:
-                grad_coords = _coords_grad_from_jacobian(grad, jac, coords.shape[0], grid)
-                bw_coords = False
-            if want_image or bw_coords:
-                gi, gc = backward_op(
-                    grad, image if bw_coords else None, list(ctx.image_size), coords, s.interp, *ctx.options,
-                    [want_image, bw_coords],
-                )
-                grad_image = gi if want_image else None
-                grad_coords = gc if bw_coords else grad_coords
-        if grad_jac is not None and jac is not None:  # the Jacobian's own gradient: jac[:, :, k] = D_{e_k}(image, coords)
-            for k in range(image.dim() - 2):
-                e_k = _raised([0] * (image.dim() - 2), k)
-                if want_image:
-                    grad_image = _add(grad_image, s.splat(grad_jac[:, :, k], ctx.image_size, coords, e_k))
-                if want_coords:
-                    grad_coords = _add(grad_coords, s.coords_grad(grad_jac[:, :, k], image, coords, e_k))
-        return (grad_image, grad_coords) + (None,) * (1 + n_options)
-
-    def jvp(ctx, image_t, coords_t, *_):
-        image, coords, jac = ctx.saved_tensors
-        s = ctx.sampling
-        if not image.is_floating_point():  # a label map: integer outputs have no tangent
-            return None, None
-        nd = image.dim() - 2
-        zero = [0] * nd
-        out_t = s.sample(image_t, coords, zero) if image_t is not None else None
-        # (a floating output needs a tangent tensor, even an empty one: autograd rejects None)
-        jac_t = image.new_zeros(0)
-        if coords_t is not None:
-            for k in range(nd):
-                d_k = jac[:, :, k] if jac is not None else s.sample(image, coords, _raised(zero, k))
-                out_t = _add(out_t, d_k * s.component(coords_t, k))
-        if out_t is None:
-            out_t = torch.zeros(_sampled_shape(image.shape, coords, grid), dtype=image.dtype, device=image.device)
-        if jac is not None:
-            columns = []
-            for k in range(nd):
-                e_k = _raised(zero, k)
-                col = s.sample(image_t, coords, e_k) if image_t is not None else None
-                if coords_t is not None:
-                    for j in range(nd):
-                        col = _add(col, s.sample(image, coords, _raised(e_k, j)) * s.component(coords_t, j))
-                columns.append(col if col is not None else torch.zeros_like(jac[:, :, k]))
-            jac_t = torch.stack(columns, 2)
-        return out_t, jac_t
-
-    forward_fn = _function(
-        f"{'GridSample' if grid else 'Warp'}Function",
-        forward_op,
-        {"setup_context": staticmethod(setup_context), "backward": staticmethod(backward), "jvp": staticmethod(jvp)},
-    )
-
-    # ---- the backward op: (grad, image?, image_size, coords, interp, padding[, align], mask) -> (gI, gc)
-
-    def bw_setup_context(ctx, inputs, output):
-        grad, image, image_size, coords, interp, *options = inputs
-        ctx.sampling = spec(interp, options)
-        ctx.image_size = list(image_size)
-        ctx.mask = list(options[-1])
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(grad, image, coords)
-        ctx.save_for_forward(grad, image, coords)
-
-    def bw_backward(ctx, gg_image, gg_coords):
-        grad, image, coords = ctx.saved_tensors
-        s = ctx.sampling
-        gg_image = gg_image if ctx.mask[0] else None
-        gg_coords = gg_coords if ctx.mask[1] and s.interp == LINEAR else None
-        want_grad, want_image, want_coords = (ctx.needs_input_grad[i] for i in (0, 1, 3))
-        zero = [0] * (len(ctx.image_size) - 2)
-        grad_grad = grad_image = grad_coords = None
-        if gg_image is not None:
-            if want_grad:
-                grad_grad = s.sample(gg_image, coords, zero)
+def _sample_backward(ctx, grad, grad_jac):
+    image, coords, jac = ctx.saved_tensors
+    s = ctx.sampling
+    want_image, want_coords = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    grad_image = grad_coords = None
+    if grad is not None:
+        bw_coords = want_coords
+        if want_coords and s.interp == NEAREST:
+            grad_coords, bw_coords = torch.zeros_like(coords), False
+        elif want_coords and jac is not None:
+            grad_coords = _coords_grad_from_jacobian(grad, jac, coords.shape[0], s.grid)
+            bw_coords = False
+        if want_image or bw_coords:
+            gi, gc = ctx.backward_op(
+                grad, image if bw_coords else None, list(ctx.image_size), coords, s.interp, *ctx.options,
+                [want_image, bw_coords],
+            )
+            grad_image = gi if want_image else None
+            grad_coords = gc if bw_coords else grad_coords
+    if grad_jac is not None and jac is not None:  # the Jacobian's own gradient: jac[:, :, k] = D_{e_k}(image, coords)
+        zero = [0] * (image.dim() - 2)
+        for k in range(len(zero)):
+            e_k = _raised(zero, k)
+            if want_image:
+                grad_image = _add(grad_image, s.splat(grad_jac[:, :, k], ctx.image_size, coords, e_k))
             if want_coords:
-                grad_coords = s.coords_grad(grad, gg_image, coords, zero)
-        if gg_coords is not None:
-            for k in range(len(zero)):
-                e_k = _raised(zero, k)
-                gc_k = s.component(gg_coords, k)
-                if want_grad:
-                    grad_grad = _add(grad_grad, gc_k * s.sample(image, coords, e_k))
-                if want_image:
-                    grad_image = _add(grad_image, s.splat(grad * gc_k, ctx.image_size, coords, e_k))
-                if want_coords:
-                    grad_coords = _add(grad_coords, s.coords_grad(grad * gc_k, image, coords, e_k))
-        return (grad_grad, grad_image, None, grad_coords) + (None,) * (1 + n_options)
-
-    def bw_jvp(ctx, grad_t, image_t, _size_t, coords_t, *_):
-        grad, image, coords = ctx.saved_tensors
-        s = ctx.sampling
-        zero = [0] * (len(ctx.image_size) - 2)
-        linear = s.interp == LINEAR and coords_t is not None
-        gi_t = gc_t = None
-        if ctx.mask[0]:
-            if grad_t is not None:
-                gi_t = s.splat(grad_t, ctx.image_size, coords, zero)
-            if linear:
-                for k in range(len(zero)):
-                    gi_t = _add(gi_t, s.splat(grad * s.component(coords_t, k), ctx.image_size, coords, _raised(zero, k)))
-            if gi_t is None:
-                gi_t = grad.new_zeros(ctx.image_size)
-        else:  # the empty output of an unrequested gradient (autograd rejects a None tangent)
-            gi_t = grad.new_zeros(0)
-        if ctx.mask[1]:
-            if image is not None:
-                if grad_t is not None:
-                    gc_t = s.coords_grad(grad_t, image, coords, zero)
-                if linear:
-                    for k in range(len(zero)):
-                        gc_t = _add(gc_t, s.coords_grad(grad * s.component(coords_t, k), image, coords, _raised(zero, k)))
-            if image_t is not None:
-                gc_t = _add(gc_t, s.coords_grad(grad, image_t, coords, zero))
-            if gc_t is None:
-                gc_t = torch.zeros_like(coords)
-        else:
-            gc_t = coords.new_zeros(0)
-        return gi_t, gc_t
-
-    backward_fn = _function(
-        f"{'GridSample' if grid else 'Warp'}BackwardFunction",
-        backward_op,
-        {
-            "setup_context": staticmethod(bw_setup_context),
-            "backward": staticmethod(bw_backward),
-            "jvp": staticmethod(bw_jvp),
-        },
-    )
-    return {forward_op: forward_fn, backward_op: backward_fn}
+                grad_coords = _add(grad_coords, s.coords_grad(grad_jac[:, :, k], image, coords, e_k))
+    return (grad_image, grad_coords) + (None,) * (len(ctx.options) + 2)
 
 
-def _derivative_functions(namespace):
-    ops = getattr(torch.ops, namespace)
-
-    def spec(inputs):
-        kind, interp, padding, align_corners, order = inputs[-5:]
-        return Sampling(namespace, kind == COORD_KIND["grid"], interp, padding, align_corners), list(order)
-
-    # ---- sample_derivative(image, coords, kind, interp, padding, align_corners, order)
-
-    def setup_context(ctx, inputs, output):
-        ctx.sampling, ctx.order = spec(inputs)
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(inputs[0], inputs[1])
-        ctx.save_for_forward(inputs[0], inputs[1])
-
-    def backward(ctx, grad):
-        image, coords = ctx.saved_tensors
-        s, order = ctx.sampling, ctx.order
-        grad_image = s.splat(grad, image.shape, coords, order) if ctx.needs_input_grad[0] else None
-        grad_coords = s.coords_grad(grad, image, coords, order) if ctx.needs_input_grad[1] else None
-        return grad_image, grad_coords, None, None, None, None, None
-
-    def jvp(ctx, image_t, coords_t, *_):
-        image, coords = ctx.saved_tensors
-        s, order = ctx.sampling, ctx.order
-        out_t = s.sample(image_t, coords, order) if image_t is not None else None
+def _sample_jvp(ctx, image_t, coords_t, *_):
+    image, coords, jac = ctx.saved_tensors
+    s = ctx.sampling
+    if not image.is_floating_point():  # a label map: integer outputs have no tangent
+        return None, None
+    zero = [0] * (image.dim() - 2)
+    out_t = s.sample(image_t, coords, zero) if image_t is not None else None
+    if coords_t is not None:
+        for k in range(len(zero)):
+            d_k = jac[:, :, k] if jac is not None else s.sample(image, coords, _raised(zero, k))
+            out_t = _add(out_t, d_k * s.component(coords_t, k))
+    if out_t is None:
+        out_t = image.new_zeros(_sampled_shape(image.shape, coords, s.grid))
+    if jac is None:  # (a floating output needs a tangent tensor, even an empty one: autograd rejects None)
+        return out_t, image.new_zeros(0)
+    columns = []
+    for k in range(len(zero)):
+        e_k = _raised(zero, k)
+        col = s.sample(image_t, coords, e_k) if image_t is not None else None
         if coords_t is not None:
-            for k in range(image.dim() - 2):
-                o = _raised(order, k)
-                if not s.vanishes(o):
-                    out_t = _add(out_t, s.sample(image, coords, o) * s.component(coords_t, k))
-        if out_t is None:
-            out_t = s.sample(image, coords, _raised(order, 0)) * 0
-        return out_t
+            for j in range(len(zero)):
+                col = _add(col, s.sample(image, coords, _raised(e_k, j)) * s.component(coords_t, j))
+        columns.append(col if col is not None else torch.zeros_like(jac[:, :, k]))
+    return out_t, torch.stack(columns, 2)
 
-    # ---- splat_derivative(values, image_size, coords, kind, interp, padding, align_corners, order)
 
-    def splat_setup_context(ctx, inputs, output):
-        ctx.sampling, ctx.order = spec(inputs)
-        ctx.image_size = list(inputs[1])
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(inputs[0], inputs[2])
-        ctx.save_for_forward(inputs[0], inputs[2])
+# ---- the backward ops: (grad, image?, image_size, coords, interp, padding[, align_corners],
+# output_mask) -> (grad_image, grad_coords); their derivatives, Note [Derivatives of any order]
 
-    def splat_backward(ctx, grad):
-        values, coords = ctx.saved_tensors
-        s, order = ctx.sampling, ctx.order
-        grad_values = s.sample(grad, coords, order) if ctx.needs_input_grad[0] else None
-        grad_coords = s.coords_grad(values, grad, coords, order) if ctx.needs_input_grad[2] else None
-        return grad_values, None, grad_coords, None, None, None, None, None
 
-    def splat_jvp(ctx, values_t, _size_t, coords_t, *_):
-        values, coords = ctx.saved_tensors
-        s, order = ctx.sampling, ctx.order
-        out_t = s.splat(values_t, ctx.image_size, coords, order) if values_t is not None else None
-        if coords_t is not None:
-            for k in range(len(ctx.image_size) - 2):
-                o = _raised(order, k)
-                if not s.vanishes(o):
-                    out_t = _add(out_t, s.splat(values * s.component(coords_t, k), ctx.image_size, coords, o))
-        return out_t if out_t is not None else values.new_zeros(ctx.image_size)
+def _sample_bw_setup(namespace, grid, ctx, inputs, output):
+    grad, image, image_size, coords, interp, *options = inputs
+    ctx.sampling = _sampling(namespace, grid, interp, options)
+    ctx.image_size = list(image_size)
+    ctx.mask = list(options[-1])
+    ctx.n_options = len(options)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(grad, image, coords)
+    ctx.save_for_forward(grad, image, coords)
 
-    sample_fn = _function(
-        "SampleDerivativeFunction",
-        ops.sample_derivative.default,
-        {"setup_context": staticmethod(setup_context), "backward": staticmethod(backward), "jvp": staticmethod(jvp)},
-    )
-    splat_fn = _function(
-        "SplatDerivativeFunction",
-        ops.splat_derivative.default,
-        {
-            "setup_context": staticmethod(splat_setup_context),
-            "backward": staticmethod(splat_backward),
-            "jvp": staticmethod(splat_jvp),
-        },
-    )
-    return {ops.sample_derivative.default: sample_fn, ops.splat_derivative.default: splat_fn}
+
+def _sample_bw_backward(ctx, gg_image, gg_coords):
+    grad, image, coords = ctx.saved_tensors
+    s = ctx.sampling
+    gg_image = gg_image if ctx.mask[0] else None
+    gg_coords = gg_coords if ctx.mask[1] and s.interp == LINEAR else None
+    want_grad, want_image, want_coords = (ctx.needs_input_grad[i] for i in (0, 1, 3))
+    zero = [0] * (len(ctx.image_size) - 2)
+    grad_grad = grad_image = grad_coords = None
+    if gg_image is not None:
+        if want_grad:
+            grad_grad = s.sample(gg_image, coords, zero)
+        if want_coords:
+            grad_coords = s.coords_grad(grad, gg_image, coords, zero)
+    if gg_coords is not None:
+        for k in range(len(zero)):
+            e_k = _raised(zero, k)
+            gc_k = s.component(gg_coords, k)
+            if want_grad:
+                grad_grad = _add(grad_grad, gc_k * s.sample(image, coords, e_k))
+            if want_image:
+                grad_image = _add(grad_image, s.splat(grad * gc_k, ctx.image_size, coords, e_k))
+            if want_coords:
+                grad_coords = _add(grad_coords, s.coords_grad(grad * gc_k, image, coords, e_k))
+    return (grad_grad, grad_image, None, grad_coords) + (None,) * (ctx.n_options + 1)
+
+
+def _sample_bw_jvp(ctx, grad_t, image_t, _size_t, coords_t, *_):
+    grad, image, coords = ctx.saved_tensors
+    s = ctx.sampling
+    zero = [0] * (len(ctx.image_size) - 2)
+    linear = s.interp == LINEAR and coords_t is not None
+    # (an unrequested gradient is an empty output, whose tangent is empty too: not None)
+    gi_t, gc_t = grad.new_zeros(0), coords.new_zeros(0)
+    if ctx.mask[0]:
+        gi_t = s.splat(grad_t, ctx.image_size, coords, zero) if grad_t is not None else None
+        for k in range(len(zero) if linear else 0):
+            gi_t = _add(gi_t, s.splat(grad * s.component(coords_t, k), ctx.image_size, coords, _raised(zero, k)))
+        gi_t = grad.new_zeros(ctx.image_size) if gi_t is None else gi_t
+    if ctx.mask[1]:
+        gc_t = None
+        if image is not None and grad_t is not None:
+            gc_t = s.coords_grad(grad_t, image, coords, zero)
+        for k in range(len(zero) if linear and image is not None else 0):
+            gc_t = _add(gc_t, s.coords_grad(grad * s.component(coords_t, k), image, coords, _raised(zero, k)))
+        if image_t is not None:
+            gc_t = _add(gc_t, s.coords_grad(grad, image_t, coords, zero))
+        gc_t = torch.zeros_like(coords) if gc_t is None else gc_t
+    return gi_t, gc_t
+
+
+# ---- the derivative ops: sample_derivative(image, coords, kind, interp, padding,
+# align_corners, order) and splat_derivative(values, image_size, coords, kind, ...)
+
+
+def _derivative_setup(namespace, splat, ctx, inputs, output):
+    kind, interp, padding, align_corners, order = inputs[-5:]
+    ctx.sampling = Sampling(namespace, kind == COORD_KIND["grid"], interp, padding, align_corners)
+    ctx.order = list(order)
+    ctx.image_size = list(inputs[1]) if splat else None  # (values, image_size, coords, ...)
+    coords = inputs[2] if splat else inputs[1]  # (image, coords, ...)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(inputs[0], coords)
+    ctx.save_for_forward(inputs[0], coords)
+
+
+def _sample_derivative_backward(ctx, grad):
+    image, coords = ctx.saved_tensors
+    s, order = ctx.sampling, ctx.order
+    grad_image = s.splat(grad, image.shape, coords, order) if ctx.needs_input_grad[0] else None
+    grad_coords = s.coords_grad(grad, image, coords, order) if ctx.needs_input_grad[1] else None
+    return grad_image, grad_coords, None, None, None, None, None
+
+
+def _sample_derivative_jvp(ctx, image_t, coords_t, *_):
+    image, coords = ctx.saved_tensors
+    s, order = ctx.sampling, ctx.order
+    out_t = s.sample(image_t, coords, order) if image_t is not None else None
+    for k in range(image.dim() - 2 if coords_t is not None else 0):
+        o = _raised(order, k)
+        if not s.vanishes(o):
+            out_t = _add(out_t, s.sample(image, coords, o) * s.component(coords_t, k))
+    return out_t if out_t is not None else image.new_zeros(_sampled_shape(image.shape, coords, s.grid))
+
+
+def _splat_derivative_backward(ctx, grad):
+    values, coords = ctx.saved_tensors
+    s, order = ctx.sampling, ctx.order
+    grad_values = s.sample(grad, coords, order) if ctx.needs_input_grad[0] else None
+    grad_coords = s.coords_grad(values, grad, coords, order) if ctx.needs_input_grad[2] else None
+    return grad_values, None, grad_coords, None, None, None, None, None
+
+
+def _splat_derivative_jvp(ctx, values_t, _size_t, coords_t, *_):
+    values, coords = ctx.saved_tensors
+    s, order = ctx.sampling, ctx.order
+    out_t = s.splat(values_t, ctx.image_size, coords, order) if values_t is not None else None
+    for k in range(len(ctx.image_size) - 2 if coords_t is not None else 0):
+        o = _raised(order, k)
+        if not s.vanishes(o):
+            out_t = _add(out_t, s.splat(values * s.component(coords_t, k), ctx.image_size, coords, o))
+    return out_t if out_t is not None else values.new_zeros(ctx.image_size)
 
 
 # --------------------------------------------------------------------------- ncc
@@ -553,54 +510,66 @@ NCC_NO_SECOND_DERIVATIVE = (
 )
 
 
-def _ncc_functions(namespace):
+def _ncc_setup(namespace, ctx, inputs, output):
+    a, b, window, eps, reduction = inputs
+    ctx.backward_op = getattr(torch.ops, namespace).ncc_backward.default
+    ctx.window, ctx.eps, ctx.reduction = window, eps, reduction
+    ctx.save_for_backward(a, b)
+    ctx.save_for_forward(a, b)
+
+
+def _ncc_backward(ctx, grad):
+    a, b = ctx.saved_tensors
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1]]
+    ga, gb = ctx.backward_op(grad, a, b, ctx.window, ctx.eps, ctx.reduction, mask)
+    return (ga if mask[0] else None, gb if mask[1] else None, None, None, None)
+
+
+def _ncc_jvp(ctx, a_t, b_t, *_):
+    if ctx.reduction == NCC_REDUCTION["none"]:
+        raise RuntimeError(
+            "fastwarp.ncc: forward-mode AD (jvp) of the cc map, reduction='none', is not "
+            "implemented; it is for reduction='mean' and 'batch'"
+        )
+    a, b = ctx.saved_tensors
+    ones = a.new_ones(_ncc_output_shape(a, ctx.reduction))
+    mask = [a_t is not None, b_t is not None]
+    ga, gb = ctx.backward_op(ones, a, b, ctx.window, ctx.eps, ctx.reduction, mask)
+    dot = _add(ga * a_t if mask[0] else None, gb * b_t if mask[1] else None)
+    return dot.sum() if ctx.reduction == NCC_REDUCTION["mean"] else dot.flatten(2).sum(2)
+
+
+def _ncc_bw_setup(namespace, ctx, inputs, output):
+    pass
+
+
+def _refuse(ctx, *_):
+    raise RuntimeError(NCC_NO_SECOND_DERIVATIVE)
+
+
+def _functions(namespace):
+    """The autograd.Function of every op of ``namespace``."""
     ops = getattr(torch.ops, namespace)
-    backward_op = ops.ncc_backward.default
-
-    def setup_context(ctx, inputs, output):
-        a, b, window, eps = inputs[:4]
-        ctx.window, ctx.eps = window, eps
-        ctx.reduction = inputs[4]
-        ctx.save_for_backward(a, b)
-        ctx.save_for_forward(a, b)
-
-    def backward(ctx, grad):
-        a, b = ctx.saved_tensors
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1]]
-        ga, gb = backward_op(grad, a, b, ctx.window, ctx.eps, ctx.reduction, mask)
-        return (ga if mask[0] else None, gb if mask[1] else None, None, None, None)
-
-    def jvp(ctx, a_t, b_t, *_):
-        if ctx.reduction == NCC_REDUCTION["none"]:
-            raise RuntimeError(
-                "fastwarp.ncc: forward-mode AD (jvp) of the cc map, reduction='none', is not "
-                "implemented; it is for reduction='mean' and 'batch'"
-            )
-        a, b = ctx.saved_tensors
-        ones = a.new_ones(_ncc_output_shape(a, ctx.reduction))
-        mask = [a_t is not None, b_t is not None]
-        ga, gb = backward_op(ones, a, b, ctx.window, ctx.eps, ctx.reduction, mask)
-        terms = [g * t for g, t, m in ((ga, a_t, mask[0]), (gb, b_t, mask[1])) if m]
-        dot = terms[0] if len(terms) == 1 else terms[0] + terms[1]
-        return dot.sum() if ctx.reduction == NCC_REDUCTION["mean"] else dot.flatten(2).sum(2)
-
-    def refuse(*_):
-        raise RuntimeError(NCC_NO_SECOND_DERIVATIVE)
-
-    def bw_setup_context(ctx, inputs, output):
-        pass
-
-    forward_fn = _function(
-        "NccFunction",
-        ops.ncc.default,
-        {"setup_context": staticmethod(setup_context), "backward": staticmethod(backward), "jvp": staticmethod(jvp)},
-    )
-    backward_fn = _function(
-        "NccBackwardFunction",
-        backward_op,
-        {"setup_context": staticmethod(bw_setup_context), "backward": staticmethod(refuse), "jvp": staticmethod(refuse)},
-    )
-    return {ops.ncc.default: forward_fn, backward_op: backward_fn}
+    return {
+        ops.warp.default: _function("WarpFunction", ops.warp.default, _sample_setup, _sample_backward,
+                                    _sample_jvp, namespace, False),
+        ops.grid_sample.default: _function("GridSampleFunction", ops.grid_sample.default, _sample_setup,
+                                           _sample_backward, _sample_jvp, namespace, True),
+        ops.warp_backward.default: _function("WarpBackwardFunction", ops.warp_backward.default, _sample_bw_setup,
+                                             _sample_bw_backward, _sample_bw_jvp, namespace, False),
+        ops.grid_sample_backward.default: _function("GridSampleBackwardFunction", ops.grid_sample_backward.default,
+                                                    _sample_bw_setup, _sample_bw_backward, _sample_bw_jvp,
+                                                    namespace, True),
+        ops.sample_derivative.default: _function("SampleDerivativeFunction", ops.sample_derivative.default,
+                                                 _derivative_setup, _sample_derivative_backward,
+                                                 _sample_derivative_jvp, namespace, False),
+        ops.splat_derivative.default: _function("SplatDerivativeFunction", ops.splat_derivative.default,
+                                                _derivative_setup, _splat_derivative_backward,
+                                                _splat_derivative_jvp, namespace, True),
+        ops.ncc.default: _function("NccFunction", ops.ncc.default, _ncc_setup, _ncc_backward, _ncc_jvp, namespace),
+        ops.ncc_backward.default: _function("NccBackwardFunction", ops.ncc_backward.default, _ncc_bw_setup,
+                                            _refuse, _refuse, namespace),
+    }
 
 
 def _apply(function, args):
@@ -842,12 +811,7 @@ def register(namespace):
         ("ncc_backward", _ncc_backward_fake),
     ):
         torch.library.register_fake(f"{namespace}::{name}", fake)
-    functions = {}
-    functions.update(_sampling_functions(namespace, grid=False))
-    functions.update(_sampling_functions(namespace, grid=True))
-    functions.update(_derivative_functions(namespace))
-    functions.update(_ncc_functions(namespace))
-    for op, function in functions.items():
+    for op, function in _functions(namespace).items():
         _library(namespace).impl(op._opname, _autograd_kernel(op, function), "Autograd", with_keyset=True)
     for op, rule in {**_sampling_vmap_rules(namespace), **_ncc_vmap_rules(namespace)}.items():
         _register_vmap(op, rule)

@@ -21,6 +21,8 @@ class Warp(torch.nn.Module):
         self.padding_mode = padding_mode
 
     def forward(self, image: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
+        """``image`` ``(N, C, *spatial)`` resampled at ``p + disp(p)``, ``disp`` ``(N or 1, ndim,
+        *spatial)`` in voxels: :func:`fastwarp.warp` with this module's mode and padding."""
         return warp(image, disp, self.mode, self.padding_mode)
 
     def extra_repr(self) -> str:
@@ -46,6 +48,8 @@ class SpatialTransformer(torch.nn.Module):
         self.mode = mode
 
     def forward(self, src: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+        """``src`` ``(N, C, *size)`` warped by ``flow`` ``(N or 1, ndim, *size)``, a displacement
+        in voxels, zero padding: VoxelMorph's ``SpatialTransformer(size, mode)(src, flow)``."""
         if self.size is not None and isinstance(flow, torch.Tensor) and tuple(flow.shape[2:]) != self.size:
             raise ValueError(f"flow spatial shape {tuple(flow.shape[2:])} must be the transformer size {self.size}")
         return warp(src, flow, "linear" if self.mode == "bilinear" else "nearest", "zeros")
@@ -80,6 +84,8 @@ class VecInt(torch.nn.Module):
         self.scale = 1.0 / (2**nsteps)
 
     def forward(self, vec: torch.Tensor) -> torch.Tensor:
+        """The displacement of ``exp(vec)`` (voxels), ``vec`` ``(N, ndim, *inshape)`` a velocity
+        in voxels: :func:`fastwarp.integrate_velocity` with ``nsteps``."""
         if self.inshape is not None and isinstance(vec, torch.Tensor) and tuple(vec.shape[2:]) != self.inshape:
             raise ValueError(f"vec spatial shape {tuple(vec.shape[2:])} must be the integrator's inshape {self.inshape}")
         return integrate_velocity(vec, self.nsteps)

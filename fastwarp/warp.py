@@ -127,8 +127,11 @@ def warp(
 
     Gradients flow to ``image`` and to ``disp``, each computed only when required; the
     image gradient is deterministic under ``torch.use_deterministic_algorithms(True)``.
-    Points whose source lies more than a voxel outside the image, or is NaN, read 0 and
-    pass no gradient, whatever the padding.
+    Derivatives of every order, forward mode and the functorch transforms work too. With
+    ``padding_mode="zeros"`` a point whose source lies more than a voxel outside the image
+    reads 0 and passes no gradient; with "border" and "reflection" the source is clamped or
+    reflected into the image first, as in grid_sample. A NaN source reads 0 and passes no
+    gradient in every mode.
     """
     interp = _code(INTERP, mode, "mode", _WARP_MODES)
     padding = _code(PADDING, padding_mode, "padding_mode", tuple(PADDING))

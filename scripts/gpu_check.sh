@@ -268,7 +268,7 @@ step_ok() { awk -F'\t' -v n="$1" '$1 == n { s = $2 } END { exit !(s == "ok") }' 
 
 # ---------------------------------------------------------------------------- command lines
 
-EMB=$ROOT/fastwarp/data/embedded
+EMB=$ROOT/fastwarp/app/data/embedded
 SANITIZER_CAP=${GPU_CHECK_SANITIZER_CAP:-100}
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
 read -r -a BENCH_EXTRA <<<"${GPU_CHECK_BENCH_ARGS:-}"
@@ -427,9 +427,8 @@ print("fastwarp", fastwarp.__version__, "from", fastwarp.__file__, "CUDA kernels
     # (steps read no stdin: the checker is a file)
     cat >"$WORK/check_argv.py" <<'EOF'
 import os, sys
-from fastwarp.bench.runner import build_parser as bench_parser
-from fastwarp.register import build_parser as register_parser
-from fastwarp.train import build_parser as train_parser
+from fastwarp.app.bench.runner import build_parser as bench_parser
+from fastwarp.app.cli import register_parser, train_parser
 
 folder = sys.argv[1]
 parsers = {"train": train_parser, "register": register_parser, "bench": bench_parser}

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build fastwarp/data/embedded/: two real T1 brain MRIs on one 2 mm grid, with tissue labels
+"""Build fastwarp/app/data/embedded/: two real T1 brain MRIs on one 2 mm grid, with tissue labels
 (and, with --voxel-mm 1, the same two brains on a 1 mm grid, into a cache folder).
 
 A developer tool, not run-time code: it needs numpy, scipy and nibabel (matplotlib too for
@@ -41,7 +41,7 @@ Running
         # --fetch [SRC]: runs the two download commands above into SRC (default
         # ~/.cache/fastwarp/sources; archives already there are reused), then builds
 
-Outputs (in --out, default fastwarp/data/embedded/ of this repository; with --voxel-mm 1,
+Outputs (in --out, default fastwarp/app/data/embedded/ of this repository; with --voxel-mm 1,
 default $FASTWARP_DATA_1MM or ~/.cache/fastwarp/data-1mm, which is where
 fastwarp.app.data.subjects.embedded_1mm() looks; about 4 MB, so not in the repository):
     mni152_t1.nii.gz  mni152_labels.nii.gz  colin27_t1.nii.gz  colin27_labels.nii.gz  README.md
@@ -101,7 +101,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_OUT = os.path.join(REPO, "fastwarp", "data", "embedded")
+DEFAULT_OUT = os.path.join(REPO, "fastwarp", "app", "data", "embedded")
 
 VOXEL_MM = 2.0  # the embedded data; --voxel-mm 1 for the 1 mm versions
 DEFAULT_OUT_1MM = os.environ.get("FASTWARP_DATA_1MM") or os.path.join(
@@ -435,14 +435,14 @@ def write_readme(path, archives, grid_shape, grid_affine, files, stats, pair_dic
     add = L.append
     if fine:
         add("# Brain MRI at 1 mm (the embedded pair's 1 mm versions)\n")
-        add("The two brains of `fastwarp/data/embedded/` made the same way on a common 1 mm grid "
+        add("The two brains of `fastwarp/app/data/embedded/` made the same way on a common 1 mm grid "
             "instead of 2 mm, each with a 4-class tissue label map. Built by "
             "`scripts/make_data.py --voxel-mm 1` (its docstring says how to obtain the two source "
             "archives; `--fetch` downloads them); not part of the repository "
             "(`fastwarp.app.data.subjects.embedded_1mm()` finds them). Re-run with:\n")
         add("```sh\npython scripts/make_data.py --voxel-mm 1 --download-dir SRC\n```\n")
     else:
-        add("# Embedded brain MRI (fastwarp/data/embedded)\n")
+        add("# Embedded brain MRI (fastwarp/app/data/embedded)\n")
         add("Two real T1-weighted brain MRIs, both already in MNI space, resampled onto one common "
             "2 mm grid, each with a 4-class tissue label map made the same way. Built by "
             "`scripts/make_data.py` (its docstring says how to obtain the two source archives); "

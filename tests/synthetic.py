@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import fastwarp
-from fastwarp import data as fwdata
+from fastwarp.app import data as fwdata
 from fastwarp.app.cli import train_config
 from fastwarp.app.training import train
 

@@ -13,8 +13,7 @@ import pytest
 import torch
 
 import fastwarp
-from fastwarp.app.affine import (AffineConfig, AffineResult, affine_coords, affine_register, load_matrix, resample,
-                                 save_matrix)
+from fastwarp.app.affine import AffineConfig, AffineResult, affine_coords, affine_register, resample
 from fastwarp.app.metrics import dice
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -259,52 +258,6 @@ def test_resample_identity_layouts_and_labels(gen):
 # ------------------------------------------------------------------------- matrix files
 
 
-def _some_matrix(nd):
-    m = random_affine(5, nd=nd, trans=20.0)
-    m[:nd, nd] += np.arange(1, nd + 1) * 0.123456789
-    return m
-
-
-@pytest.mark.parametrize("nd", [3, 2])
-@pytest.mark.parametrize("name", ["affine.mat", "affine.txt"])
-def test_matrix_round_trip(tmp_path, nd, name):
-    m = _some_matrix(nd)
-    path = save_matrix(tmp_path / name, m)
-    assert path == str(tmp_path / name)
-    back = load_matrix(path)
-    assert back.shape == (nd + 1, nd + 1) and back.dtype == np.float64
-    np.testing.assert_allclose(back, m, rtol=0, atol=1e-12)
-
-
-def test_plain_matrix_file_states_its_convention(tmp_path):
-    m = _some_matrix(3)
-    text = open(save_matrix(tmp_path / "a.mat", m)).read().splitlines()
-    assert text[0].startswith("#") and "RAS" in text[0] and "fixed -> moving" in text[0]
-    np.testing.assert_array_equal(np.loadtxt(tmp_path / "a.mat"), m)  # np.loadtxt reads it as is
-
-
-def test_itk_file_is_lps_and_its_centre_is_folded_in(tmp_path):
-    m = np.eye(4)
-    m[:3, :3] = [[1.0, 0.1, 0.2], [0.3, 1.0, 0.4], [0.5, 0.6, 1.0]]
-    m[:3, 3] = [1.0, 2.0, 3.0]
-    lines = open(save_matrix(tmp_path / "a.txt", m)).read().splitlines()
-    assert lines[0] == "#Insight Transform File V1.0"
-    assert "Transform: AffineTransform_double_3_3" in lines
-    params = [float(v) for v in next(x for x in lines if x.startswith("Parameters:")).split()[1:]]
-    # RAS -> LPS negates x and y: the matrix entries that mix z with x or y change sign
-    np.testing.assert_allclose(params, [1.0, 0.1, -0.2, 0.3, 1.0, -0.4, -0.5, -0.6, 1.0, -1.0, -2.0, 3.0])
-    assert "FixedParameters: 0 0 0" in lines
-    # a file written by ITK with a centre c: y = L (x - c) + t + c
-    lin, t, c = np.diag([1.1, 0.9, 1.0]), np.array([1.0, -2.0, 0.5]), np.array([10.0, 20.0, 30.0])
-    (tmp_path / "itk.txt").write_text(
-        "#Insight Transform File V1.0\n#Transform 0\nTransform: AffineTransform_double_3_3\n"
-        f"Parameters: {' '.join(map(str, [*lin.ravel(), *t]))}\nFixedParameters: {' '.join(map(str, c))}\n")
-    lps = np.eye(4)
-    lps[:3, :3], lps[:3, 3] = lin, t + c - lin @ c
-    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
-    np.testing.assert_allclose(load_matrix(tmp_path / "itk.txt"), flip @ lps @ flip)
-
-
 # ------------------------------------------------------------------------- bad input
 
 IMG3 = torch.rand(12, 12, 12)
@@ -345,7 +298,7 @@ def test_bad_config(kwargs, match):
         AffineConfig(**kwargs)
 
 
-def test_bad_resample_and_matrix_files(tmp_path):
+def test_bad_resample(tmp_path):
     coords = affine_coords(np.eye(4), (4, 4, 4))
     with pytest.raises(TypeError, match="mode='nearest'"):
         resample(torch.zeros(4, 4, 4, dtype=torch.int64), coords)
@@ -353,11 +306,3 @@ def test_bad_resample_and_matrix_files(tmp_path):
         resample(torch.zeros(4, 4, 4), coords[:, :2])
     with pytest.raises(ValueError, match="mode must be 'linear' or 'nearest'"):
         resample(torch.zeros(4, 4, 4), coords, mode="cubic")
-    with pytest.raises(ValueError, match="matrix must be 4x4"):
-        save_matrix(tmp_path / "a.mat", np.eye(4)[:3])
-    (tmp_path / "junk.mat").write_text("# nothing\n1 2 3\n")
-    with pytest.raises(ValueError, match="expected a 4x4"):
-        load_matrix(tmp_path / "junk.mat")
-    (tmp_path / "euler.txt").write_text("#Insight Transform File V1.0\nTransform: Euler3DTransform_double_3_3\n")
-    with pytest.raises(ValueError, match="AffineTransform_double_3_3"):
-        load_matrix(tmp_path / "euler.txt")

@@ -2,8 +2,8 @@
 
 import torch
 
-from fastwarp import data as fwdata
-from fastwarp.metrics import folding_fraction
+from fastwarp.app import data as fwdata
+from fastwarp.app.metrics import folding_fraction
 
 def test_random_deformation_is_smooth_and_diffeomorphic():
     g = torch.Generator().manual_seed(0)

@@ -1,7 +1,7 @@
-"""The registration benchmark (fastwarp/app/bench/registration.py): the peers' fields converted to
-fastwarp's convention (checked against each peer's own warped image, on a grid with unequal
-spacings and ITK's LPS flips), the driver's table, JSON and goals on tiny runs, and the 1 mm data's
-grid and finder. The peers (antspyx, SimpleITK) are skipped when not installed."""
+"""The registration benchmark (fastwarp/app/bench/registration.py, peers.py): the peers' fields
+converted to fastwarp's convention (checked against each peer's own warped image, on a grid with
+unequal spacings and ITK's LPS flips), the driver's table and JSON on tiny runs, and the 1 mm
+data's grid and finder. The peers (antspyx, SimpleITK) are skipped when not installed."""
 
 import importlib.util
 import json
@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 
 import fastwarp
+from fastwarp.app.bench import peers as P
 from fastwarp.app.bench import registration as R
-from fastwarp.app.data import normalize_intensity
-from fastwarp.app.data.subjects import embedded_1mm
+from fastwarp.app.data import RegistrationPair, normalize_intensity
+from fastwarp.app.data.subjects import embedded_1mm, embedded_pairs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 HAS_ANTS = importlib.util.find_spec("ants") is not None
@@ -32,7 +33,7 @@ AFFINE = np.array([[-2.0, 0.0, 0.0, 30.0],
 SHAPE = (20, 24, 18)
 
 
-def synthetic_pair(shape=SHAPE, seed=0, amplitude=2.0) -> R.Pair:
+def synthetic_pair(shape=SHAPE, seed=0, amplitude=2.0) -> RegistrationPair:
     """A textured blob and the same blob under a smooth deformation of about ``amplitude`` voxels,
     normalized to [0, 1], with labels 1-3 by intensity."""
     g = torch.Generator().manual_seed(seed)
@@ -47,44 +48,17 @@ def synthetic_pair(shape=SHAPE, seed=0, amplitude=2.0) -> R.Pair:
     def labels(a):
         return np.digitize(a, [0.15, 0.45, 0.75]).astype(np.int64)
 
-    return R.Pair("moving-to-fixed", 1.5, moving, fixed, labels(moving), labels(fixed), AFFINE)
+    return RegistrationPair("moving-to-fixed", 1.5, moving, fixed, labels(moving), labels(fixed), AFFINE)
 
 
-def test_itk_geometry_is_lps_of_the_nifti_affine():
-    origin, spacing, direction = R.itk_geometry(AFFINE)
-    np.testing.assert_allclose(spacing, [2.0, 1.5, 1.25])
-    idx = np.array([3.0, 5.0, 7.0])
-    world = AFFINE[:3, :3] @ idx + AFFINE[:3, 3]
-    np.testing.assert_allclose(origin + direction @ (spacing * idx), world * [-1, -1, 1])
-    if HAS_SITK:  # SimpleITK's own index -> physical map on an image with that geometry
-        import SimpleITK as sitk
-
-        img = sitk.Image([int(s) for s in SHAPE], sitk.sitkFloat32)
-        img.SetOrigin(tuple(origin))
-        img.SetSpacing(tuple(spacing))
-        img.SetDirection(tuple(direction.flatten()))
-        np.testing.assert_allclose(img.TransformContinuousIndexToPhysicalPoint(tuple(idx)), world * [-1, -1, 1])
-
-
-def test_voxel_displacement_from_a_known_physical_field():
-    # Axis 0 runs to world -x (to the left) in 2 mm steps, which is LPS +x:
-    # 1 mm of LPS x is +1/2 voxel. Axis 1 runs to world +y (anterior), LPS -y, in 1.5 mm steps: 1.5 mm
-    # of LPS y is -1 voxel. Axis 2 runs to world +z = LPS +z in 1.25 mm steps: 2.5 mm is +2 voxels.
-    u = np.zeros((*SHAPE, 3))
-    u[..., 0], u[..., 1], u[..., 2] = 1.0, 1.5, 2.5
-    disp = R.itk_to_voxel_displacement(u, AFFINE)
-    assert disp.shape == (1, 3, *SHAPE)
-    torch.testing.assert_close(disp[0, :, 0, 0, 0], torch.tensor([0.5, -1.0, 2.0]))
-
-
-def _check_peer(pair: R.Pair, peer: R.PeerResult):
+def _check_peer(pair: RegistrationPair, peer: P.PeerResult):
     """The peer's converted field through fastwarp.warp reproduces the peer's warped image, and a
     field converted without the LPS flip would not (the check is not vacuous)."""
     assert peer.disp.shape == (1, 3, *pair.fixed.shape)
     assert float(peer.disp.abs().max()) > 0.3, "the registration barely moved: the check would prove little"
-    assert R.warp_check(pair.moving, peer) < 1e-4
-    wrong = R.PeerResult(peer.disp * torch.tensor([-1.0, -1.0, 1.0]).view(1, 3, 1, 1, 1), peer.warped, None, 0.0)
-    assert R.warp_check(pair.moving, wrong) > 1e-2
+    assert P.warp_check(pair.moving, peer) < 1e-4
+    wrong = P.PeerResult(peer.disp * torch.tensor([-1.0, -1.0, 1.0]).view(1, 3, 1, 1, 1), peer.warped, None, 0.0)
+    assert P.warp_check(pair.moving, wrong) > 1e-2
     # the peer's nearest-neighbour labels and fastwarp's through the converted field (ties at exactly
     # half a voxel may round either way)
     mine = fastwarp.warp(torch.from_numpy(pair.moving_labels)[None, None], peer.disp, mode="nearest")[0, 0].numpy()
@@ -95,22 +69,22 @@ def _check_peer(pair: R.Pair, peer: R.PeerResult):
 @needs_ants
 def test_ants_field_conversion():
     pair = synthetic_pair()
-    peer = R.ants_syn(pair.moving, pair.fixed, pair.moving_labels, schedule=(20, 10), affine=pair.affine, threads=1)
+    peer = P.ants_syn(pair.moving, pair.fixed, pair.moving_labels, schedule=(20, 10), affine=pair.affine, threads=1)
     _check_peer(pair, peer)
     assert peer.settings["transform"] == "SyNOnly" and peer.settings["reg_iterations"] == [20, 10]
-    again = R.ants_syn(pair.moving, pair.fixed, None, schedule=(20, 10), affine=pair.affine, threads=1)
+    again = P.ants_syn(pair.moving, pair.fixed, None, schedule=(20, 10), affine=pair.affine, threads=1)
     torch.testing.assert_close(again.disp, peer.disp, rtol=0, atol=0)  # deterministic
 
 
 @needs_sitk
 def test_demons_field_conversion():
     pair = synthetic_pair()
-    peer = R.sitk_demons(pair.moving, pair.fixed, pair.moving_labels, schedule=(10, 10), shrink=(2, 1),
+    peer = P.sitk_demons(pair.moving, pair.fixed, pair.moving_labels, schedule=(10, 10), shrink=(2, 1),
                          affine=pair.affine, threads=1)
     _check_peer(pair, peer)
     assert peer.settings["iterations"] == [10, 10]
     with pytest.raises(ValueError, match="one iteration count per level"):
-        R.sitk_demons(pair.moving, pair.fixed, schedule=(10,), shrink=(2, 1))
+        P.sitk_demons(pair.moving, pair.fixed, schedule=(10,), shrink=(2, 1))
 
 
 def test_driver_tiny_run_table_json_markdown():
@@ -125,11 +99,11 @@ def test_driver_tiny_run_table_json_markdown():
         def flush(self):
             pass
 
-    result = R.run([pair], methods, threads=1, model="none", quick=True, repeats=2, command="test", out=Out())
+    result = R.run([pair], methods, threads=1, model=None, quick=True, repeats=2, command="test", out=Out())
     rows = {r["method"]: r for r in result["rows"]}
     assert list(rows) == methods
     assert rows["identity"]["seconds"] == 0.0 and rows["identity"]["folding_percent"] == 0.0
-    assert rows["network"]["status"] == "skipped" and "none" in rows["network"]["reason"]
+    assert rows["network"]["status"] == "skipped" and "fastwarp demo" in rows["network"]["reason"]
     for name in ("identity", "refine"):
         r = rows[name]
         assert r["status"] == "ok" and set(r["dice"]) <= {1, 2, 3} and 0 <= r["mean_dice"] <= 1
@@ -152,25 +126,10 @@ def test_driver_tiny_run_table_json_markdown():
     assert "| **refine** | moving-to-fixed | 1.5 |" in md and "warp check" in md
 
 
-def test_goals():
-    def row(method, mean, fold, sec, res=2.0, direction="colin27-to-mni152"):
-        return dict(method=method, direction=direction, resolution=res, status="ok", mean_dice=mean,
-                    folding_percent=fold, seconds=sec)
-
-    rows = [row("ants-syn-long", 0.67, 0.0, 25.0), row("refine-diffeo", 0.73, 0.0, 4.0), row("refine", 0.71, 0.2, 1.5),
-            row("ants-syn-long", 0.66, 0.0, 300.0, 1.0), row("refine-diffeo", 0.70, 0.005, 31.0, 1.0)]
-    goals = {(g["resolution"], g["method"]): g for g in R.evaluate_goals(rows)}
-    assert goals[2.0, "refine-diffeo"]["met"]
-    assert not goals[2.0, "refine"]["met"] and not goals[2.0, "refine"]["dice_met"]
-    assert goals[2.0, "refine"]["folding_met"] is None and goals[2.0, "refine"]["seconds_met"]
-    g1 = goals[1.0, "refine-diffeo"]
-    assert g1["seconds_goal"] == pytest.approx(30.0) and not g1["seconds_met"] and g1["dice_met"]
-
-
 def test_main_quick_on_the_embedded_pair(tmp_path, capsys):
     js, md = tmp_path / "r.json", tmp_path / "r.md"
     methods = "identity,ants-syn,demons"
-    assert R.main(["--quick", "--methods", methods, "--directions", "colin27-to-mni152", "--model", "none",
+    assert R.main(["--quick", "--methods", methods, "--directions", "colin27-to-mni152",
                    "--json", str(js), "--markdown", str(md)]) == 0
     out = capsys.readouterr().out
     result = json.loads(js.read_text())
@@ -203,7 +162,7 @@ def test_embedded_1mm_finder(tmp_path, monkeypatch):
 @pytest.mark.skipif(embedded_1mm(missing_ok=True) is None,
                     reason="1 mm data not made (scripts/make_data.py --fetch --voxel-mm 1)")
 def test_1mm_pair_when_present():
-    pairs = R.load_pairs([1.0], ["mni152-to-colin27"])
+    pairs = embedded_pairs([1.0], ["mni152-to-colin27"])
     (pair,) = pairs
     assert pair.fixed.shape == (160, 192, 176) and pair.resolution == 1.0
     np.testing.assert_allclose(np.diag(pair.affine), [1, 1, 1, 1])

@@ -1,4 +1,4 @@
-"""``python -m fastwarp.bench``: the command runs every case at tiny sizes on the CPU and writes
+"""``fastwarp bench``: the command runs every case at tiny sizes on the CPU and writes
 its JSON and Markdown; the peers stay unimported until a baseline needs them; a baseline that is
 not installed is listed as such. No timing assertions (the machine is shared)."""
 
@@ -23,7 +23,7 @@ def test_bench_command_tiny(tmp_path):
     meta = result["meta"]
     assert meta["device_type"] == "cpu" and meta["threads"] == 2 and meta["size"] == "tiny"
     assert meta["torch"] and meta["fastwarp"] and meta["date"]
-    assert meta["command"] == "python -m fastwarp.bench " + " ".join(argv)
+    assert meta["command"] == "fastwarp bench " + " ".join(argv)
 
     cases = {case["case"]: case for case in result["cases"]}
     warp = ["fastwarp", "grid_sample", "voxelmorph"]

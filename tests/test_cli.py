@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from fastwarp import cli
+from fastwarp.app import cli
 from synthetic import COMMON
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,4 +1,4 @@
-"""fastwarp.metrics: Dice on hand-computed label maps, the Jacobian determinant against
+"""fastwarp.app.metrics: Dice on hand-computed label maps, the Jacobian determinant against
 analytic fields, the folding fraction, and evaluate()."""
 
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastwarp.metrics import dice, evaluate, folding_fraction, jacobian_determinant, similarity
+from fastwarp.app.metrics import dice, evaluate, folding_fraction, jacobian_determinant, similarity
 from reference import smooth_field
 
 # ------------------------------------------------------------------------- dice

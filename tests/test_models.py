@@ -1,4 +1,4 @@
-"""fastwarp.models.RegUNet (VoxelMorph's VxmDense): shapes, input checks, the identity at
+"""fastwarp.app.models.RegUNet (VoxelMorph's VxmDense): shapes, input checks, the identity at
 initialisation, the diffeomorphic mode, VoxelMorph's published architecture, autocast and
 gradients."""
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import fastwarp
-from fastwarp.models import RegUNet, default_features
+from fastwarp.app.models import RegUNet, default_features
 
 TINY = dict(enc_features=(4, 8), dec_features=(8, 8, 4))
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastwarp import data as fwdata
+from fastwarp.app import data as fwdata
 from synthetic import affine_of, no_temp_files, rng, write
 
 @pytest.mark.parametrize("shape", [(7, 9, 5), (11, 6)])

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import fastwarp
-from fastwarp.metrics import folding_fraction
+from fastwarp.app.metrics import folding_fraction
 from reference import smooth_field, voxelmorph_warp, warp_reference
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastwarp import data as fwdata
+from fastwarp.app import data as fwdata
 from synthetic import rng
 
 def _subjects(n=3, shape=(16, 16, 12), labels=True):

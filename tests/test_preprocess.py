@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fastwarp import data as fwdata
+from fastwarp.app import data as fwdata
 from synthetic import affine_of, rng
 
 @pytest.mark.parametrize("shape, multiple, ndim, padded", [

@@ -6,7 +6,7 @@ import torch
 from fastwarp import warp
 from fastwarp.app.fields import smooth_noise
 from fastwarp.app.metrics import dice, folding_fraction
-from fastwarp.app.refine import RefineConfig, _smoothness, refine, refine_defaults, resize_field
+from fastwarp.app.refine import RefineConfig, _smoothness, refine, refine_defaults
 from fastwarp.app.register import register_pair
 from fastwarp.losses import Grad
 
@@ -64,14 +64,6 @@ def test_refinement_is_deterministic_and_starts_from_init():
     # a coarser last level: the field comes back at full size (init resized down and up)
     coarse = refine(moving, fixed, init, RefineConfig(levels=(2,), iterations=0))
     assert coarse.shape == init.shape and (coarse - init).abs().mean() < 0.1 * init.abs().mean()
-
-
-def test_resize_field_keeps_voxel_units():
-    u = torch.full((1, 3, 8, 10, 12), 1.0)
-    up = resize_field(u, (16, 20, 24))
-    torch.testing.assert_close(up, torch.full((1, 3, 16, 20, 24), 2.0))
-    assert resize_field(u, (8, 10, 12)) is u
-    torch.testing.assert_close(resize_field(up, (8, 10, 12)), u)
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 5, 6, 7), (1, 2, 9, 4), (1, 3, 1, 5, 4)])

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import fastwarp
-from fastwarp import cli
+from fastwarp.app import cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -171,7 +171,7 @@ def test_register_bad_output_suffix(synth, model3d, tmp_path, capsys):
 def test_register_affine_and_refine_without_a_model(synth, tmp_path, capsys):
     """Raw scans on two grids: --affine then --refine, no network; the affine comes out as an
     ITK transform file that load_matrix reads back."""
-    from fastwarp.app.affine import load_matrix
+    from fastwarp.app.transforms import load_matrix
 
     (mov, mov_lab), (fix, fix_lab) = synth["paths"]["moving"], synth["paths"]["fixed"]
     out, js = tmp_path / "w.nii.gz", tmp_path / "m.json"

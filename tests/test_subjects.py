@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from fastwarp import data as fwdata
+from fastwarp.app import data as fwdata
 from synthetic import rng, write
 
 def test_find_volumes_folder(tmp_path):

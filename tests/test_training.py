@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastwarp.models import RegUNet
-from fastwarp.train import CheckpointError, load_checkpoint
+from fastwarp.app.models import RegUNet
+from fastwarp.app.checkpoints import CheckpointError, load_checkpoint
 from synthetic import COMMON, run_train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,10 +121,10 @@ def test_ddp_gloo_matches_single_process(synth, tmp_path):
             "--lr", "3e-3", "--no-figure", *COMMON]
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     runs = {
-        single: [sys.executable, "-m", "fastwarp.train", *args, "-o", str(single)],
+        single: [sys.executable, "-m", "fastwarp", "train", *args, "-o", str(single)],
         ddp: [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-              "-m", "fastwarp.train", *args, "-o", str(ddp)],
+              "-m", "fastwarp", "train", *args, "-o", str(ddp)],
     }
     stdout = {}
     for out, cmd in runs.items():

@@ -18,7 +18,7 @@
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
-#include "sample_params.h"
+#include "sample_host.h"
 
 namespace fastwarp {
 
@@ -216,7 +216,7 @@ at::Tensor splat_derivative(const at::Tensor& values, at::IntArrayRef image_size
   return grad_image;
 }
 
-// The schemas (csrc/fastwarp.cpp) bound to one backend.
+// The schemas (csrc/schemas.h) bound to one backend.
 template <typename Backend>
 struct SampleOps {
   static std::tuple<at::Tensor, at::Tensor> warp(const at::Tensor& image, const at::Tensor& disp,

@@ -9,7 +9,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "../common/ncc_op.h"
+#include "../common/ncc_host.h"
 
 namespace fastwarp {
 namespace {
@@ -344,12 +344,12 @@ std::tuple<at::Tensor, at::Tensor> ncc_backward_cpu(const at::Tensor& grad_out, 
                                                     const at::Tensor& b, at::IntArrayRef window,
                                                     double eps, int64_t reduction,
                                                     std::array<bool, 2> output_mask) {
-  at::Tensor grad_a, grad_b;
-  std::tie(grad_a, grad_b) = ncc_backward_outputs(a, b, window, output_mask);
-  const NccUpstream upstream = ncc_upstream(grad_out, a, to_ncc_reduction(reduction));
+  const NccBackward w = ncc_backward_setup(grad_out, a, b, window, reduction, output_mask);
+  at::Tensor grad_a = w.grad_a, grad_b = w.grad_b;
+  if (w.nothing) return {grad_a, grad_b};
+  const NccUpstream& upstream = w.upstream;
   const double g_scale = upstream.scale;
-  const bool want_a = output_mask[0], want_b = output_mask[1];
-  if ((!want_a && !want_b) || a.numel() == 0) return {grad_a, grad_b};
+  const bool want_a = w.want_a, want_b = w.want_b;
   const Shape s = volume_shape(a, window);
   const double inv_n = inverse_window_size(window);
   const int64_t P = s.plane();

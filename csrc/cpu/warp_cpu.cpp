@@ -113,8 +113,15 @@ void dispatch_config(const SampleParams<NDIM>& P, const F& f) {
 // Chosen once from what the CPU supports (the build machine's flags do not matter: the
 // vector code is compiled with per-function target attributes and only called after this
 // check), capped by torch's ATEN_CPU_CAPABILITY (default / avx2 / avx512) when it is set, so
-// one variable steers torch and fastwarp alike. fastwarp::_cpu_simd_level sets it in-process
-// (tests compare the paths; the benchmarks time them side by side).
+// one variable steers torch and fastwarp's warp alike. fastwarp::_cpu_simd_level sets it
+// in-process (tests compare the paths; the benchmarks time them side by side).
+//
+// Why the NCC chooses its instruction set another way (function multiversioning, Note [NCC
+// loops on the CPU's vector units]): the warp's lanes are hand-written intrinsics, a second
+// implementation of sampling.h's formulas per instruction set, which the tests must hold
+// against the scalar code and the benchmarks time against it, so the level is a run-time
+// switch. The NCC's loops are its one scalar source, which the compiler vectorizes; their
+// clones compute the same bits, so nothing needs to choose among them and the loader does.
 int supported_simd_level() {
 #if defined(FASTWARP_HAVE_X86_SIMD)
   __builtin_cpu_init();

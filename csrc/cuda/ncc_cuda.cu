@@ -9,7 +9,7 @@
 #include <algorithm>
 #include <type_traits>
 
-#include "../common/ncc_op.h"
+#include "../common/ncc_host.h"
 #include "runtime.h"
 
 namespace fastwarp {
@@ -580,12 +580,12 @@ std::tuple<at::Tensor, at::Tensor> ncc_backward_cuda(const at::Tensor& grad_out,
                                                      const at::Tensor& b, at::IntArrayRef window,
                                                      double eps, int64_t reduction,
                                                      std::array<bool, 2> output_mask) {
-  at::Tensor grad_a, grad_b;
-  std::tie(grad_a, grad_b) = ncc_backward_outputs(a, b, window, output_mask);
-  const NccUpstream up = ncc_upstream(grad_out, a, to_ncc_reduction(reduction));
+  const NccBackward w = ncc_backward_setup(grad_out, a, b, window, reduction, output_mask);
+  at::Tensor grad_a = w.grad_a, grad_b = w.grad_b;
+  if (w.nothing) return {grad_a, grad_b};
+  const NccUpstream& up = w.upstream;
   [[maybe_unused]] const auto guard = cuda::device_guard(a);
-  const int mask = (output_mask[0] ? 1 : 0) | (output_mask[1] ? 2 : 0);
-  if (mask == 0 || a.numel() == 0) return {grad_a, grad_b};
+  const int mask = (w.want_a ? 1 : 0) | (w.want_b ? 2 : 0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "fastwarp_ncc_backward", [&] {
     using acc_t = acc_type<scalar_t>;
     dispatch_tile(a, [&](auto ty_tag, auto tx_tag) {

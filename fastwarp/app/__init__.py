@@ -18,5 +18,7 @@ are used, so ``import fastwarp`` stays light.
   command and its demo and check.
 - :mod:`~fastwarp.app.bench`: fastwarp against the baselines (``fastwarp bench``).
 
-The public paths (``fastwarp.models``, ``fastwarp.data``, ``fastwarp.train``, ...) re-export these.
+Each name has one import path, the module that defines it (``fastwarp.app.models.RegUNet``,
+``fastwarp.app.training.train``, ...); the command is ``fastwarp`` (``fastwarp.app.cli:main``),
+also ``python -m fastwarp``.
 """

@@ -1,8 +1,8 @@
 """Affine registration of two images that may lie on different grids: :func:`affine_register`
 finds the 12-parameter (6 in 2-D) world transform that aligns ``moving`` to ``fixed``;
 :func:`resample` brings a moving image or label map onto the fixed grid through the voxel
-coordinates it returns; :func:`save_matrix` / :func:`load_matrix` write and read the matrix as
-plain text or as an ITK transform file.
+coordinates it returns. The matrix is written and read by :mod:`fastwarp.app.transforms`
+(plain text, or an ITK transform file).
 
 Note [Affine conventions]
 ~~~~~~~~~~~~~~~~~~~~~~~~~
@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -49,9 +47,10 @@ from ..ncc import ncc
 from ..warp import grid_sample
 from .fields import voxel_grid
 from .optimize import Adam, Steps
+from .pyramid import reduce, reduced_affine
+from .transforms import as_affine
 
-__all__ = ["AffineConfig", "AffineResult", "affine_register", "affine_coords", "resample", "save_matrix",
-           "load_matrix"]
+__all__ = ["AffineConfig", "AffineResult", "affine_register", "affine_coords", "resample"]
 
 SIMILARITIES = ("ncc", "mse")
 # The smallest a level's reduced fixed image may be along any axis; coarser levels but the last are skipped.
@@ -89,9 +88,6 @@ class AffineConfig:
     and 9, 0.21 and 0.25; global NCC 0.32 (1.33); MSE 0.31 (1.56); lr 0.005, 0.22. Most of the
     time is the full-resolution level: for 1 mm scans ``levels=(8, 4, 2)`` is as accurate as
     the default and eight times faster (1.5 s against 13 s at 160x192x176).
-
-    ``seed``: nothing is drawn at random at present (every voxel is used at every step), so
-    results do not depend on it; it is kept for a sampled variant to be reproducible.
     """
 
     levels: tuple[int, ...] = (4, 2, 1)
@@ -101,7 +97,6 @@ class AffineConfig:
     lr: float = 0.01
     tol: float = 1e-4
     patience: int = 10
-    seed: int = 0
 
     def __post_init__(self):
         levels = self.levels if isinstance(self.levels, Sequence) else (self.levels,)
@@ -168,30 +163,6 @@ def _as_image(name: str, t) -> torch.Tensor:
     return t[None, None]
 
 
-def _as_affine(name: str, affine, ndim: int) -> np.ndarray:
-    """``affine`` as a float64 ``(ndim + 1)`` square homogeneous matrix (None: the identity)."""
-    if affine is None:
-        return np.eye(ndim + 1)
-    if isinstance(affine, torch.Tensor):
-        affine = affine.detach().cpu().numpy()
-    a = np.asarray(affine, dtype=np.float64)
-    if ndim == 2 and a.shape == (4, 4):
-        if np.any(a[2, :2] != 0):  # the slice's voxels (i, j, 0) must all lie at one world z
-            raise ValueError(f"{name}: the 4x4 affine of a 2-D image must map it to a plane of constant z, got\n{a}")
-        a = a[np.ix_([0, 1, 3], [0, 1, 3])]
-    n = ndim + 1
-    if a.shape != (n, n):
-        extra = " (or the 4x4 NIfTI affine of a 2-D file)" if ndim == 2 else ""
-        raise ValueError(f"{name} must be a {n}x{n} matrix for a {ndim}-D image{extra}, got shape {a.shape}")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} must hold finite numbers, got\n{a}")
-    if not np.allclose(a[ndim], np.eye(n)[ndim]):
-        raise ValueError(f"{name} must be homogeneous (last row {[0] * ndim + [1]}), got last row {a[ndim].tolist()}")
-    if abs(np.linalg.det(a[:ndim, :ndim])) < 1e-12:
-        raise ValueError(f"{name} is singular (determinant {np.linalg.det(a[:ndim, :ndim]):g})")
-    return a
-
-
 # --------------------------------------------------------------------------- grids
 
 
@@ -199,21 +170,6 @@ def _voxel_size(affine: np.ndarray) -> float:
     """The geometric mean voxel size of a grid, in world units."""
     nd = affine.shape[0] - 1
     return abs(np.linalg.det(affine[:nd, :nd])) ** (1.0 / nd)
-
-
-def _reduce(image: torch.Tensor, affine: np.ndarray, factor: int) -> tuple[torch.Tensor, np.ndarray]:
-    """``image`` averaged over blocks of ``factor`` voxels (the last, partial block over what it
-    has), and the affine of the reduced grid: voxel ``i`` is the centre of block ``i``, as in
-    :func:`fastwarp.app.data.preprocess.downsample`."""
-    if factor == 1:
-        return image, affine
-    pool = F.avg_pool2d if image.dim() == 4 else F.avg_pool3d
-    reduced = pool(image, factor, ceil_mode=True, count_include_pad=False)
-    nd = image.dim() - 2
-    out = affine.copy()
-    out[:nd, :nd] = affine[:nd, :nd] * factor
-    out[:nd, nd] = affine[:nd, nd] + affine[:nd, :nd] @ np.full(nd, (factor - 1) / 2.0)
-    return reduced, out
 
 
 def _centre_of_mass(image: torch.Tensor, affine: np.ndarray) -> np.ndarray:
@@ -252,14 +208,14 @@ def affine_coords(
     """The moving image's voxel coordinates ``V_m⁻¹ · matrix · V_f · p`` at every voxel ``p`` of
     the fixed grid of shape ``fixed_shape``: ``(1, ndim, *fixed_shape)`` float32, channel ``k``
     along the moving image's axis ``k``, for :func:`resample`. ``matrix`` is a world fixed ->
-    moving point map (what :func:`affine_register` and :func:`load_matrix` return)."""
+    moving point map (what :func:`affine_register` and :func:`~fastwarp.app.transforms.load_matrix` return)."""
     fixed_shape = tuple(int(s) for s in fixed_shape)
     nd = len(fixed_shape)
     if nd not in (2, 3):
         raise ValueError(f"fixed_shape must have 2 or 3 axes, got {fixed_shape}")
-    world = _as_affine("matrix", matrix, nd)
-    to_moving = np.linalg.inv(_as_affine("moving_affine", moving_affine, nd))
-    vox = to_moving @ world @ _as_affine("fixed_affine", fixed_affine, nd)
+    world = as_affine("matrix", matrix, nd)
+    to_moving = np.linalg.inv(as_affine("moving_affine", moving_affine, nd))
+    vox = to_moving @ world @ as_affine("fixed_affine", fixed_affine, nd)
     lin = torch.as_tensor(vox[:nd, :nd], dtype=torch.float64, device=device)
     shift = torch.as_tensor(vox[:nd, nd], dtype=torch.float64, device=device)
     grid = voxel_grid(fixed_shape, device, torch.float64)  # (ndim, *fixed_shape)
@@ -370,35 +326,55 @@ def affine_register(
         voxel coordinates of each fixed voxel, the moving image on the fixed grid, the loss.
 
     Nothing is drawn at random (every voxel of a level is used at every step, and torch's
-    global generator is left alone): the result is the same from run to run on the CPU, whatever
-    ``config.seed``.
+    global generator is left alone): the result is the same from run to run on the CPU.
     """
     if not isinstance(config, AffineConfig):
         raise TypeError(f"config must be an AffineConfig, got {type(config).__name__}")
+    moving, fixed = _as_pair(moving, fixed)
+    nd = fixed.dim() - 2
+    moving_affine = as_affine("moving_affine", moving_affine, nd)
+    fixed_affine = as_affine("fixed_affine", fixed_affine, nd)
+    frame = _Frame(fixed, moving, fixed_affine, moving_affine)
+    plan = _plan(fixed.shape[2:], moving.shape[2:], _voxel_size(fixed_affine) / _voxel_size(moving_affine), config)
+    params, final, steps = _optimize(frame, plan, fixed, moving, fixed_affine, moving_affine, config, progress)
+    matrix = frame.matrix(params).detach().cpu().numpy()
+    coords = affine_coords(matrix, fixed.shape[2:], moving_affine, fixed_affine, fixed.device)
+    disp = (coords - voxel_grid(fixed.shape[2:], fixed.device, coords.dtype)[None]).contiguous()
+    warped = resample(moving, coords)[0, 0]
+    return AffineResult(matrix, disp, coords, warped, final, steps)
+
+
+def _as_pair(moving, fixed) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two images as float32 ``(1, 1, *spatial)``, checked to be alike in dimension and device."""
     moving, fixed = _as_image("moving", moving), _as_image("fixed", fixed)
     if moving.dim() != fixed.dim():
         raise ValueError(f"moving is {moving.dim() - 2}-D (shape {tuple(moving.shape[2:])}) but fixed is "
                          f"{fixed.dim() - 2}-D (shape {tuple(fixed.shape[2:])}); both must be 2-D or both 3-D")
     if moving.device != fixed.device:
         raise ValueError(f"moving is on {moving.device} but fixed is on {fixed.device}; they must share a device")
-    nd = fixed.dim() - 2
-    moving_affine = _as_affine("moving_affine", moving_affine, nd)
-    fixed_affine = _as_affine("fixed_affine", fixed_affine, nd)
-    moving, fixed = moving.detach().float(), fixed.detach().float()
-    device = fixed.device
+    return moving.detach().float(), fixed.detach().float()
 
-    frame = _Frame(fixed, moving, fixed_affine, moving_affine)
-    ratio = _voxel_size(fixed_affine) / _voxel_size(moving_affine)
-    plan = []  # (factor of the fixed image, of the moving image, steps)
+
+def _plan(fixed_shape, moving_shape, ratio: float, config: AffineConfig) -> list[tuple[int, int, int]]:
+    """The levels to run: (factor of the fixed image, of the moving image, steps). ``ratio``: the
+    fixed voxel size over the moving one, so that both are reduced to about the same voxel size."""
+    plan = []
     for k, (factor, iters) in enumerate(zip(config.levels, config.iterations)):
-        sizes = [math.ceil(s / factor) for s in fixed.shape[2:]]
+        sizes = [math.ceil(s / factor) for s in fixed_shape]
         if k < len(config.levels) - 1 and min(sizes) < _MIN_LEVEL_SIZE:
             continue  # too coarse to tell anything
         moving_factor = max(1, round(factor * ratio))
-        if min(sizes + [math.ceil(s / moving_factor) for s in moving.shape[2:]]) < 2:
-            raise ValueError(f"config.levels: reduced by {factor}, the images of shapes {tuple(fixed.shape[2:])} "
-                             f"(fixed) and {tuple(moving.shape[2:])} (moving) keep fewer than 2 voxels along an axis")
+        if min(sizes + [math.ceil(s / moving_factor) for s in moving_shape]) < 2:
+            raise ValueError(f"config.levels: reduced by {factor}, the images of shapes {tuple(fixed_shape)} "
+                             f"(fixed) and {tuple(moving_shape)} (moving) keep fewer than 2 voxels along an axis")
         plan.append((factor, moving_factor, iters))
+    return plan
+
+
+def _optimize(frame, plan, fixed, moving, fixed_affine, moving_affine, config: AffineConfig, progress: bool):
+    """Adam on the parameters through the levels of ``plan``; returns them, the last level's
+    final loss and the steps taken per level."""
+    nd, device = fixed.dim() - 2, fixed.device
     params = torch.zeros(nd * nd + nd, dtype=torch.float64, device=device, requires_grad=True)
     counter = Steps(sum(i for *_, i in plan), "affine", config.tol, config.patience, progress)
 
@@ -409,8 +385,8 @@ def affine_register(
 
     first, steps = plan[0][0], []
     for factor, moving_factor, iters in plan:
-        fixed_k, fixed_aff = _reduce(fixed, fixed_affine, factor)
-        moving_k, moving_aff = _reduce(moving, moving_affine, moving_factor)
+        fixed_k, fixed_aff = reduce(fixed, factor), reduced_affine(fixed_affine, factor)
+        moving_k, moving_aff = reduce(moving, moving_factor), reduced_affine(moving_affine, moving_factor)
         # affine_grid's theta maps normalized fixed coordinates to normalized moving ones
         left = torch.as_tensor(_to_normalized(moving_k.shape[2:]) @ np.linalg.inv(moving_aff), device=device)
         right = torch.as_tensor(fixed_aff @ np.linalg.inv(_to_normalized(fixed_k.shape[2:])), device=device)
@@ -425,94 +401,6 @@ def affine_register(
                 break
         steps.append((factor, counter.taken))
     counter.close()
-
     with torch.no_grad():
         final = float(level_loss(moving_k, fixed_k, left, right))
-        matrix = frame.matrix(params).cpu().numpy()
-    coords = affine_coords(matrix, fixed.shape[2:], moving_affine, fixed_affine, device)
-    disp = (coords - voxel_grid(fixed.shape[2:], device, coords.dtype)[None]).contiguous()
-    warped = resample(moving, coords)[0, 0]
-    return AffineResult(matrix, disp, coords, warped, final, tuple(steps))
-
-
-# --------------------------------------------------------------------------- matrix files
-
-_ITK_HEADER = "#Insight Transform File V1.0"
-
-
-def _ras_to_lps(nd: int) -> np.ndarray:
-    """ITK's world is LPS: the RAS x and y axes negated (its own inverse)."""
-    flip = np.ones(nd + 1)
-    flip[:2] = -1
-    return np.diag(flip)
-
-
-def save_matrix(path: str | os.PathLike, matrix: np.ndarray) -> str:
-    """Write a world fixed -> moving point map (4x4, or 3x3 in 2-D; RAS mm as NIfTI) to ``path``.
-
-    - ``*.txt``: an ITK transform file (``#Insight Transform File V1.0``,
-      ``AffineTransform_double_3_3`` or ``_2_2``), which ITK, ANTs (``antsApplyTransforms``) and
-      3D Slicer read: the same map in ITK's LPS world (x and y negated), with a zero centre.
-    - any other name (e.g. ``*.mat``, ``*.affine``): the plain matrix, ``np.savetxt`` style, one
-      row a line, under a ``#`` line that states the convention.
-
-    Returns ``path``."""
-    path = os.fspath(path)
-    m = np.asarray(matrix, dtype=np.float64)
-    if m.ndim != 2 or m.shape not in ((3, 3), (4, 4)):
-        raise ValueError(f"matrix must be 4x4 (3-D) or 3x3 (2-D), got shape {m.shape}")
-    nd = m.shape[0] - 1
-    m = _as_affine("matrix", m, nd)
-    if path.endswith(".txt"):
-        flip = _ras_to_lps(nd)
-        lps = flip @ m @ flip
-        values = " ".join(repr(float(v)) for v in [*lps[:nd, :nd].ravel(), *lps[:nd, nd]])
-        text = (f"{_ITK_HEADER}\n#Transform 0\nTransform: AffineTransform_double_{nd}_{nd}\n"
-                f"Parameters: {values}\nFixedParameters: {' '.join(['0'] * nd)}\n")
-    else:
-        rows = "\n".join(" ".join(f"{v:.17g}" for v in row) for row in m)
-        text = (f"# fastwarp affine: world (RAS mm, NIfTI) fixed -> moving point map, {nd + 1}x{nd + 1}\n"
-                f"{rows}\n")
-    with open(path, "w") as fh:
-        fh.write(text)
-    return path
-
-
-def load_matrix(path: str | os.PathLike) -> np.ndarray:
-    """Read what :func:`save_matrix` writes, either format (an ITK file by its first line):
-    the world fixed -> moving point map in RAS mm, float64, 4x4 (3x3 in 2-D). An ITK file's
-    centre (``FixedParameters``) is folded into the translation."""
-    path = os.fspath(path)
-    with open(path) as fh:
-        text = fh.read()
-    if text.startswith(_ITK_HEADER):
-        fields = {}
-        for line in text.splitlines():
-            if ":" in line and not line.startswith("#"):
-                key, value = line.split(":", 1)
-                fields.setdefault(key.strip(), value.strip())
-        kind = fields.get("Transform", "")
-        match = re.fullmatch(r"(?:AffineTransform|MatrixOffsetTransformBase)_(?:double|float)_([23])_\1", kind)
-        if match is None:
-            raise ValueError(f"{path}: expected an ITK AffineTransform_double_3_3 (or _2_2), got {kind!r}")
-        nd = int(match.group(1))
-        try:
-            values = [float(v) for v in fields.get("Parameters", "").split()]
-            centre = np.array([float(v) for v in fields.get("FixedParameters", "").split()] or [0.0] * nd)
-        except ValueError:
-            raise ValueError(f"{path}: the ITK transform's parameters are not numbers") from None
-        if len(values) != nd * nd + nd or centre.shape != (nd,):
-            raise ValueError(f"{path}: an {kind} needs {nd * nd + nd} Parameters and {nd} FixedParameters")
-        lin, trans = np.array(values[: nd * nd]).reshape(nd, nd), np.array(values[nd * nd:])
-        lps = np.eye(nd + 1)
-        lps[:nd, :nd] = lin
-        lps[:nd, nd] = trans + centre - lin @ centre  # ITK: y = L (x - c) + t + c
-        flip = _ras_to_lps(nd)
-        return flip @ lps @ flip
-    try:
-        m = np.loadtxt(path, comments="#", dtype=np.float64, ndmin=2)
-    except ValueError as e:
-        raise ValueError(f"{path}: not a matrix written by save_matrix ({e})") from None
-    if m.shape not in ((3, 3), (4, 4)):
-        raise ValueError(f"{path}: expected a 4x4 (or 3x3) matrix, got shape {m.shape}")
-    return _as_affine(f"the matrix in {path}", m, m.shape[0] - 1)
+    return params.detach(), final, tuple(steps)

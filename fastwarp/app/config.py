@@ -9,7 +9,10 @@ from dataclasses import dataclass
 
 from .data.nifti import NIFTI_SUFFIXES, nifti_stem
 
-__all__ = ["TrainConfig", "RegisterConfig"]
+__all__ = ["TrainConfig", "RegisterConfig", "FIGURE_SUFFIXES"]
+
+# The figure formats matplotlib writes (by the file's suffix).
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".svgz", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".eps", ".ps")
 
 
 @dataclass(frozen=True)
@@ -87,9 +90,8 @@ class RegisterConfig:
     affine: bool = False  # estimate a 12-parameter affine first
     matrix: str | None = None  # where the affine goes; None: <output stem>_affine.txt with --affine
     refine: int | None = None  # refine for this pair: None no, 0 the default schedule, N steps per level
-    diffeomorphic: bool = False  # refine a stationary velocity field (no folding)
+    diffeomorphic: bool = False  # refine a stationary velocity field (an invertible map; see --help)
     similarity: str = "ncc"  # of the affine and the refinement: "ncc" or "mse"
-    seed: int = 0
     device: str = "auto"
     quiet: bool = False  # no progress bar
 
@@ -107,6 +109,16 @@ class RegisterConfig:
         for option, path in (("output", self.output), ("flow", self.flow), ("labels-output", self.warped_labels)):
             if path and not path.endswith(NIFTI_SUFFIXES):
                 raise ValueError(f"--{option}: {path} must end in .nii or .nii.gz")
+        if self.figure and not self.figure.lower().endswith(FIGURE_SUFFIXES):
+            raise ValueError(f"--figure: {self.figure} must end in one of {', '.join(FIGURE_SUFFIXES)} "
+                             "(the format is the suffix's)")
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        """Every file this registration will write, by option."""
+        paths = {"output": self.output, "flow": self.flow, "labels-output": self.warped_labels,
+                 "matrix": self.matrix_output, "figure": self.figure, "json": self.json}
+        return {option: path for option, path in paths.items() if path}
 
     @property
     def warped_labels(self) -> str | None:

@@ -56,10 +56,29 @@ def registration_figure(
     fig = Figure(figsize=(14, 7.5), layout="constrained")
     axes = fig.subplots(2, 4)
     show = dict(cmap="gray", origin="lower", vmin=0.0, vmax=max(float(f.max()), float(m.max()), 1e-6))
+    _images(fig, axes, f, m, w, show)
+    _deformation(axes[0, 3], w, u, show, grid_step)
+    _jacobian(fig, axes[1, 2], jd, float((det <= 0).float().mean()))
+    mag = np.sqrt((disp[0] ** 2).sum(0).numpy())
+    im = axes[1, 3].imshow(_plane(mag, slice_index).T, cmap="viridis", origin="lower")
+    axes[1, 3].set_title("|u| (voxels)")
+    fig.colorbar(im, ax=axes[1, 3], shrink=0.8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title)
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _images(fig, axes, f, m, w, show) -> None:
+    """The three images, and |difference| to the fixed one before and after."""
     # imshow(origin="lower") of x.T draws axis 0 left-to-right and axis 1 bottom-to-top:
     # the radiological convention for RAS volumes is not needed here, only consistency.
-    panels = [("fixed", f), ("moving", m), ("warped (moving → fixed)", w)]
-    for ax, (name, img) in zip(axes[0, :3], panels):
+    for ax, (name, img) in zip(axes[0, :3], [("fixed", f), ("moving", m), ("warped (moving → fixed)", w)]):
         ax.imshow(img.T, **show)
         ax.set_title(name)
     d0, d1 = np.abs(m - f), np.abs(w - f)
@@ -70,8 +89,9 @@ def registration_figure(
     axes[1, 1].set_title(f"|warped − fixed|  (mean {d1.mean():.4f})")
     fig.colorbar(im, ax=axes[1, :2], shrink=0.8)
 
-    # the deformation: grid lines through p + u(p), over the warped image
-    ax = axes[0, 3]
+
+def _deformation(ax, w, u, show, grid_step: int) -> None:
+    """Grid lines through p + u(p) (the in-plane components), over the warped image."""
     ax.imshow(w.T, **show)
     h, wd = u.shape[1:]
     gx, gy = np.meshgrid(np.arange(h), np.arange(wd), indexing="ij")
@@ -84,28 +104,15 @@ def registration_figure(
     ax.set_ylim(-0.5, wd - 0.5)
     ax.set_title("deformation (grid at p + u(p))")
 
-    ax = axes[1, 2]
+
+def _jacobian(fig, ax, jd, folded: float) -> None:
+    """The Jacobian determinant of the slice, folds (det <= 0) marked; ``folded``: the fraction
+    of the whole field's voxels."""
     lim = max(1.0, float(np.abs(jd - 1).max()))
     im = ax.imshow(jd.T, cmap="RdBu_r", origin="lower", vmin=1 - lim, vmax=1 + lim)
     folds = np.argwhere(jd <= 0)
     if len(folds):
         ax.scatter(folds[:, 0], folds[:, 1], s=4, c="black", marker="x", label="det ≤ 0")
         ax.legend(loc="upper right", fontsize=8)
-    frac = float((det <= 0).float().mean())
-    ax.set_title(f"Jacobian determinant (folding {100 * frac:.3f}%)")
+    ax.set_title(f"Jacobian determinant (folding {100 * folded:.3f}%)")
     fig.colorbar(im, ax=ax, shrink=0.8)
-
-    ax = axes[1, 3]
-    mag = np.sqrt((disp[0] ** 2).sum(0).numpy())
-    im = ax.imshow(_plane(mag, slice_index).T, cmap="viridis", origin="lower")
-    ax.set_title("|u| (voxels)")
-    fig.colorbar(im, ax=ax, shrink=0.8)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if title:
-        fig.suptitle(title)
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path

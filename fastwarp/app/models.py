@@ -155,7 +155,7 @@ class RegUNet(nn.Module):
         m = self.multiple
         if any(s % m for s in moving.shape[2:]):
             raise ValueError(f"spatial size {tuple(moving.shape[2:])} must be a multiple of {m} in every axis "
-                             f"(pad with fastwarp.data.pad_to_multiple)")
+                             f"(pad with fastwarp.app.data.pad_to_multiple)")
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._check(moving, fixed)

@@ -44,7 +44,8 @@ class Steps:
         if progress:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=desc, unit="step", leave=False)
+            # disable=None: no bar when stderr is not a terminal (a piped log gets none)
+            self.bar = tqdm(total=total, desc=desc, unit="step", leave=False, disable=None)
         self.level(None)
 
     def level(self, factor) -> None:

@@ -2,8 +2,8 @@
 ``diffeomorphic``, a stationary velocity field) that aligns ``moving`` to ``fixed``, found by
 Adam on fastwarp's warp and NCC, coarse to fine.
 
-At each level both images are reduced by the level's factor (area averaging), the field lives
-on that reduced grid, and the loss is ``-NCC(warp(moving, u), fixed) + smooth * |∇u|²`` (or the
+At each level both images are reduced by the level's factor (block averaging, the application's
+one pyramid: :mod:`fastwarp.app.pyramid`), the field lives on that reduced grid, and the loss is ``-NCC(warp(moving, u), fixed) + smooth * |∇u|²`` (or the
 MSE in place of the NCC). The field found at one level, brought up to the next, is where the
 next starts; the first starts from the identity or from ``init`` (a network's prediction). A
 level stops early when the loss has not improved by ``tol`` (relative) over ``patience`` steps.
@@ -18,19 +18,18 @@ Jacobian of that smooth map dips below zero: at most a few voxels in 10^5 in our
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from ..ncc import ncc
 from ..integrate import integrate_velocity
+from ..ncc import ncc
 from ..warp import warp
 from .optimize import Adam, Steps
+from .pyramid import reduce, reduced_size, rescale_field
 
-__all__ = ["RefineConfig", "refine_defaults", "refine", "resize_field"]
+__all__ = ["RefineConfig", "refine_defaults", "refine"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,6 @@ class RefineConfig:
     lr: tuple[float, ...] | float = 0.1
     tol: float = 1e-4
     patience: int = 20
-    seed: int = 0  # (nothing is random; kept so that configurations name it)
 
     def __post_init__(self):
         levels = tuple(int(f) for f in self.levels)
@@ -104,27 +102,6 @@ def refine_defaults(voxel_mm: float = 2.0, **options) -> RefineConfig:
     return RefineConfig(**options)
 
 
-def resize_field(disp: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """A voxel-unit field ``(N, ndim, *spatial)`` on a grid of another ``size`` covering the same
-    extent (voxel centres as ``align_corners=False`` places them): resampled linearly, and each
-    component scaled by the ratio of the sizes along its axis."""
-    size = tuple(int(s) for s in size)
-    if tuple(disp.shape[2:]) == size:
-        return disp
-    mode = "bilinear" if disp.dim() == 4 else "trilinear"
-    out = F.interpolate(disp, size=size, mode=mode, align_corners=False)
-    scale = torch.tensor([n / o for n, o in zip(size, disp.shape[2:])], dtype=disp.dtype, device=disp.device)
-    return out * scale.view(1, -1, *([1] * len(size)))
-
-
-def _reduce(image: torch.Tensor, factor: int) -> torch.Tensor:
-    if factor == 1:
-        return image
-    size = tuple(max(1, math.ceil(s / factor)) for s in image.shape[2:])
-    pool = F.adaptive_avg_pool2d if image.dim() == 4 else F.adaptive_avg_pool3d
-    return pool(image, size)
-
-
 class _Diffusion(torch.autograd.Function):
     """VoxelMorph's l2 ``Grad`` penalty, the mean over the axes of the mean squared forward
     difference, in two passes instead of autograd's dozen: the gradient of this quadratic form is
@@ -168,7 +145,7 @@ def refine(
 
     ``moving`` and ``fixed``: ``(1, 1, *spatial)`` (or ``(*spatial)``), one shape, floating point,
     2-D or 3-D, intensities normalized alike. Nothing in it is random: a run repeats exactly on the
-    CPU (``config.seed`` is kept for the configurations' sake)."""
+    CPU."""
     moving, fixed = _as_image("moving", moving), _as_image("fixed", fixed)
     if moving.shape != fixed.shape:
         raise ValueError(f"refine: moving {tuple(moving.shape[2:])} and fixed {tuple(fixed.shape[2:])} must have one shape")
@@ -181,24 +158,25 @@ def refine(
     integrate = (lambda v: integrate_velocity(v, config.steps)) if config.diffeomorphic else None
     counter = Steps(sum(int(i) for i in config.iterations), "refine", config.tol, config.patience, progress)
 
-    param = None  # the field being optimized (a velocity, diffeomorphic), on its grid of the previous level
-    u = None if init is None else init.detach().float()
+    # The field being optimized (a velocity, diffeomorphic) and the factor of its grid: every grid
+    # is a reduction of the full one (Note [Pyramid grids]), fields move between them by ratios.
+    param, param_factor = (None, 1) if init is None else (init.detach().float(), 1)
+    inner = config.int_downsize if integrate is not None else 1
     for factor, iters, window, lr in zip(config.levels, config.iterations, config.window, config.lr):
-        m, f = _reduce(moving, factor), _reduce(fixed, factor)
-        size = tuple(m.shape[2:])
+        m, f = reduce(moving, factor), reduce(fixed, factor)
         # A velocity lives on a grid reduced by int_downsize (VoxelMorph's): integrating it there
         # costs 1/2**ndim of the level's, and exp(v) is smooth on the scale of that grid anyway.
-        grid = tuple(max(1, math.ceil(s / config.int_downsize)) for s in size) if integrate is not None else size
+        grid = reduced_size(spatial, factor * inner)
         if param is None:
-            start = torch.zeros(1, nd, *grid, device=moving.device) if u is None else resize_field(u, grid)
+            start = torch.zeros(1, nd, *grid, device=moving.device)
         else:
-            start = resize_field(param.detach(), grid)
-        param = start.clone().requires_grad_(True)
+            start = rescale_field(param.detach(), param_factor / (factor * inner), grid)
+        param, param_factor = start.clone().requires_grad_(True), factor * inner
         opt = Adam(param, float(lr))
         counter.level(factor)
         for _ in range(int(iters)):
             param.grad = None
-            disp = resize_field(integrate(param), size) if integrate is not None else param
+            disp = rescale_field(integrate(param), inner, m.shape[2:]) if integrate is not None else param
             moved = warp(m, disp)
             if config.similarity == "ncc":
                 sim = -ncc(moved, f, int(window))
@@ -211,9 +189,8 @@ def refine(
                 break
     counter.close()
     with torch.no_grad():
-        if integrate is not None:
-            return integrate(resize_field(param.detach(), spatial)).contiguous()
-        return resize_field(param.detach(), spatial).contiguous()
+        full = rescale_field(param.detach(), param_factor, spatial)
+        return (integrate(full) if integrate is not None else full).contiguous()
 
 
 def _as_image(name: str, t) -> torch.Tensor:

@@ -21,7 +21,7 @@ from ..warp import warp
 from .checkpoints import CheckpointError, load_checkpoint, model_from_checkpoint
 from .config import RegisterConfig
 from .data import Volume, load_volume, normalize_intensity, save_nifti, to_model_grid
-from .metrics import compare, evaluate
+from .metrics import compare
 from .models import RegUNet
 from .refine import RefineConfig, refine_defaults
 from .refine import refine as refine_field
@@ -142,8 +142,7 @@ def register_pair(
     if model is None and refine is None and affine is None:
         raise ValueError("register_pair: nothing to do; give a model, refine or affine")
     device = torch.device(device)
-    moving = torch.as_tensor(np.asarray(moving, dtype=np.float32) if not isinstance(moving, torch.Tensor) else moving).float()
-    fixed = torch.as_tensor(np.asarray(fixed, dtype=np.float32) if not isinstance(fixed, torch.Tensor) else fixed).float()
+    moving, fixed = _as_image(moving), _as_image(fixed)
     nd = fixed.dim()
     if nd not in (2, 3) or moving.dim() != nd:
         raise ValueError(f"register_pair: moving {tuple(moving.shape)} and fixed {tuple(fixed.shape)} must both be 2-D or 3-D images")
@@ -155,16 +154,29 @@ def register_pair(
     if affine is not None:
         from .affine import affine_register
 
-        result = affine_register(moving, fixed, moving_affine, fixed_affine, affine, progress=progress)
-        world = np.asarray(result.matrix, dtype=np.float64)
+        world = np.asarray(affine_register(moving, fixed, moving_affine, fixed_affine, affine, progress=progress).matrix,
+                           dtype=np.float64)
         stages["affine"] = time.perf_counter() - t0
     V = None if (same_grid and world is None) else _voxel_matrix(moving_affine, fixed_affine, world, nd)
-    V0 = None if same_grid else _voxel_matrix(moving_affine, fixed_affine, None, nd)
     zero = torch.zeros(1, nd, *fixed.shape, device=device)
     start = PairResult(zero, fixed, {}, 0.0, world, V)  # the affine part alone
     aligned = start.apply(moving.to(device)) if V is not None else moving.to(device)
+    disp = _deformable(aligned, fixed, model, downsample, refine, device, progress, stages)
+    result = PairResult(disp, fixed, {}, time.perf_counter() - t0, world, V, stages)
+    result.warped = result.apply(moving.to(device))
+    before = PairResult(zero, fixed, {}, 0.0, None, None if same_grid else _voxel_matrix(moving_affine, fixed_affine, None, nd))
+    result.metrics = _pair_metrics(moving, fixed, aligned, result, before, start, moving_labels, fixed_labels)
+    return result
 
-    disp = zero
+
+def _as_image(x) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x, dtype=np.float32) if not isinstance(x, torch.Tensor) else x).float()
+
+
+def _deformable(aligned, fixed, model, downsample, refine, device, progress, stages) -> torch.Tensor:
+    """The deformable part on the fixed grid: the network's prediction, then the refinement from
+    it (or from the identity); each stage's seconds into ``stages``, timed to its end on a GPU."""
+    disp = torch.zeros(1, fixed.dim(), *fixed.shape, device=device)
     if model is not None:
         t = time.perf_counter()
         disp = predict_displacement(model, aligned.cpu().numpy(), fixed.numpy(), device, downsample).to(device)
@@ -177,26 +189,28 @@ def register_pair(
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # (the kernels run asynchronously: time them done)
         stages["refine"] = time.perf_counter() - t
-    seconds = time.perf_counter() - t0
+    return disp
 
-    result = PairResult(disp, fixed, {}, seconds, world, V, stages)
-    before = PairResult(zero, fixed, {}, 0.0, None, V0)
-    result.warped = result.apply(moving.to(device))
+
+def _pair_metrics(moving, fixed, aligned, result, before, start, moving_labels, fixed_labels) -> dict:
+    """:func:`~fastwarp.app.metrics.compare` of before (the grids' own alignment) and after, and
+    with an affine, of the affine part alone (``ncc_affine``, ``mean_dice_affine``)."""
     lab = {}
     if moving_labels is not None and fixed_labels is not None:
         ml = torch.as_tensor(np.asarray(moving_labels) if not isinstance(moving_labels, torch.Tensor) else moving_labels)
         lab = dict(labels_before=before.apply(ml, "nearest")[None, None].cpu(),
                    labels_after=result.apply(ml, "nearest")[None, None].cpu(),
                    fixed_labels=torch.as_tensor(np.asarray(fixed_labels))[None, None])
-    result.metrics = compare(before.apply(moving)[None, None].cpu(), result.warped[None, None].cpu(), fixed[None, None],
-                             disp.cpu(), **lab)
-    if world is not None:
-        aff = compare(before.apply(moving)[None, None].cpu(), aligned[None, None].cpu(), fixed[None, None], zero.cpu(),
+    unregistered = before.apply(moving)[None, None].cpu()
+    metrics = compare(unregistered, result.warped[None, None].cpu(), fixed[None, None], result.disp.cpu(), **lab)
+    if result.affine is not None:
+        zero = torch.zeros_like(result.disp).cpu()
+        aff = compare(unregistered, aligned[None, None].cpu(), fixed[None, None], zero,
                       **({} if not lab else dict(lab, labels_after=start.apply(ml, "nearest")[None, None].cpu())))
-        result.metrics["ncc_affine"] = aff["ncc_after"]
+        metrics["ncc_affine"] = aff["ncc_after"]
         if "mean_dice_after" in aff:
-            result.metrics["mean_dice_affine"] = aff["mean_dice_after"]
-    return result
+            metrics["mean_dice_affine"] = aff["mean_dice_after"]
+    return metrics
 
 
 def refine_config(config: RegisterConfig, voxel_mm: float = 2.0) -> RefineConfig:
@@ -204,14 +218,56 @@ def refine_config(config: RegisterConfig, voxel_mm: float = 2.0) -> RefineConfig
     voxels: the measured defaults (:func:`~fastwarp.app.refine.refine_defaults`), or STEPS at
     every level."""
     steps = {} if not config.refine else {"iterations": config.refine}
-    return refine_defaults(voxel_mm, similarity=config.similarity, diffeomorphic=config.diffeomorphic,
-                           seed=config.seed, **steps)
+    return refine_defaults(voxel_mm, similarity=config.similarity, diffeomorphic=config.diffeomorphic, **steps)
 
 
 def register_files(config: RegisterConfig) -> dict:
     """Register as ``config`` says; returns the metrics, ``"outputs"`` the files written. Every
-    file is read once, and everything is read and checked before anything is written."""
+    file is read once, and everything is read and checked (the output paths included) before
+    any work is done or anything is written."""
+    _check_output_paths(config)
     device = resolve_device(config.device)
+    model, downsample, moving, fixed = _load_inputs(config, device)
+    nd = fixed.image.ndim
+    voxel = float(np.min(np.linalg.norm(np.asarray(fixed.affine, dtype=np.float64)[:nd, :nd], axis=0)))
+    voxel = voxel if voxel > 0 else 2.0
+    result = register_pair(
+        normalize_intensity(moving.image), normalize_intensity(fixed.image), model=model, downsample=downsample,
+        refine=None if config.refine is None else refine_config(config, voxel), affine=_affine_config(config, voxel),
+        moving_affine=moving.affine, fixed_affine=fixed.affine, moving_labels=moving.labels,
+        fixed_labels=fixed.labels, device=device, progress=not config.quiet)
+    metrics = result.metrics
+    metrics["seconds"] = result.seconds
+    metrics["stages"] = result.stages
+    metrics["outputs"] = _write_outputs(config, result, moving, fixed, device)
+    if result.affine is not None:
+        metrics["affine"] = result.affine.tolist()
+    if config.json:
+        metrics["outputs"].append(config.json)
+        tmp = config.json + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump(metrics, fh, indent=1)
+        os.replace(tmp, config.json)
+    return metrics
+
+
+def _check_output_paths(config: RegisterConfig) -> None:
+    """Every output is a file path whose folder exists and is writable, or can be made: checked
+    before the work, so that a bad path does not fail it at the end."""
+    for option, path in config.outputs.items():
+        if os.path.isdir(path):
+            raise ValueError(f"--{option}: {path} is a directory; give a file name")
+        folder = os.path.dirname(os.path.abspath(path))
+        existing = folder
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+            raise ValueError(f"--{option}: cannot write {path} ({existing} is not a writable folder)")
+
+
+def _load_inputs(config: RegisterConfig, device):
+    """The network (with its training resolution's downsampling) and the two volumes, as stored,
+    checked against each other."""
     model, downsample = None, 1
     if config.model is not None:
         ckpt = load_checkpoint(config.model)
@@ -233,59 +289,51 @@ def register_files(config: RegisterConfig) -> dict:
     if not config.affine and not _overlap(moving, fixed):
         raise ValueError(f"moving {config.moving} and fixed {config.fixed} do not overlap in the world (their NIfTI "
                          "affines place them apart): give --affine, which starts from their centres of mass")
+    return model, downsample, moving, fixed
 
-    affine = None
-    voxel = float(np.min(np.linalg.norm(np.asarray(fixed.affine, dtype=np.float64)[:nd, :nd], axis=0)))
-    voxel = voxel if voxel > 0 else 2.0
-    if config.affine:
-        from .affine import AffineConfig
 
-        # The affine's finest level is ~2 mm whatever the voxels (finer costs time and gains
-        # nothing measurable: 1 mm images at (4, 2, 1) took 12.8 s, at (8, 4, 2) 1.5 s and agreed
-        # better with the 2 mm result).
-        base = max(1, round(2.0 / voxel))
-        affine = AffineConfig(levels=(4 * base, 2 * base, base), similarity=config.similarity, seed=config.seed)
-    result = register_pair(
-        normalize_intensity(moving.image), normalize_intensity(fixed.image), model=model, downsample=downsample,
-        refine=None if config.refine is None else refine_config(config, voxel), affine=affine,
-        moving_affine=moving.affine, fixed_affine=fixed.affine, moving_labels=moving.labels,
-        fixed_labels=fixed.labels, device=device, progress=not config.quiet)
-    metrics = result.metrics
-    metrics["seconds"] = result.seconds
-    metrics["stages"] = result.stages
+def _affine_config(config: RegisterConfig, voxel_mm: float):
+    if not config.affine:
+        return None
+    from .affine import AffineConfig
 
-    warped = result.apply(torch.from_numpy(moving.image).to(device)).cpu()  # in the moving image's units
+    # The affine's finest level is ~2 mm whatever the voxels (finer costs time and gains
+    # nothing measurable: 1 mm images at (4, 2, 1) took 12.8 s, at (8, 4, 2) 1.5 s and agreed
+    # better with the 2 mm result).
+    base = max(1, round(2.0 / voxel_mm))
+    return AffineConfig(levels=(4 * base, 2 * base, base), similarity=config.similarity)
+
+
+def _write_outputs(config: RegisterConfig, result: PairResult, moving: Volume, fixed: Volume, device) -> list[str]:
+    """The warped image (in the moving image's units), the field, the warped labels (in their
+    own dtype), the affine matrix and the figure, on the fixed grid; the paths written."""
+    nd = fixed.image.ndim
+    warped = result.apply(torch.from_numpy(moving.image).to(device)).cpu()
     outputs = [save_nifti(config.output, warped, fixed.affine, fixed.header, np.float32)]
     disp = result.disp.cpu()
     if config.flow:
         flow = disp[0].movedim(0, -1)  # (X, Y, Z, ndim): NIfTI keeps the vector last
         outputs.append(save_nifti(config.flow, flow, fixed.affine, None, np.float32))
     if moving.labels is not None:
-        warped_labels = result.apply(torch.from_numpy(moving.labels), mode="nearest").cpu().numpy().astype(np.int32)
-        outputs.append(save_nifti(config.warped_labels, warped_labels, fixed.affine, None, np.int32))
+        dtype = moving.labels.dtype
+        warped_labels = result.apply(torch.from_numpy(moving.labels), mode="nearest").cpu().numpy().astype(dtype)
+        outputs.append(save_nifti(config.warped_labels, warped_labels, fixed.affine, None, dtype))
     if result.affine is not None:
-        from .affine import save_matrix
+        from .transforms import save_matrix
 
         outputs.append(save_matrix(config.matrix_output, result.affine))
-        metrics["affine"] = result.affine.tolist()
     if config.figure:
         from .figures import registration_figure
 
         before = PairResult(torch.zeros_like(disp), result.warped, {}, 0.0, None,
                             None if result.voxel_matrix is None else _voxel_matrix(moving.affine, fixed.affine, None, nd))
         moving_image = before.apply(torch.from_numpy(normalize_intensity(moving.image))).cpu().numpy()
+        stages = " + ".join(result.stages) or "registration"
         outputs.append(registration_figure(normalize_intensity(fixed.image), moving_image,
                                            result.warped.cpu().numpy(), disp, config.figure,
                                            title=f"{os.path.basename(config.moving)} -> "
-                                                 f"{os.path.basename(config.fixed)}"))
-    metrics["outputs"] = outputs
-    if config.json:
-        outputs.append(config.json)
-        tmp = config.json + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(metrics, fh, indent=1)
-        os.replace(tmp, config.json)
-    return metrics
+                                                 f"{os.path.basename(config.fixed)} ({stages})"))
+    return outputs
 
 
 def _overlap(moving: Volume, fixed: Volume) -> bool:
@@ -304,7 +352,10 @@ def _overlap(moving: Volume, fixed: Volume) -> bool:
 
 
 def format_metrics(ev: dict) -> str:
-    lines = [f"  NCC   {ev['ncc_before']:.4f} -> {ev['ncc_after']:.4f}",
+    """The report of :func:`register_files`' metrics. NCC is the mean windowed NCC (window 9)
+    over every voxel of the fixed grid, background included: a window of flat background scores
+    0, so even an image against itself scores below 1 (the embedded MNI152, about half)."""
+    lines = [f"  NCC   {ev['ncc_before']:.4f} -> {ev['ncc_after']:.4f}   (window 9, every voxel; flat background scores 0)",
              f"  MSE   {ev['mse_before']:.5f} -> {ev['mse_after']:.5f}"]
     if "mean_dice_before" in ev:
         per = ", ".join(f"{k}: {ev['dice_before'][k]:.3f} -> {ev['dice_after'].get(k, float('nan')):.3f}" for k in ev["dice_before"])

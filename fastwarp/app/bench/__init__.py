@@ -1,5 +1,4 @@
-"""fastwarp's benchmarks as a library and a command (``python -m fastwarp.bench``,
-``fastwarp bench``).
+"""fastwarp's benchmarks as a library and a command (``fastwarp bench``).
 
 - :mod:`~fastwarp.app.bench.baselines`: the ways registration code warps and computes the NCC
   loss today (grid_sample, VoxelMorph's transformer and conv NCC written out in plain PyTorch,
@@ -12,7 +11,7 @@
 - :mod:`~fastwarp.app.bench.runner`: the command (``main(argv) -> int``).
 - :mod:`~fastwarp.app.bench.registration`: registration of the embedded pair (2 mm, 1 mm) by
   fastwarp against ANTs SyN and SimpleITK's demons: Dice, folding, seconds
-  (``python -m fastwarp.bench.registration``).
+  (``python -m fastwarp.app.bench.registration``).
 
 The pytest-benchmark suite in ``benchmarks/`` is a thin layer over the same cases. The peers are
 optional: each is imported only when its baseline is built, and a missing one raises

@@ -1,5 +1,5 @@
 """The baselines fastwarp is measured against: one copy, used by ``benchmarks/bench_*.py`` and by
-``python -m fastwarp.bench``.
+``fastwarp bench``.
 
 Warp (:data:`WARP_IMPLS`, each ``factory(spatial, device, dtype) -> WarpImpl``):
 

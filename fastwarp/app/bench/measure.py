@@ -1,4 +1,4 @@
-"""Measurement helpers shared by ``benchmarks/bench_*.py`` and ``python -m fastwarp.bench``.
+"""Measurement helpers shared by ``benchmarks/bench_*.py`` and ``fastwarp bench``.
 
 - :func:`input_sets`: how many input sets the timed calls rotate through (on a GPU, enough to
   fill twice its L2 cache, so that no call finds its inputs there, as in a training step).

@@ -1,4 +1,4 @@
-"""``python -m fastwarp.bench``: fastwarp against every available baseline, on the same inputs.
+"""``fastwarp bench``: fastwarp against every available baseline, on the same inputs.
 
 Cases (float32, batch 1; sizes from :mod:`fastwarp.app.bench.cases`):
 
@@ -13,7 +13,7 @@ Cases (float32, batch 1; sizes from :mod:`fastwarp.app.bench.cases`):
 - ``ncc-3d-w<window>-fwd`` / ``-fwdbwd``: the windowed NCC loss, and with its gradient to the
   moving image. Against VoxelMorph's conv NCC in plain PyTorch, neurite's, MONAI's, and (CUDA)
   fused_lncc's and FireANTs'.
-- ``train-3d``: one training step of :class:`fastwarp.models.RegUNet` (forward, backward, Adam)
+- ``train-3d``: one training step of :class:`fastwarp.app.models.RegUNet` (forward, backward, Adam)
   on fastwarp's warp and NCC against the same network on VoxelMorph's
   (:mod:`fastwarp.app.bench.train_step`).
 
@@ -51,7 +51,7 @@ from .train_step import TRAIN_VARIANTS, TrainStep
 __all__ = ["main", "build_parser", "run", "format_markdown"]
 
 CASE_GROUPS = ("warp", "vecint", "ncc", "train")
-PROG = "python -m fastwarp.bench"
+PROG = "fastwarp bench"
 _MIB = 1 << 20
 
 

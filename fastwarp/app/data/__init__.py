@@ -4,7 +4,7 @@
   :func:`save_nifti`), a loaded subject as a :class:`Volume`.
 - :mod:`~fastwarp.app.data.subjects`: where the subjects are (:func:`find_volumes` for a folder
   or a list file, :func:`embedded` for the brains shipped with fastwarp, :func:`embedded_1mm`
-  for their 1 mm versions when made).
+  for their 1 mm versions when made, :func:`embedded_pairs` for the two as registration problems).
 - :mod:`~fastwarp.app.data.preprocess`: to the network's grid (:func:`downsample`,
   :func:`pad_to_multiple`, :func:`to_model_grid`).
 - :mod:`~fastwarp.app.data.augment`: random smooth deformations and intensity changes.
@@ -15,10 +15,11 @@ from .augment import random_deformation
 from .nifti import Volume, load_volume, normalize_intensity, save_nifti
 from .pairs import PairDataset, validation_pairs
 from .preprocess import downsample, pad_to_multiple, to_model_grid
-from .subjects import EMBEDDED_DIR, VolumeSpec, embedded, embedded_1mm, find_volumes
+from .subjects import EMBEDDED_DIR, RegistrationPair, VolumeSpec, embedded, embedded_1mm, embedded_pairs, find_volumes
 
 __all__ = [
     "Volume", "VolumeSpec", "load_volume", "save_nifti", "find_volumes", "embedded", "embedded_1mm", "EMBEDDED_DIR",
+    "RegistrationPair", "embedded_pairs",
     "normalize_intensity", "pad_to_multiple", "downsample", "to_model_grid", "random_deformation",
     "PairDataset", "validation_pairs",
 ]

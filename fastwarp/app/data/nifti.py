@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,8 @@ import torch
 __all__ = ["Volume", "load_volume", "save_nifti", "normalize_intensity", "NIFTI_SUFFIXES", "nifti_stem"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# Label dtypes kept as stored (those the nearest-neighbour warp copies exactly).
+_LABEL_DTYPES = tuple(np.dtype(t) for t in (np.uint8, np.int8, np.int16, np.int32, np.int64))
 
 
 def nifti_stem(path: str) -> str:
@@ -87,11 +90,20 @@ def normalize_intensity(x: np.ndarray, percentile: float = 99.5) -> np.ndarray:
 def load_volume(image: str | os.PathLike, labels: str | os.PathLike | None = None, normalize: bool = True) -> Volume:
     """Load a NIfTI image (and its label map) as a :class:`Volume`, intensities scaled to [0, 1]
     (:func:`normalize_intensity`) unless ``normalize=False`` (then as stored, in float32).
+    Non-finite voxels (the NaN background some tools write) are read as 0, the background,
+    with one warning naming the file and their number. Label maps keep their integer dtype
+    (uint8, int8, int16, int32 or int64; other integers and integral floats become int64).
 
     Raises FileNotFoundError / ValueError naming the file for a missing file, a file that
     is not NIfTI, a 4-D series, labels that are not integers, or labels whose shape differs
     from the image's."""
     data, img = _read(image, "image")
+    data = np.asarray(data, dtype=np.float32)
+    bad = ~np.isfinite(data)
+    if bad.any():
+        warnings.warn(f"{os.fspath(image)}: {int(bad.sum())} non-finite voxels (NaN or Inf, "
+                      f"{100.0 * bad.mean():.1f} %) read as 0, the background", stacklevel=2)
+        data = np.where(bad, np.float32(0), data)
     lab = None
     if labels is not None:
         lab, _ = _read(labels, "labels")
@@ -101,8 +113,10 @@ def load_volume(image: str | os.PathLike, labels: str | os.PathLike | None = Non
             lab = np.asarray(lab)
             if not np.all(np.isfinite(lab)) or not np.array_equal(lab, np.round(lab)):
                 raise ValueError(f"labels: {labels} must hold integer labels, got non-integer values of dtype {lab.dtype}")
-        lab = np.asarray(lab).astype(np.int64)
-    arr = normalize_intensity(data) if normalize else np.asarray(data, dtype=np.float32)
+        lab = np.asarray(lab)
+        if lab.dtype not in _LABEL_DTYPES:
+            lab = lab.astype(np.int64)
+    arr = normalize_intensity(data) if normalize else data
     name = nifti_stem(os.path.basename(os.fspath(image)))
     return Volume(arr, np.asarray(img.affine, dtype=np.float64), lab, img.header, name)
 

@@ -28,17 +28,21 @@ def brain_area(volumes: Sequence[Volume]) -> np.ndarray:
 def validation_pairs(moving: Sequence[Volume], fixed: Volume, ndim: int) -> list[tuple]:
     """Each of ``moving`` against ``fixed``: ``(name, moving, fixed, moving_labels,
     fixed_labels)``, tensors (1, 1, *spatial) (labels None where absent); for a 2-D model on
-    volumes, the axial slice of the largest brain area."""
+    volumes, the axial slice of the largest brain area, which the name says (the figures of
+    training's validation are then that slice's, not the volume's that ``fastwarp register``
+    reports)."""
     pairs = []
     for mv in moving:
         sl = (slice(None),) * mv.image.ndim
+        where = ""
         if ndim == 2 and mv.image.ndim == 3:
-            sl = (slice(None), slice(None), int(np.argmax(brain_area([mv, fixed]))))
+            z = int(np.argmax(brain_area([mv, fixed])))
+            sl, where = (slice(None), slice(None), z), f", axial slice {z}"
 
         def tensor(a):
             return None if a is None else torch.from_numpy(np.ascontiguousarray(a[sl]))[None, None]
 
-        pairs.append((f"{mv.name} -> {fixed.name}", tensor(mv.image), tensor(fixed.image), tensor(mv.labels),
+        pairs.append((f"{mv.name} -> {fixed.name}{where}", tensor(mv.image), tensor(fixed.image), tensor(mv.labels),
                       tensor(fixed.labels)))
     return pairs
 

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from ..pyramid import reduce, reduced_affine
 from .nifti import Volume
 
 __all__ = ["pad_to_multiple", "downsample", "to_model_grid"]
@@ -31,25 +31,18 @@ def pad_to_multiple(x: np.ndarray, multiple: int, ndim: int | None = None,
 
 
 def downsample(vol: Volume, factor: int) -> Volume:
-    """``vol`` at ``1/factor`` resolution: images by block averaging, labels by taking every
-    ``factor``-th voxel, the affine scaled to match."""
+    """``vol`` at ``1/factor`` resolution on the application's pyramid grid
+    (:mod:`fastwarp.app.pyramid`): images by block averaging, labels by taking the voxel
+    nearest each block's centre, the affine to match."""
     if factor == 1:
         return vol
     ndim = vol.image.ndim
-    img = torch.from_numpy(np.ascontiguousarray(vol.image))[None, None]
-    pool = F.avg_pool2d if ndim == 2 else F.avg_pool3d
-    image = pool(img, factor, ceil_mode=True, count_include_pad=False)[0, 0].numpy()
+    image = reduce(torch.from_numpy(np.ascontiguousarray(vol.image))[None, None], factor)[0, 0].numpy()
     sl = tuple(slice(factor // 2, None, factor) for _ in range(ndim))
     labels = None if vol.labels is None else np.ascontiguousarray(vol.labels[sl])
     if labels is not None and labels.shape != image.shape:
         labels = np.pad(labels, [(0, a - b) for a, b in zip(image.shape, labels.shape)])
-    affine = vol.affine.copy()
-    affine[:3, :ndim] = vol.affine[:3, :ndim] * factor
-    # voxel (0, 0, 0) of the new grid is the centre of the first block
-    shift = np.zeros(3)
-    shift[:ndim] = (factor - 1) / 2.0
-    affine[:3, 3] = vol.affine[:3, 3] + vol.affine[:3, :3] @ shift
-    return Volume(image, affine, labels, None, vol.name)
+    return Volume(image, reduced_affine(vol.affine, factor, ndim), labels, None, vol.name)
 
 
 def to_model_grid(vol: Volume, multiple: int, factor: int = 1,

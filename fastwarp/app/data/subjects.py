@@ -1,19 +1,24 @@
 """Where the subjects are: :func:`find_volumes` lists a folder of NIfTI files or a list file as
 :class:`VolumeSpec` entries (an image and its label map); :func:`embedded` gives the brains
-shipped with fastwarp, :func:`embedded_1mm` their 1 mm versions when they have been made."""
+shipped with fastwarp, :func:`embedded_1mm` their 1 mm versions when they have been made, and
+:func:`embedded_pairs` the two as registration problems (the registration benchmark's)."""
 
 from __future__ import annotations
 
 import os
 import pathlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .nifti import NIFTI_SUFFIXES, nifti_stem
+import numpy as np
 
-__all__ = ["VolumeSpec", "find_volumes", "embedded", "embedded_1mm", "data_1mm_dir", "EMBEDDED_DIR"]
+from .nifti import NIFTI_SUFFIXES, load_volume, nifti_stem
 
-# Shipped as the package data of fastwarp.data (made by scripts/make_data.py).
-EMBEDDED_DIR = pathlib.Path(__file__).resolve().parents[2] / "data" / "embedded"
+__all__ = ["VolumeSpec", "find_volumes", "embedded", "embedded_1mm", "data_1mm_dir", "EMBEDDED_DIR",
+           "RegistrationPair", "EMBEDDED_DIRECTIONS", "embedded_pairs"]
+
+# Shipped beside this module as package data (made by scripts/make_data.py).
+EMBEDDED_DIR = pathlib.Path(__file__).resolve().parent / "embedded"
 _LABEL_MARKERS = ("_seg", "_labels", "_label", "_aseg")
 
 
@@ -71,7 +76,7 @@ def _pair(folder: pathlib.Path) -> list[tuple[pathlib.Path, pathlib.Path]]:
 
 
 def embedded() -> list[VolumeSpec]:
-    """The real brains shipped with fastwarp (see ``fastwarp/data/embedded/README.md``):
+    """The real brains shipped with fastwarp (see ``fastwarp/app/data/embedded/README.md``):
     the MNI152 2009 template and the Colin27 brain, on one 2 mm MNI grid, each with a
     tissue label map (1 CSF, 2 grey matter, 3 white matter). The first is the atlas."""
     specs = []
@@ -105,3 +110,38 @@ def embedded_1mm(folder: str | os.PathLike | None = None, missing_ok: bool = Fal
             "downloads the two source archives with pip and apt-get; add --out DIR and set FASTWARP_DATA_1MM=DIR "
             "for another folder)")
     return [VolumeSpec(str(image), str(labels)) for image, labels in pairs]
+
+
+# The embedded pair as registration problems, in both directions.
+EMBEDDED_DIRECTIONS = {"colin27-to-mni152": ("colin27", "mni152"), "mni152-to-colin27": ("mni152", "colin27")}
+
+
+@dataclass
+class RegistrationPair:
+    """One registration problem: ``moving`` onto ``fixed``, both ``(X, Y, Z)`` float32 in [0, 1]
+    on one voxel grid whose voxel -> world (RAS, mm) map is ``affine``, with integer tissue labels."""
+
+    direction: str  # e.g. "colin27-to-mni152"
+    resolution: float  # mm
+    moving: np.ndarray
+    fixed: np.ndarray
+    moving_labels: np.ndarray
+    fixed_labels: np.ndarray
+    affine: np.ndarray
+
+
+def embedded_pairs(resolutions: Sequence[float] = (2,),
+                   directions: Sequence[str] = tuple(EMBEDDED_DIRECTIONS)) -> list[RegistrationPair]:
+    """The embedded pair at each resolution (2: shipped, :func:`embedded`; 1: :func:`embedded_1mm`,
+    a FileNotFoundError saying how to make it when missing), in each direction of
+    :data:`EMBEDDED_DIRECTIONS`."""
+    pairs = []
+    for res in resolutions:
+        specs = embedded() if float(res) == 2 else embedded_1mm()
+        vols = {name: load_volume(spec.image, spec.labels) for name, spec in zip(("mni152", "colin27"), specs)}
+        for direction in directions:
+            mv, fx = (vols[n] for n in EMBEDDED_DIRECTIONS[direction])
+            if not np.allclose(mv.affine, fx.affine):
+                raise ValueError(f"{direction}: the two volumes are not on one grid")
+            pairs.append(RegistrationPair(direction, float(res), mv.image, fx.image, mv.labels, fx.labels, fx.affine))
+    return pairs

@@ -83,6 +83,15 @@ inline NccUpstream ncc_upstream(const at::Tensor& grad_out, const at::Tensor& a,
   return {grad_out.reshape(ones).expand(a.sizes()), 1.0 / averaged};
 }
 
+// What both backends' backward start from: the gradients' tensors (an empty one where the
+// mask says no), the upstream gradient per voxel, and whether there is anything to compute.
+struct NccBackward {
+  at::Tensor grad_a, grad_b;
+  NccUpstream upstream;
+  bool want_a, want_b;
+  bool nothing;  // no gradient asked for, or no voxel
+};
+
 // Checks the backward's arguments and allocates (grad_a, grad_b); a gradient whose
 // output_mask entry is false is an empty tensor.
 inline std::tuple<at::Tensor, at::Tensor> ncc_backward_outputs(const at::Tensor& a,
@@ -92,6 +101,18 @@ inline std::tuple<at::Tensor, at::Tensor> ncc_backward_outputs(const at::Tensor&
   check_ncc_args(a, b, window);
   return {at::empty(output_mask[0] ? a.sizes() : at::IntArrayRef{0}, a.options()),
           at::empty(output_mask[1] ? b.sizes() : at::IntArrayRef{0}, b.options())};
+}
+
+inline NccBackward ncc_backward_setup(const at::Tensor& grad_out, const at::Tensor& a, const at::Tensor& b,
+                                      at::IntArrayRef window, int64_t reduction,
+                                      std::array<bool, 2> output_mask) {
+  NccBackward w;
+  std::tie(w.grad_a, w.grad_b) = ncc_backward_outputs(a, b, window, output_mask);
+  w.upstream = ncc_upstream(grad_out, a, to_ncc_reduction(reduction));
+  w.want_a = output_mask[0];
+  w.want_b = output_mask[1];
+  w.nothing = (!w.want_a && !w.want_b) || a.numel() == 0;
+  return w;
 }
 
 }  // namespace fastwarp
