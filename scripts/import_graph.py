@@ -8,7 +8,7 @@ imports nothing of the application; every module has one path (no module re-expo
 module's names under a second module path: the only re-exports are a package's ``__init__``
 gathering its own submodules' names); and no module of the application is imported by the op
 layer at run time either (``import fastwarp`` loads no ``fastwarp.app`` module, nor nibabel,
-tqdm or matplotlib; checked in a subprocess).
+tqdm or matplotlib beyond what ``import torch`` loads itself; checked in a subprocess).
 """
 
 from __future__ import annotations
@@ -89,7 +89,9 @@ def check(graph: dict[str, set[str]], found: dict[str, pathlib.Path]) -> list[st
             problems += [f"{module} (op layer) imports {d} (application)" for d in sorted(deps) if is_app(d)]
         if forwards_only(found[module]):
             problems.append(f"{module} defines nothing: it only forwards another module's names")
-    code = ("import sys, fastwarp; bad = sorted(m for m in sys.modules if m.startswith('fastwarp.app') or "
+    # (beyond what `import torch` loads itself: torch.hub brings tqdm along)
+    code = ("import sys, torch; before = set(sys.modules); import fastwarp; "
+            "bad = sorted(m for m in set(sys.modules) - before if m.startswith('fastwarp.app') or "
             "m.split('.')[0] in ('nibabel', 'tqdm', 'matplotlib')); print(' '.join(bad))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout.split()
     problems += [f"`import fastwarp` loads {m}" for m in loaded]

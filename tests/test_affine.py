@@ -8,6 +8,8 @@ moved phantom (no interpolation of the fixed image): a head-shaped ellipsoid hol
 ones, with a cosine texture, exactly 0 outside the head as in skull-stripped scans.
 """
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -200,15 +202,17 @@ def test_embedded_pair_stays_near_identity_and_keeps_dice():
     assert np.mean(list(after.values())) >= np.mean(list(before.values())) - 0.005
 
 
-def test_deterministic_and_progress(capsys):
+def test_deterministic_and_progress(capsys, monkeypatch):
     fixed = phantom(world_points(FIXED_SHAPE, FIXED_GRID), HEAD_MM)
     moving = moved_phantom(random_affine(4), FIXED_SHAPE, FIXED_GRID, HEAD_MM)
     config = AffineConfig(levels=(4, 2), iterations=15)
     first = affine_register(moving, fixed, FIXED_GRID, FIXED_GRID, config, progress=True)
-    second = affine_register(moving, fixed, FIXED_GRID, FIXED_GRID, config)
+    assert capsys.readouterr().err == ""  # no bar into a log (stderr is not a terminal here)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    second = affine_register(moving, fixed, FIXED_GRID, FIXED_GRID, config, progress=True)
     np.testing.assert_array_equal(first.matrix, second.matrix)
     assert first.loss == second.loss
-    assert "affine" in capsys.readouterr().err  # the tqdm bar
+    assert "affine" in capsys.readouterr().err  # the tqdm bar, on a terminal
 
 
 def test_no_steps_aligns_the_centres_of_mass():

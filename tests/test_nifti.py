@@ -25,7 +25,7 @@ def test_save_load_round_trip(tmp_path, shape):
     assert raw.shape == shape and raw.image.dtype == np.float32
     np.testing.assert_array_equal(raw.image, image)
     np.testing.assert_allclose(raw.affine, aff, rtol=0, atol=1e-5)  # the header holds float32
-    assert raw.labels.dtype == np.int64
+    assert raw.labels.dtype == np.int16  # as stored
     np.testing.assert_array_equal(raw.labels, labels)
     assert raw.name == "sub"
     assert nib.load(lp).get_data_dtype() == np.int16
@@ -155,3 +155,14 @@ def test_save_nifti_respects_umask(tmp_path):
     p = fwdata.save_nifti(tmp_path / "out.nii.gz", np.ones((3, 4, 5), np.float32), np.eye(4))
     ref = write(tmp_path / "ref.nii.gz", np.ones((3, 4, 5), np.float32))
     assert stat.S_IMODE(os.stat(p).st_mode) == stat.S_IMODE(os.stat(ref).st_mode)
+
+
+def test_non_finite_voxels_read_as_background_with_one_warning(tmp_path):
+    image = np.random.default_rng(3).random((6, 7, 5)).astype(np.float32) + 1
+    image[0, :, :] = np.nan
+    image[1, 2, 3] = np.inf
+    path = fwdata.save_nifti(tmp_path / "nan.nii.gz", image, np.eye(4))
+    with pytest.warns(UserWarning, match=r"nan.nii.gz: 36 non-finite voxels .* read as 0") as record:
+        vol = fwdata.load_volume(path, normalize=False)
+    assert len(record) == 1 and np.isfinite(vol.image).all()
+    assert (vol.image[0] == 0).all() and vol.image[1, 2, 3] == 0 and vol.image[2, 2, 2] == image[2, 2, 2]
