@@ -59,8 +59,8 @@ def ncc(
     works for ``"mean"`` and ``"batch"``; second derivatives, and ``jvp`` of the map, raise a
     ``RuntimeError`` (fastwarp/_ops.py). On the CPU the kernels
     stream each volume slice by slice (a window's depth of planes in double); on the GPU
-    they work in shared-memory tiles in float32 (float64 for float64 inputs) with sums
-    shifted so that large intensities do not cancel, reduce "mean" and "batch" as they go
+    they work in shared-memory tiles, summing in float64 values shifted by a reference so
+    that large intensities (CT's air beside tissue) do not cancel, reduce "mean" and "batch" as they go
     without writing the cc map, and need no scratch beyond one value per thread block.
     """
     for name, t in (("a", a), ("b", b)):

@@ -168,3 +168,75 @@ def test_compile_fullgraph(device, gen):
     c.backward()
     torch.testing.assert_close(c, e)
     torch.testing.assert_close(xc.grad, xe.grad)
+
+
+# ------------------------------------------------------------------ CT-like data
+#
+# One reference value per GPU tile (Note [Shifted window sums]) is far from half the tile's
+# voxels when the tile mixes air and tissue, or when a ramp runs along a chunk: the float32
+# GPU NCC was wrong there by up to 1e7 in cc. These cases hold float32 inputs to the float64
+# CPU op on the same values (cc within 1e-4, gradients within 1e-3 of their largest), with
+# tiles whose first voxel is tissue and, in 2-D and 3-D, more than one tile along x.
+
+
+def ct_like(shape, gen, noise=20.0):
+    """Air clipped to -1024 beside tissue at 40 +- noise HU: the first voxel of every row is
+    tissue (so is a tile's reference), the rest of the row air beyond a third of it."""
+    x = torch.full(shape, -1024.0, dtype=torch.float64)
+    cut = max(1, shape[-1] // 3)
+    x[..., :cut] = 40 + noise * torch.randn((*shape[:-1], cut), generator=gen, dtype=torch.float64)
+    return x
+
+
+def step_like(shape, gen, sigma):
+    """A +-1000 step along the last axis with noise sigma."""
+    x = torch.where(torch.arange(shape[-1]) < shape[-1] // 2, -1000.0, 1000.0).to(torch.float64).expand(shape)
+    return x + sigma * torch.randn(shape, generator=gen, dtype=torch.float64)
+
+
+CT_CASES = [
+    ("ct", (1, 1, 12, 300), 9),            # 2-D, window 9, two x-tiles of 256
+    ("ct", (1, 1, 10, 11, 70), 3),         # 3-D, window 3, three x-tiles of 32
+    ("ct", (1, 1, 12, 10, 40), 9),         # 3-D, window 9, two x-tiles
+    ("step1", (1, 1, 9, 10, 40), 3),       # +-1000 step, noise 1
+    ("step5", (1, 1, 9, 10, 40), 3),       # +-1000 step, noise 5
+]
+
+
+@pytest.mark.parametrize("kind, shape, window", CT_CASES)
+def test_large_values_far_from_the_tiles_reference(kind, shape, window, device, gen):
+    a = ct_like(shape, gen) if kind == "ct" else step_like(shape, gen, {"step1": 1.0, "step5": 5.0}[kind])
+    b = a + 5 * torch.randn(shape, generator=gen, dtype=torch.float64)
+    a32, b32 = a.float(), b.float()
+    ra, rb = a32.double().requires_grad_(), b32.double().requires_grad_()  # the same values in float64
+    expected = fastwarp.ncc(ra, rb, window, reduction="none")  # the CPU op, in float64
+    g = torch.randn(shape, generator=gen, dtype=torch.float64)
+    expected.backward(g)
+    fa, fb = a32.to(device).requires_grad_(), b32.to(device).requires_grad_()
+    got = fastwarp.ncc(fa, fb, window, reduction="none")
+    got.backward(g.float().to(device))
+    assert (got.detach().cpu().double() - expected.detach()).abs().max() < 1e-4
+    mean = fastwarp.ncc(a32.to(device), b32.to(device), window)
+    assert abs(float(mean) - float(expected.mean())) < 1e-4
+    for got_grad, ref_grad in ((fa.grad, ra.grad), (fb.grad, rb.grad)):
+        assert (got_grad.cpu().double() - ref_grad).abs().max() < 1e-3 * ref_grad.abs().max()
+
+
+def test_one_long_chunk_per_volume(device, gen, monkeypatch):
+    """A batch that fills the GPU gets one chunk per volume, its running sums carried over the
+    whole depth (re-summed from the ring every 32 planes): a +1000 ramp of 2 per plane over
+    200 planes, against the float64 CPU op. Under the emulated launch a multiprocessor count
+    of 1 gives four volumes the one-chunk grid an H200 gives large ones."""
+    monkeypatch.setenv("FASTWARP_EMU_SM_COUNT", "1")
+    shape = (4, 1, 200, 6, 20)
+    ramp = 1000 + 2.0 * torch.arange(shape[2], dtype=torch.float64).view(1, 1, -1, 1, 1)
+    a = (ramp + 3 * torch.randn(shape, generator=gen, dtype=torch.float64)).float()
+    b = (ramp + 3 * torch.randn(shape, generator=gen, dtype=torch.float64)).float()
+    expected = fastwarp.ncc(a.double(), b.double(), 3, reduction="none")
+    got = fastwarp.ncc(a.to(device), b.to(device), 3, reduction="none").cpu().double()
+    assert (got - expected).abs().max() < 1e-4
+    ra = a.double().requires_grad_()
+    fastwarp.ncc(ra, b.double(), 3).backward()
+    fa = a.to(device).requires_grad_()
+    fastwarp.ncc(fa, b.to(device), 3).backward()
+    assert (fa.grad.cpu().double() - ra.grad).abs().max() < 1e-3 * ra.grad.abs().max()

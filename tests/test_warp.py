@@ -413,6 +413,24 @@ def test_image_gradient_deterministic(device, gen):
     torch.testing.assert_close(results[0].cpu().double(), ref.grad, rtol=1e-4, atol=1e-5)
 
 
+def test_many_points_onto_the_same_voxels(device, gen):
+    """The image gradient's scatter when every point of a large field lands on the same few
+    voxels: on a GPU thousands of threads add to one address at once, and a lost update (a
+    plain += where an atomic add belongs) changes the sum. Against float64 sums."""
+    shape = (1, 2, 24, 25, 26)
+    image = torch.randn(shape, generator=gen).to(device)
+    pos = torch.stack(torch.meshgrid([torch.arange(s, dtype=torch.float32) for s in shape[2:]], indexing="ij"))
+    target = torch.tensor([11.3, 12.6, 13.45]).view(3, 1, 1, 1)  # one point, between 8 voxels
+    disp = (target - pos + 0.01 * torch.rand(pos.shape, generator=gen))[None].to(device)
+    grad_out = torch.rand(shape, generator=gen).to(device)
+    im = image.clone().requires_grad_()
+    fastwarp.warp(im, disp).backward(grad_out)
+    ref = image.double().cpu().requires_grad_()
+    voxelmorph_warp(ref, disp.double().cpu()).backward(grad_out.double().cpu())
+    assert ref.grad.abs().max() > 1000  # (the sum is large: ~16k contributions per corner)
+    torch.testing.assert_close(im.grad.cpu().double(), ref.grad, rtol=1e-5, atol=1e-3)
+
+
 @pytest.mark.sanitize
 def test_offsets_beyond_int32(device):
     """A view whose elements lie more than 2**31 elements apart is indexed correctly (the

@@ -74,8 +74,9 @@ FASTWARP_HD void box_sum_line(const double* src, double* dst, int64_t len, int64
 
 // Note [Shifted window sums]
 // ~~~~~~~~~~~~~~~~~~~~~~~~~~~
-// The GPU kernels sum in float32 (float64 only for float64 inputs), so they cannot afford
-// the cancellation of Note [Windowed NCC]. They sum x' = x - c_I and y' = y - c_J instead,
+// The GPU kernels' running sums (Note [Tiled NCC on the GPU]) add and subtract planes over
+// a whole chunk, so they cannot afford the cancellation of Note [Windowed NCC] on raw
+// values. They sum x' = x - c_I and y' = y - c_J instead,
 // for reference values c_I, c_J taken from the image itself (one pair per thread block),
 // over the m in-image voxels of the window (the n - m padded ones add nothing). With
 // s_X the shifted sums and k = (n - m) / n, the fraction of the window outside the image:
@@ -83,9 +84,20 @@ FASTWARP_HD void box_sum_line(const double* src, double* dst, int64_t len, int64
 //   cross = [s_IJ - s_I s_J / n] + k (c_I s_J + c_J s_I + c_I c_J m)
 //   var_I = [s_II - s_I^2 / n]   + k (2 c_I s_I + c_I^2 m)
 // exactly. Inside the image (k = 0, computed from the integer count n - m, so exactly 0)
-// only the bracket remains: the same formula on values of the size of the local spread,
-// where nothing cancels. At the borders the k terms are large, but so is the variance the
-// zero padding creates, and they add to it rather than cancel. cc is a function of the
+// only the bracket remains: the same formula on values shifted by c. At the borders the k
+// terms are large, but so is the variance the zero padding creates, and they add to it
+// rather than cancel.
+//
+// The bracket does not cancel only where the window's values are close to c. One c serves
+// a whole tile and chunk, and a tile can mix values far apart: CT's air at -1024 beside
+// tissue at 40, where the windows in the air are flat (variance 0, cc 0) but sit 1064 from
+// c; or a ramp of 1000 along a chunk. There s_II and s_I^2 / n are each about n (x - c)^2
+// (~8e8 for a 9^3 window) and their difference, the variance, is the rounding of that:
+// ~50 in float32, which turned cc from 0 into up to 1e7 (an independent emulated check
+// found it). In float64 it is ~1e-7, and cc's error (its square over eps, 1e-5) ~1e-9; so
+// the GPU kernels accumulate in float64 whatever the input's dtype, and the shift still
+// keeps what is left of the cancellation at the size of the tile's spread rather than of
+// the values. cc is a function of the
 // shifted sums, so the backward differentiates it with respect to them (with c, m, k
 // constant): f_X = g * d(cc)/d(s_X), and the gradient at q is
 //   B[f_I](q) + 2 (I(q) - c_I) B[f_II](q) + (J(q) - c_J) B[f_IJ](q),

@@ -29,7 +29,8 @@ namespace {
 //      that leaves the window, read back from a ring of the last 2h_z + 1 planes that each
 //      thread keeps in shared memory for its own column: O(1) per voxel whatever the
 //      window's depth. Every 32 planes the running sum is recomputed exactly from the ring,
-//      so that float32 rounding cannot drift along a long chunk.
+//      so that rounding cannot drift along a long chunk (even in float64 it would: after a
+//      thousand planes of CT values, by enough to move cc in flat air by 1e-4).
 //   4. when a plane's window is complete, turn its five sums into cc (ncc.h) and write it,
 //      or, for the "mean" and "batch" reductions, add it to the thread's total: the block
 //      reduces its totals and writes one partial sum, and no cc map is written at all.
@@ -54,21 +55,26 @@ namespace {
 // multiprocessor, but no chunk is shorter than max(8, 2 h_z) planes (each chunk first
 // reads the 2 h_z (4 h_z in the backward) planes before it, which is the cost of
 // splitting). Shared memory: the forward's largest user is its ring, (2 h_z + 1) * 5 * 256
-// values (46 KiB for a window of 9 in float32), the backward's its two rings and extended
-// tiles (110 KiB at 9 without the first ring, with both gradients); above 48 KiB the
+// values (92 KiB for a window of 9 in float64), the backward's its two rings and extended
+// tiles (216 KiB at 9 without the first ring, with both gradients); above 48 KiB the
 // kernels opt in with cudaFuncSetAttribute (Hopper allows 227 KiB per block, and the 228
 // KiB of an SM then hold one such block, or two forward blocks at a window of 9). Windows
-// whose tile does not fit (about 31 in the forward, 15 in the backward, per axis, in
-// float32) fall back to the elementwise path at the end of this file.
+// whose tile does not fit (about 21 in the forward, 9 in the backward, per axis) fall back
+// to the elementwise path at the end of this file.
 //
-// Arithmetic: float32 for float32, float16 and bfloat16 inputs; float64 for float64.
+// Arithmetic: float64 sums for every input dtype (Note [Shifted window sums] in ncc.h says
+// why float32 is not enough), which doubles the shared memory of the float32 layout above:
+// 92 KiB for the forward at a window of 9, 216 KiB for the backward (one block per
+// multiprocessor), and the tiled backward's largest window is 9 (11 takes the fallback).
+// Getting the float32 throughput back (register sliding sums, smaller rings) is the kernels'
+// rebuild against the emulated launch's counts.
 
 constexpr int kThreads = 256;
 constexpr int kRefresh = 32;  // planes between exact re-sums of a running sum from its ring
 constexpr int kQ = 5;         // I, J, I^2, J^2, IJ
 
 template <typename scalar_t>
-using acc_type = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
+using acc_type = double;  // whatever scalar_t is: see "Arithmetic" above
 
 // Strides of a (N, C, Z, Y, X) view of an input, output or gradient.
 struct Strides {
@@ -517,12 +523,18 @@ void dispatch_tile(const at::Tensor& a, const F& f) {
   }
 }
 
+// Whether a launch with `bytes` of dynamic shared memory fits beside the kernel's
+// `static_bytes` (its __shared__ arrays, which count against the same per-block limit);
+// above 48 KiB the kernel opts in.
 template <typename Kernel>
-bool prepare_shared_memory(Kernel kernel, size_t bytes) {
-  if (bytes > cuda::max_shared_memory_per_block()) return false;
+bool prepare_shared_memory(Kernel kernel, size_t bytes, size_t static_bytes) {
+  if (bytes + static_bytes > cuda::max_shared_memory_per_block()) return false;
   if (bytes > 48 * 1024) cuda::set_max_dynamic_shared_memory(kernel, bytes);
   return true;
 }
+
+// The forward's static shared memory: block_sum's warp totals.
+constexpr size_t kForwardStaticShared = kThreads / 32 * sizeof(double);
 
 at::Tensor fallback_forward(const at::Tensor& a, const at::Tensor& b, at::IntArrayRef window, double eps);
 std::tuple<at::Tensor, at::Tensor> fallback_backward(const NccUpstream& up, const at::Tensor& a,
@@ -544,7 +556,7 @@ at::Tensor ncc_forward_cuda(const at::Tensor& a, const at::Tensor& b, at::IntArr
       P.b = strides_of(b);
       const auto kernel = ncc_forward_kernel<scalar_t, TY, TX>;
       const size_t bytes = ForwardLayout<TY, TX>(P.hz, P.hy, P.hx).total * sizeof(acc_t);
-      if (!prepare_shared_memory(kernel, bytes)) {
+      if (!prepare_shared_memory(kernel, bytes, kForwardStaticShared)) {
         result = reduce_ncc_map(fallback_forward(a, b, window, eps), r);
         return;
       }
@@ -606,7 +618,7 @@ std::tuple<at::Tensor, at::Tensor> ncc_backward_cuda(const at::Tensor& grad_out,
           P.ring_s = false;
           bytes = BackwardLayout<TY, TX, NQ>(P.hz, P.hy, P.hx, false).total * sizeof(acc_t);
         }
-        if (!prepare_shared_memory(kernel, bytes)) {
+        if (!prepare_shared_memory(kernel, bytes, 0)) {
           std::tie(grad_a, grad_b) = fallback_backward(up, a, b, window, eps, output_mask);
           return;
         }

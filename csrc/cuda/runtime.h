@@ -10,6 +10,8 @@
 // their ops only through FASTWARP_CUDA_LIBRARY_IMPL, so one source serves both builds.
 #pragma once
 
+#include <cstdlib>
+
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -47,8 +49,13 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_byte
 }
 
 // The emulated device is an H200's: 132 multiprocessors, 227 KiB of shared memory per block
-// with the opt-in.
-inline int multiprocessor_count() { return 132; }
+// with the opt-in. FASTWARP_EMU_SM_COUNT sets another multiprocessor count, so that a test
+// can shape the launches a grid sized by it gets (e.g. the NCC's one long chunk per volume,
+// which an H200 gives a batch of large volumes) on inputs small enough to emulate.
+inline int multiprocessor_count() {
+  const char* sm = std::getenv("FASTWARP_EMU_SM_COUNT");
+  return sm != nullptr && std::atoi(sm) > 0 ? std::atoi(sm) : 132;
+}
 inline size_t max_shared_memory_per_block() { return emu::kMaxDynamicSharedOptin; }
 
 #else
