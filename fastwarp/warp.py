@@ -76,9 +76,9 @@ def _check_field(name, field, image_name, image, layout, meaning):
 
 def _check_dtypes(image, coords, interp, image_name, coords_name):
     """Floating images and coordinates must share a dtype, as for grid_sample; under
-    torch.autocast the op's autocast kernel promotes them to the wider one (fastwarp/_ops.py),
-    as autocast does for grid_sample. Integer label maps keep their dtype and use float32 or
-    float64 coordinates."""
+    torch.autocast the op's autocast kernel casts them as autocast does grid_sample's
+    (fastwarp/_ops.py: float32 on the CPU, the wider dtype on CUDA). Integer label maps keep
+    their dtype and use float32 or float64 coordinates."""
     if image.is_floating_point():
         if image.dtype != coords.dtype and not torch.is_autocast_enabled(image.device.type):
             raise ArgumentTypeError(
@@ -122,8 +122,8 @@ def warp(
     Returns:
         The warped image, ``(N, C, *spatial)``, contiguous, in the dtype of ``image``. A
         floating ``image`` and ``disp`` must share a dtype, as in ``grid_sample``; under
-        ``torch.autocast`` they are promoted to the wider one, as autocast does for
-        ``grid_sample``.
+        ``torch.autocast`` they are cast as autocast casts ``grid_sample``'s inputs (float32 on
+        the CPU, the wider dtype on CUDA).
 
     Gradients flow to ``image`` and to ``disp``, each computed only when required; the
     image gradient is deterministic under ``torch.use_deterministic_algorithms(True)``.
