@@ -85,7 +85,7 @@ def _check_dtypes(image, coords, interp, image_name, coords_name):
                 f"{image_name} and {coords_name} must have the same dtype, as in "
                 f"torch.nn.functional.grid_sample: got {image_name} {image.dtype} and {coords_name} "
                 f"{coords.dtype}; convert one (e.g. {coords_name}.to({image_name}.dtype)), or run "
-                "under torch.autocast, which promotes them to the wider dtype"
+                "under torch.autocast, which casts them as it casts grid_sample's inputs"
             )
         return image, coords
     if interp != NEAREST:
