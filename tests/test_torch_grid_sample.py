@@ -414,11 +414,24 @@ def _check_against_torch(input, grid, input_requires_grad, kwargs, device, gen):
     _close(g.grad, ref_g_grad, atol=5e-5, rtol=0)
 
 
-@pytest.mark.parametrize("shape", list(SHAPES_2D))
-@pytest.mark.parametrize("input_requires_grad", [False, True])
-@pytest.mark.parametrize("align_corners", ALIGN)
-@pytest.mark.parametrize("padding_mode", PADDINGS)
-@pytest.mark.parametrize("mode", MODES_2D)
+def _every_case(shapes, modes):
+    """The parameter grid of PyTorch's test_shape: shapes x input gradient x align_corners x
+    padding x mode."""
+    marks = [pytest.mark.parametrize("shape", list(shapes)),
+             pytest.mark.parametrize("input_requires_grad", [False, True]),
+             pytest.mark.parametrize("align_corners", ALIGN),
+             pytest.mark.parametrize("padding_mode", PADDINGS),
+             pytest.mark.parametrize("mode", modes)]
+
+    def apply(test):
+        for mark in marks:
+            test = mark(test)
+        return test
+
+    return apply
+
+
+@_every_case(SHAPES_2D, MODES_2D)
 def test_matches_torch_2d(mode, padding_mode, align_corners, input_requires_grad, shape, device):
     gen = _gen(22)
     N, C, (IH, IW), (H, W) = SHAPES_2D[shape]
@@ -462,11 +475,7 @@ SHAPES_3D = {
 }
 
 
-@pytest.mark.parametrize("shape", list(SHAPES_3D))
-@pytest.mark.parametrize("input_requires_grad", [False, True])
-@pytest.mark.parametrize("align_corners", ALIGN)
-@pytest.mark.parametrize("padding_mode", PADDINGS)
-@pytest.mark.parametrize("mode", MODES_3D)
+@_every_case(SHAPES_3D, MODES_3D)
 def test_matches_torch_3d(mode, padding_mode, align_corners, input_requires_grad, shape, device):
     gen = _gen(32)
     N, C, (ID, IH, IW), (D, H, W) = SHAPES_3D[shape]

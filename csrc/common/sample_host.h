@@ -90,6 +90,22 @@ inline std::vector<int64_t> output_shape(at::IntArrayRef image_size, const at::T
   return shape;
 }
 
+// The checks of a tensor laid out like a sampled output (the backward's grad_output, the
+// splat's values) against the image size and coordinates it will be scattered through.
+inline void check_scattered(const char* name, const at::Tensor& values, at::IntArrayRef image_size,
+                            const at::Tensor& coords, CoordKind kind) {
+  TORCH_CHECK(image_size.size() == 4 || image_size.size() == 5,
+              "fastwarp: image_size must have 4 or 5 entries");
+  if (kind == CoordKind::Grid) check_input_spatial(image_size);
+  TORCH_CHECK(at::isFloatingType(values.scalar_type()) && values.scalar_type() == coords.scalar_type(),
+              "fastwarp: ", name, " must be floating point with the coordinates' dtype");
+  TORCH_CHECK(values.device() == coords.device(), "fastwarp: ", name, " and coordinates on different devices");
+  TORCH_CHECK(coords.dim() == static_cast<int64_t>(image_size.size()),
+              "fastwarp: coordinates must be ", image_size.size(), "-D");
+  TORCH_CHECK(values.sizes() == at::IntArrayRef(output_shape(image_size, coords, kind)),
+              "fastwarp: ", name, " has the wrong shape");
+}
+
 // SampleParams for an image of size `image_size` (and strides of `image`, when defined)
 // sampled at `coords`.
 template <int NDIM>

@@ -79,14 +79,7 @@ std::tuple<at::Tensor, at::Tensor> sample_backward(const at::Tensor& grad_out,
   const at::Tensor image = image_opt.has_value() ? *image_opt : at::Tensor();
   const bool want_image = output_mask[0];
   const bool want_coords = output_mask[1];
-  TORCH_CHECK(image_size.size() == 4 || image_size.size() == 5,
-              "fastwarp: image_size must have 4 or 5 entries");
-  if (kind == CoordKind::Grid) check_input_spatial(image_size);
-  TORCH_CHECK(at::isFloatingType(grad_out.scalar_type()) &&
-                  grad_out.scalar_type() == coords.scalar_type(),
-              "fastwarp: grad_output must be floating point with the coordinates' dtype");
-  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(output_shape(image_size, coords, kind)),
-              "fastwarp: grad_output has the wrong shape");
+  check_scattered("grad_output", grad_out, image_size, coords, kind);
   const bool need_image = want_coords && interp == Interp::Linear;
   TORCH_CHECK(!need_image || image.defined(),
               "fastwarp: the coordinate gradient needs the image");
@@ -182,17 +175,7 @@ at::Tensor splat_derivative(const at::Tensor& values, at::IntArrayRef image_size
   const CoordKind kind = to_coord_kind(kind_code);
   const Interp interp = to_interp(interp_code);
   const Padding padding = to_padding(padding_code);
-  TORCH_CHECK(image_size.size() == 4 || image_size.size() == 5,
-              "fastwarp: image_size must have 4 or 5 entries");
-  if (kind == CoordKind::Grid) check_input_spatial(image_size);
-  TORCH_CHECK(at::isFloatingType(values.scalar_type()) &&
-                  values.scalar_type() == coords.scalar_type(),
-              "fastwarp: values must be floating point with the coordinates' dtype");
-  TORCH_CHECK(values.device() == coords.device(), "fastwarp: values and coordinates on different devices");
-  TORCH_CHECK(coords.dim() == static_cast<int64_t>(image_size.size()),
-              "fastwarp: coordinates must be ", image_size.size(), "-D");
-  TORCH_CHECK(values.sizes() == at::IntArrayRef(output_shape(image_size, coords, kind)),
-              "fastwarp: values must have the sampled output's shape");
+  check_scattered("values", values, image_size, coords, kind);
   at::Tensor grad_image = at::zeros(image_size, values.options());
   if (derivative_vanishes(order, interp) || values.numel() == 0) return grad_image;
   const bool low_precision = values.scalar_type() == at::kHalf || values.scalar_type() == at::kBFloat16;
