@@ -88,7 +88,7 @@ def test_bad_arguments(capsys):
 def test_peers_are_imported_lazily():
     """Importing fastwarp, its bench package and the command's modules imports no peer."""
     code = (
-        "import sys, fastwarp, fastwarp.bench, fastwarp.app.bench.runner, fastwarp.app.bench.train_step\n"
+        "import sys, fastwarp, fastwarp.app.bench, fastwarp.app.bench.runner, fastwarp.app.bench.train_step\n"
         f"print([m for m in sys.modules if m.split('.')[0] in {PEERS!r}])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

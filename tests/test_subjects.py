@@ -66,7 +66,7 @@ def test_embedded_brains():
     vols = [fwdata.load_volume(s.image, s.labels) for s in specs]
     for v in vols:
         assert v.shape == (80, 96, 96)
-        assert v.labels.shape == v.shape and v.labels.dtype == np.int64
+        assert v.labels.shape == v.shape and v.labels.dtype == np.uint8  # as the files store them
         assert set(np.unique(v.labels)) == {0, 1, 2, 3}
         assert v.image.min() == 0.0 and v.image.max() == 1.0
         # brain, not noise: the tissue classes are mostly where the image is bright

@@ -42,7 +42,7 @@ def demo(output: str = "fastwarp-demo", device: str = "auto", ndim: int | None =
             colin.image, mni.image, model=log["checkpoint"], device=device,
             output=os.path.join(out, f"{name}.nii.gz"), flow=os.path.join(out, f"{name}_flow.nii.gz"),
             labels=colin.labels, fixed_labels=mni.labels, figure=os.path.join(out, f"{name}.png"),
-            json=os.path.join(out, f"{name}.json"), quiet=True, seed=seed, **options))
+            json=os.path.join(out, f"{name}.json"), quiet=True, **options))
 
     ev = register("colin27_to_mni152")
     refined = register("colin27_to_mni152_refined", refine=0, diffeomorphic=True)
