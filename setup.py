@@ -5,7 +5,10 @@ The test build of the CUDA code, FASTWARP_CUDA_EMU=1, adds fastwarp._C_emu: the 
 sources compiled by the host compiler over an emulated launch on CPU threads
 (csrc/emu/README.md). FASTWARP_CUDA_EMU=thread or address (or a comma-separated list such
 as 1,thread,address) builds it under ThreadSanitizer / AddressSanitizer as
-fastwarp._C_emu_thread / fastwarp._C_emu_address. A normal install builds none of them.
+fastwarp._C_emu_thread / fastwarp._C_emu_address, and FASTWARP_CUDA_EMU=count builds
+fastwarp._C_emu_count with clang (FASTWARP_CLANG, default clang++): every load and store
+counted as a GPU would see it (Note [Counting the emulated launch], csrc/emu/count.h). A
+normal install builds none of them.
 
 Install with `pip install --no-build-isolation .` after installing torch: the extension is
 compiled against the torch that is installed, and build isolation would compile it
@@ -122,7 +125,29 @@ def extensions():
         ext = CUDAExtension("fastwarp._C", sources, extra_compile_args=extra, extra_link_args=openmp)
     else:
         ext = CppExtension("fastwarp._C", sources, extra_compile_args=extra, extra_link_args=openmp)
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    return [ext], {"build_ext": build_ext_class(BuildExtension)}
+
+
+def build_ext_class(BuildExtension):
+    """torch's BuildExtension (ninja), compiling an extension with its own C++ compiler
+    where it names one (`ext.cxx`): the counting build is clang's, the rest the default."""
+
+    class Build(BuildExtension):
+        def build_extension(self, ext):
+            cxx = getattr(ext, "cxx", None)
+            if cxx is None:
+                return super().build_extension(ext)
+            saved = os.environ.get("CXX")
+            os.environ["CXX"] = cxx  # what torch's ninja compile reads
+            try:
+                return super().build_extension(ext)
+            finally:
+                if saved is None:
+                    del os.environ["CXX"]
+                else:
+                    os.environ["CXX"] = saved
+
+    return Build.with_options(use_ninja=True)
 
 
 # The emulated-CUDA test builds: module suffix -> extra compile flags.
@@ -130,7 +155,13 @@ EMU_VARIANTS = {
     "1": ("_C_emu", ["-O2"]),
     "thread": ("_C_emu_thread", ["-O1", "-g", "-fsanitize=thread"]),
     "address": ("_C_emu_address", ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"]),
+    # clang: the trace callbacks need a coverage kind beside them; no vectorizing, so that
+    # each CUDA thread's access stays the scalar access the kernel wrote.
+    "count": ("_C_emu_count", ["-O2", "-fsanitize-coverage=inline-8bit-counters,trace-loads,trace-stores",
+                               "-fno-vectorize", "-fno-slp-vectorize", "-DFASTWARP_EMU_COUNT=1"]),
 }
+# The variants that need clang, and the variable that names it.
+CLANG_VARIANTS = {"count"}
 
 
 def emu_extensions():
@@ -149,8 +180,14 @@ def emu_extensions():
         module, flags = EMU_VARIANTS[variant]
         log(f"building the emulated-CUDA test extension fastwarp.{module}")
         defines = ["-DFASTWARP_CUDA_EMU=1", f"-DFASTWARP_EMU_MODULE={module}"]
-        link = [f for f in flags if f.startswith("-fsanitize")]
-        exts.append(CppExtension(f"fastwarp.{module}", sources, extra_compile_args={"cxx": flags + defines}, extra_link_args=link))
+        link = [f for f in flags if f.startswith("-fsanitize") and "coverage" not in f]
+        ext = CppExtension(f"fastwarp.{module}", sources, extra_compile_args={"cxx": flags + defines}, extra_link_args=link)
+        if variant in CLANG_VARIANTS:
+            ext.cxx = os.environ.get("FASTWARP_CLANG", "clang++")
+            if shutil.which(ext.cxx) is None:
+                sys.exit(f"fastwarp build: FASTWARP_CUDA_EMU={variant} needs clang ({ext.cxx} not found: "
+                         "apt-get install clang, or set FASTWARP_CLANG)")
+        exts.append(ext)
     return exts
 
 

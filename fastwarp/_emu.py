@@ -14,13 +14,20 @@ The sanitizer builds ``_C_emu_thread`` / ``_C_emu_address`` are chosen with the
 environment variable ``FASTWARP_CUDA_EMU_VARIANT=thread|address``; they load only in a
 process that has the sanitizer runtime preloaded. ``python -m fastwarp._emu thread -- CMD``
 runs CMD so (see ``sanitizer_env``; ``scripts/emu_sanitize.sh`` runs the tests that way).
+
+The counting build ``_C_emu_count`` (``FASTWARP_CUDA_EMU_VARIANT=count``) runs the same
+kernels with every load and store counted as a GPU would see it; ``counting()`` returns
+the counts of each launch (Note [Counting the emulated launch], ``csrc/emu/count.h``).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import functools
 import importlib
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -32,14 +39,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from . import _ops
 
 VARIANT_ENV = "FASTWARP_CUDA_EMU_VARIANT"
-MODULES = {"": "_C_emu", "thread": "_C_emu_thread", "address": "_C_emu_address"}
+MODULES = {"": "_C_emu", "thread": "_C_emu_thread", "address": "_C_emu_address", "count": "_C_emu_count"}
 
 _loaded: str | None = None
 _active = 0
 
 
 def variant() -> str:
-    """The build to load: '' (plain), 'thread' or 'address', from FASTWARP_CUDA_EMU_VARIANT."""
+    """The build to load: '' (plain), 'thread', 'address' or 'count', from
+    FASTWARP_CUDA_EMU_VARIANT."""
     v = os.environ.get(VARIANT_ENV, "")
     if v not in MODULES:
         raise ValueError(f"{VARIANT_ENV} must be one of {', '.join(map(repr, MODULES))}, got {v!r}")
@@ -143,6 +151,62 @@ class EmulatedCuda(TorchDispatchMode):
             self.calls[func._opname] += 1
             return twin(*args, **kwargs)
         return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def counting(block_stride: int = 1):
+    """Counts the memory traffic of every emulated kernel launch in the block.
+
+    Needs the counting build, selected with ``FASTWARP_CUDA_EMU_VARIANT=count`` (one build
+    per process). Yields a list that holds, on exit, one dict per launch: the fields of
+    Note [Counting the emulated launch] (``csrc/emu/count.h``), and ``kernel``, the
+    kernel's name with its template arguments. With ``block_stride`` s > 1 only every s-th
+    run of 32 consecutive blocks runs (the outputs are then garbage) and ``blocks_run`` says
+    how many did.
+    """
+    if variant() != "count":
+        raise RuntimeError(f"counting needs the counting build: set {VARIANT_ENV}=count before fastwarp loads it")
+    load()
+    launches: list[dict] = []
+    torch.ops.fastwarp_emu_count.begin(block_stride)
+    try:
+        yield launches
+    finally:
+        for launch in json.loads(torch.ops.fastwarp_emu_count.end()):
+            launch["kernel"] = _symbols(launch["module"]).get(launch["kernel_offset"], hex(launch["kernel_offset"]))
+            launches.append(launch)
+
+
+@functools.cache
+def _symbols(module: str) -> dict[int, str]:
+    """The function symbols of a shared object (local ones included, which the dynamic
+    loader cannot name: the kernels live in anonymous namespaces), address -> short name."""
+    nm = subprocess.run(["nm", "-C", "--defined-only", module], capture_output=True, text=True, check=True).stdout
+    names = {}
+    for line in nm.splitlines():
+        parts = line.split(" ", 2)
+        if len(parts) == 3 and parts[1] in "tTwW" and "_kernel" in parts[2]:
+            names[int(parts[0], 16)] = _short_name(parts[2])
+    return names
+
+
+def _short_name(demangled: str) -> str:
+    """'void ns::(anonymous namespace)::k<float, 3>(args)' -> 'k<float, 3>'."""
+    depth, start, end = 0, 0, len(demangled)
+    if demangled.startswith("void "):
+        start = 5
+    for i in range(start, len(demangled)):
+        c = demangled[i]
+        if c == "<":
+            depth += 1
+        elif c == ">":
+            depth -= 1
+        elif c == "(" and depth == 0 and not demangled.startswith("(anonymous", i):
+            end = i
+            break
+        elif c == ":" and depth == 0 and demangled[i - 1] == ":":
+            start = i + 1
+    return demangled[start:end]
 
 
 def main(argv=None):

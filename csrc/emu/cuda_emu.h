@@ -57,7 +57,10 @@
 //     shared memory, local memory spills, and whether __launch_bounds__ can be met.
 //   * Reads of uninitialized *static* shared memory (a function-local static keeps the
 //     previous block's values).
-//   * Performance, occupancy, coalescing, bank conflicts: none of it.
+//   * Performance and occupancy. The counting build (FASTWARP_EMU_COUNT, count.h) counts
+//     what a GPU would see of the memory traffic (coalescing, DRAM sectors, bank conflicts,
+//     atomics, barriers: Note [Counting the emulated launch]); time is the model's
+//     (fastwarp/app/bench/gpu_model.py), never measured here.
 #pragma once
 
 #include <ucontext.h>
@@ -91,6 +94,9 @@
 // by every fiber of one OS thread; the edges CUDA guarantees are annotated instead).
 #if defined(__SANITIZE_THREAD__)
 #define FASTWARP_EMU_INTERNAL __attribute__((no_sanitize_thread, noinline))
+#elif defined(FASTWARP_EMU_COUNT)
+// ... and not counted (Note [Counting the emulated launch]): never inlined into a kernel.
+#define FASTWARP_EMU_INTERNAL __attribute__((no_sanitize("coverage"), noinline))
 #else
 #define FASTWARP_EMU_INTERNAL
 #endif
@@ -222,6 +228,16 @@ struct Current {
 };
 inline thread_local Current current_state;
 
+}  // namespace emu
+}  // namespace fastwarp
+
+#if defined(FASTWARP_EMU_COUNT)
+#include "count.h"
+#endif
+
+namespace fastwarp {
+namespace emu {
+
 FASTWARP_EMU_INTERNAL inline Fiber& current_fiber() {
   if (current_state.fiber == nullptr)
     throw std::runtime_error("CUDA emulation: a device function was called outside a kernel");
@@ -311,6 +327,12 @@ class Launch {
       block_idx_ = uint3{static_cast<unsigned int>(b % grid_.x),
                          static_cast<unsigned int>((b / grid_.x) % grid_.y),
                          static_cast<unsigned int>(b / (static_cast<uint64_t>(grid_.x) * grid_.y))};
+#if defined(FASTWARP_EMU_COUNT)
+      if (count::counter().enabled()) {
+        if (!count::counter().run_block(b)) continue;
+        count::counter().begin_block(threads_, dynamic_shared_.get(), shared_bytes_);
+      }
+#endif
       start_block();
       for (unsigned int t = 0; t < threads_; ++t) {
         Fiber& f = *fibers[t];
@@ -339,6 +361,9 @@ class Launch {
         run_ready();
       }
       hb_acquire(&block_end_sync_);  // the block happens before the host goes on
+#if defined(FASTWARP_EMU_COUNT)
+      if (count::counter().enabled()) count::counter().flush(false);
+#endif
     }
     current_state = Current{};
   }
@@ -395,7 +420,13 @@ class Launch {
       ready_head_ = (ready_head_ + 1) % kMaxThreadsPerBlock;
       --ready_count_;
       current_state = Current{this, f};
+#if defined(FASTWARP_EMU_COUNT)
+      if (count::counter().enabled()) count::running = f;
+#endif
       switch_context(host_, f->ctx);
+#if defined(FASTWARP_EMU_COUNT)
+      count::running = nullptr;
+#endif
       current_state = Current{};
     }
   }
@@ -465,6 +496,9 @@ FASTWARP_EMU_INTERNAL inline void BlockBarrier::complete() {
   }
   arrived_ = 0;
   ++generation_;
+#if defined(FASTWARP_EMU_COUNT)
+  count::barrier();
+#endif
 }
 
 FASTWARP_EMU_INTERNAL inline void BlockBarrier::arrive() {
@@ -574,6 +608,22 @@ inline void check_configuration(const void* kernel, dim3 grid, dim3 block, size_
              : ""));
 }
 
+// In the counting build, the thread's start (reading the closure and copying the launch's
+// parameters, which the GPU passes in a constant bank) is not counted, and the kernel's
+// own code is never inlined into it.
+#if defined(FASTWARP_EMU_COUNT)
+#define FASTWARP_EMU_UNCOUNTED __attribute__((no_sanitize("coverage"), noinline))
+#define FASTWARP_EMU_COUNTED_CALL __attribute__((noinline))
+#else
+#define FASTWARP_EMU_UNCOUNTED
+#define FASTWARP_EMU_COUNTED_CALL inline
+#endif
+
+template <typename Kernel, typename Tuple>
+FASTWARP_EMU_COUNTED_CALL void call_kernel(Kernel kernel, Tuple& params) {
+  std::apply(kernel, params);
+}
+
 // The emulated kernel<<<grid, block, shared, stream>>>(args...). The arguments are
 // converted to the kernel's parameter types once, as a launch copies them, and every
 // thread calls the kernel with its own copy.
@@ -581,11 +631,17 @@ template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared, Args&&... args) {
   std::lock_guard<std::mutex> serial(launch_mutex());
   check_configuration(reinterpret_cast<const void*>(kernel), grid, block, shared);
-  std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
-  Launch run(grid, block, shared, [&params, kernel] {
-    auto copy = params;
-    std::apply(kernel, copy);
+  using Tuple = std::tuple<std::decay_t<Params>...>;
+  Tuple params(std::forward<Args>(args)...);
+  Launch run(grid, block, shared, [&params, kernel]() FASTWARP_EMU_UNCOUNTED {
+    Tuple copy = params;
+    call_kernel(kernel, copy);
   });
+#if defined(FASTWARP_EMU_COUNT)
+  if (count::counter().enabled())
+    count::counter().begin_launch(reinterpret_cast<const void*>(kernel), grid, block, shared,
+                                  static_cast<uint64_t>(grid.x) * grid.y * grid.z);
+#endif
   run.run(fiber_pool(run.threads()));
   if (run.aborted()) throw std::runtime_error("CUDA emulation: " + run.error());
 }
@@ -597,7 +653,7 @@ FASTWARP_EMU_INTERNAL inline dim3 grid_dim() { return current().grid_dim(); }
 FASTWARP_EMU_INTERNAL inline unsigned int lane_id() { return current_fiber().linear % warpSize; }
 
 template <typename T>
-T* dynamic_shared_memory() {
+FASTWARP_EMU_INTERNAL T* dynamic_shared_memory() {
   return reinterpret_cast<T*>(current().dynamic_shared());
 }
 
@@ -753,6 +809,18 @@ FASTWARP_EMU_INTERNAL inline unsigned int __activemask() {
 
 // ------------------------------------------------------------------ atomics
 
+// In the counting build each atomic is one counted access of its caller's instruction
+// (the RMW itself is not a load or store the trace callbacks see).
+#if defined(FASTWARP_EMU_COUNT)
+#define FASTWARP_EMU_ATOMIC inline __attribute__((no_sanitize("coverage"), noinline))
+#define FASTWARP_EMU_COUNT_ATOMIC(a)                                                              \
+  ::fastwarp::emu::count::access(reinterpret_cast<uintptr_t>(__builtin_return_address(0)), (a), \
+                                 sizeof(*(a)), true, true)
+#else
+#define FASTWARP_EMU_ATOMIC inline
+#define FASTWARP_EMU_COUNT_ATOMIC(a) ((void)0)
+#endif
+
 template <typename T>
 T fastwarp_emu_atomic_minmax(T* address, T value, bool is_min) {
   std::atomic_ref<T> a(*address);
@@ -764,10 +832,12 @@ T fastwarp_emu_atomic_minmax(T* address, T value, bool is_min) {
 }
 
 #define FASTWARP_EMU_ATOMICS(T)                                                  \
-  inline T atomicAdd(T* a, T v) {                                                \
+  FASTWARP_EMU_ATOMIC T atomicAdd(T* a, T v) {                                   \
+    FASTWARP_EMU_COUNT_ATOMIC(a);                                                \
     return std::atomic_ref<T>(*a).fetch_add(v, std::memory_order_relaxed);       \
   }                                                                              \
-  inline T atomicExch(T* a, T v) {                                               \
+  FASTWARP_EMU_ATOMIC T atomicExch(T* a, T v) {                                  \
+    FASTWARP_EMU_COUNT_ATOMIC(a);                                                \
     return std::atomic_ref<T>(*a).exchange(v, std::memory_order_relaxed);        \
   }
 
@@ -779,21 +849,32 @@ FASTWARP_EMU_ATOMICS(double)
 #undef FASTWARP_EMU_ATOMICS
 
 #define FASTWARP_EMU_INTEGER_ATOMICS(T)                                                \
-  inline T atomicSub(T* a, T v) {                                                      \
+  FASTWARP_EMU_ATOMIC T atomicSub(T* a, T v) {                                         \
+    FASTWARP_EMU_COUNT_ATOMIC(a);                                                      \
     return std::atomic_ref<T>(*a).fetch_sub(v, std::memory_order_relaxed);             \
   }                                                                                    \
-  inline T atomicMin(T* a, T v) { return fastwarp_emu_atomic_minmax(a, v, true); }     \
-  inline T atomicMax(T* a, T v) { return fastwarp_emu_atomic_minmax(a, v, false); }    \
-  inline T atomicAnd(T* a, T v) {                                                      \
+  FASTWARP_EMU_ATOMIC T atomicMin(T* a, T v) {                                         \
+    FASTWARP_EMU_COUNT_ATOMIC(a);                                                      \
+    return fastwarp_emu_atomic_minmax(a, v, true);                                     \
+  }                                                                                    \
+  FASTWARP_EMU_ATOMIC T atomicMax(T* a, T v) {                                         \
+    FASTWARP_EMU_COUNT_ATOMIC(a);                                                      \
+    return fastwarp_emu_atomic_minmax(a, v, false);                                    \
+  }                                                                                    \
+  FASTWARP_EMU_ATOMIC T atomicAnd(T* a, T v) {                                         \
+    FASTWARP_EMU_COUNT_ATOMIC(a);                                                      \
     return std::atomic_ref<T>(*a).fetch_and(v, std::memory_order_relaxed);             \
   }                                                                                    \
-  inline T atomicOr(T* a, T v) {                                                       \
+  FASTWARP_EMU_ATOMIC T atomicOr(T* a, T v) {                                          \
+    FASTWARP_EMU_COUNT_ATOMIC(a);                                                      \
     return std::atomic_ref<T>(*a).fetch_or(v, std::memory_order_relaxed);              \
   }                                                                                    \
-  inline T atomicXor(T* a, T v) {                                                      \
+  FASTWARP_EMU_ATOMIC T atomicXor(T* a, T v) {                                         \
+    FASTWARP_EMU_COUNT_ATOMIC(a);                                                      \
     return std::atomic_ref<T>(*a).fetch_xor(v, std::memory_order_relaxed);             \
   }                                                                                    \
-  inline T atomicCAS(T* a, T compare, T v) {                                           \
+  FASTWARP_EMU_ATOMIC T atomicCAS(T* a, T compare, T v) {                              \
+    FASTWARP_EMU_COUNT_ATOMIC(a);                                                      \
     std::atomic_ref<T>(*a).compare_exchange_strong(compare, v, std::memory_order_relaxed); \
     return compare; /* the old value either way */                                     \
   }
@@ -803,8 +884,14 @@ FASTWARP_EMU_INTEGER_ATOMICS(unsigned int)
 FASTWARP_EMU_INTEGER_ATOMICS(unsigned long long)
 #undef FASTWARP_EMU_INTEGER_ATOMICS
 
-inline long long atomicMin(long long* a, long long v) { return fastwarp_emu_atomic_minmax(a, v, true); }
-inline long long atomicMax(long long* a, long long v) { return fastwarp_emu_atomic_minmax(a, v, false); }
+FASTWARP_EMU_ATOMIC long long atomicMin(long long* a, long long v) {
+  FASTWARP_EMU_COUNT_ATOMIC(a);
+  return fastwarp_emu_atomic_minmax(a, v, true);
+}
+FASTWARP_EMU_ATOMIC long long atomicMax(long long* a, long long v) {
+  FASTWARP_EMU_COUNT_ATOMIC(a);
+  return fastwarp_emu_atomic_minmax(a, v, false);
+}
 
 // ------------------------------------------------------------------ loads and math
 

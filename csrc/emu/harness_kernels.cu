@@ -22,6 +22,13 @@
 //   warp_sum               none: __shfl_down_sync reduction per warp
 //   warp_sum_early_return  threads past n return before the full-mask      the emulator (error)
 //                          shuffle
+//
+// Kernels with known memory counts, for the counting build (tests/test_emu_count.py):
+//   copy_stride2           out[i] = in[2i mod n]: 8 sectors per load request, 4 per store
+//   bank_conflict          each warp's lanes write and read one shared column, 32 words
+//                          apart: 32 wavefronts per request
+//   broadcast              each warp's lanes read one shared word: 1 wavefront per request
+// (tile_reverse is the coalesced, conflict-free case; histogram the atomic one.)
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -126,6 +133,29 @@ __global__ void warp_sum_kernel(const float* in, float* out, int64_t n) {
   if (threadIdx.x % 32 == 0) atomicAdd(out, v);
 }
 
+__global__ void copy_stride2_kernel(const float* in, float* out, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (i < n) out[i] = in[(2 * i) % n];
+}
+
+__global__ void bank_conflict_kernel(const float* in, float* out, int64_t n) {
+  __shared__ float tile[32 * 32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;  // kThreads / 32 <= 32 warps
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  tile[lane * 32 + warp] = i < n ? in[i] : 0.f;
+  __syncthreads();
+  if (i < n) out[i] = 2.f * tile[lane * 32 + warp];
+}
+
+__global__ void broadcast_kernel(const float* in, float* out, int64_t n) {
+  __shared__ float tile[kThreads];
+  const int t = threadIdx.x;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + t;
+  tile[t] = i < n ? in[i] : 0.f;
+  __syncthreads();
+  if (i < n) out[i] = tile[t - t % 32];
+}
+
 __global__ void noop_kernel(float*) {}
 
 // (grid_x * grid_y * 32 * block_y, kFields) records of primitives_kernel.
@@ -176,6 +206,9 @@ at::Tensor run(c10::string_view name_view, const at::Tensor& input) {
     return elementwise(dynamic_tile_kernel<true>, kThreads * sizeof(float));
   if (name == "warp_sum") return scalar(warp_sum_kernel<false>);
   if (name == "warp_sum_early_return") return scalar(warp_sum_kernel<true>);
+  if (name == "copy_stride2") return elementwise(copy_stride2_kernel);
+  if (name == "bank_conflict") return elementwise(bank_conflict_kernel);
+  if (name == "broadcast") return elementwise(broadcast_kernel);
   TORCH_CHECK(false, "fastwarp_harness: unknown kernel ", name);
 }
 

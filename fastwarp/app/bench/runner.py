@@ -75,8 +75,11 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         epilog=epilog)
     p.add_argument("--size", choices=C.SIZES, default="full",
                    help="problem sizes: full (default; the published figures) or tiny (a smoke run)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="auto (default): cuda when a GPU is visible and fastwarp has CUDA kernels, else cpu")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "cuda-model"), default="auto",
+                   help="auto (default): cuda when a GPU is visible and fastwarp has CUDA kernels, else cpu; "
+                        "cuda-model: the CUDA kernels' cost on an H100/H200, modeled from exact counts of the "
+                        "emulated launch, no GPU needed (the counting build, FASTWARP_CUDA_EMU=count; "
+                        "fastwarp.app.bench.gpu_model)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--cases", default=",".join(CASE_GROUPS),
                    help=f"comma-separated subset of {','.join(CASE_GROUPS)} (default all)")
@@ -410,6 +413,34 @@ def run(args: argparse.Namespace, command: str, out=None) -> dict:
         torch.set_num_threads(previous_threads)
 
 
+def _model_main(args: argparse.Namespace, prog: str) -> int:
+    from fastwarp import _emu
+
+    from . import gpu_model
+
+    if not _emu.built("count"):
+        print(f"{prog}: error: --device cuda-model needs the counting build: FASTWARP_CUDA_EMU=count pip install "
+              "--no-build-isolation -e . (with clang)", file=sys.stderr)
+        return 2
+    result = gpu_model.run(args.size)
+    result["meta"].update(command=" ".join([prog, shlex.join(args.argv)]).strip(), git_commit=_git_commit(),
+                          date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    _write(args, result, gpu_model.format_markdown)
+    return 0
+
+
+def _write(args: argparse.Namespace, result: dict, markdown: Callable[[dict], str]) -> None:
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+            f.write("\n")
+        print(f"wrote {args.json}")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown(result))
+        print(f"wrote {args.markdown}")
+
+
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(prog)
@@ -423,6 +454,8 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
         parser.error("--threads must be at least 1")
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.device == "cuda-model":
+        return _model_main(args, prog)
     has_cuda = torch.cuda.is_available() and fastwarp.has_cuda_kernels()
     if args.device == "auto":
         args.device = "cuda" if has_cuda else "cpu"
@@ -436,13 +469,5 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     errors = [row for case in result["cases"] for row in case["rows"] if row["status"] == "error"]
     for row in errors:
         print(f"{prog}: warning: {row['case']} {row['impl']} failed: {row['reason']}", file=sys.stderr)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-            f.write("\n")
-        print(f"wrote {args.json}")
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(format_markdown(result))
-        print(f"wrote {args.markdown}")
+    _write(args, result, format_markdown)
     return 0
