@@ -154,21 +154,21 @@ class EmulatedCuda(TorchDispatchMode):
 
 
 @contextlib.contextmanager
-def counting(block_stride: int = 1):
+def counting(block_stride: int = 1, block_run: int = 32):
     """Counts the memory traffic of every emulated kernel launch in the block.
 
     Needs the counting build, selected with ``FASTWARP_CUDA_EMU_VARIANT=count`` (one build
     per process). Yields a list that holds, on exit, one dict per launch: the fields of
     Note [Counting the emulated launch] (``csrc/emu/count.h``), and ``kernel``, the
     kernel's name with its template arguments. With ``block_stride`` s > 1 only every s-th
-    run of 32 consecutive blocks runs (the outputs are then garbage) and ``blocks_run`` says
-    how many did.
+    run of ``block_run`` consecutive blocks runs (the outputs are then garbage) and
+    ``blocks_run`` says how many did.
     """
     if variant() != "count":
         raise RuntimeError(f"counting needs the counting build: set {VARIANT_ENV}=count before fastwarp loads it")
     load()
     launches: list[dict] = []
-    torch.ops.fastwarp_emu_count.begin(block_stride)
+    torch.ops.fastwarp_emu_count.begin(block_stride, block_run)
     try:
         yield launches
     finally:

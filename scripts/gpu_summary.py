@@ -322,6 +322,33 @@ def info_lines(bench, fused):
     return lines
 
 
+# The CUDA kernels' cost modeled without a GPU (fastwarp bench --device cuda-model --size full),
+# kept in the repository, so that the first GPU run checks the model.
+MODEL_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+                          "gpu_model_full.json")
+
+
+def model_lines(bench, meta, model):
+    """One line: each bench case's fastwarp median beside the sum of its kernels' modeled times
+    on this GPU (H200 or H100), for the cases the model has at the same shape."""
+    if not bench or not model or (bench.get("meta", {}).get("device_type") != "cuda"):
+        return []
+    device = "h200" if "H200" in str(meta.get("gpu", "")) else "h100"
+    modeled = {}
+    for row in model.get("cases", []):
+        modeled[row["case"]] = modeled.get(row["case"], 0.0) + row[f"modeled_seconds_{device}"]
+    parts = []
+    for case in bench.get("cases", []):
+        fw = {r["impl"]: r for r in case.get("rows", [])}.get("fastwarp")
+        shape = "x".join(map(str, case.get("shape") or []))
+        key = f"{case['case']} {shape}"
+        if fw and fw.get("median_ms") and key in modeled:
+            parts.append(f"{case['case']} {1e3 * modeled[key]:.2f}/{fw['median_ms']:.2f} ms")
+    if not parts:
+        return []
+    return [f"modeled/measured ({device.upper()}, kernels only; benchmarks/gpu_model_full.json): " + ", ".join(parts)]
+
+
 # --------------------------------------------------------------------------- train / register
 
 
@@ -451,6 +478,8 @@ def build_summary(work, report):
         L.append(f"  {g:<47} {v:<19} {m}"[:WIDTH + 40])
     for line in info_lines(bench, fused):
         L.append(("  " + line)[:WIDTH + 40])
+    for line in model_lines(bench, meta, _json(MODEL_PATH)):
+        L.append(("  " + line)[:WIDTH + 80])
 
     L.append("")
     data["train"] = {}

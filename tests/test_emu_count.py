@@ -207,12 +207,11 @@ def test_model_of_a_copy_is_its_floor():
 @pytest.mark.skipif(not os.path.exists(kernel_resources.DEFAULT_OUT), reason="no ptxas report (python -m fastwarp.app.bench.kernel_resources)")
 @pytest.mark.parametrize("kernel", [
     "warp_fwd_kernel<float, float, int, 3>",
+    "warp_bwd_kernel<float, int, 3>",
+    "det_keys_kernel<float, 3>",
+    "det_reduce_kernel<float, 3>",
     "ncc_forward_kernel<float, 8, 32>",
     "ncc_backward_kernel<float, 8, 32, 3>",
-    pytest.param("warp_bwd_kernel<float, int, 3>",
-                 marks=pytest.mark.xfail(strict=True, reason="issue 20: the Corners array in local memory")),
-    pytest.param("det_reduce_kernel<float, 3>",
-                 marks=pytest.mark.xfail(strict=True, reason="issue 20: the deterministic backward's stack")),
 ])
 def test_hot_kernels_have_no_spills_or_stack(kernel):
     k = kernel_resources.load()[kernel]

@@ -564,8 +564,10 @@ FASTWARP_UNROLL
   for (int k = 0; k < NDIM; ++k) gx[k] = T(0);
 
   if (any) {
-    Corners<T, index_t, NDIM> cs{};  // offsets into the image (for want_coord)
-    Corners<T, index_t, NDIM> gs{};  // offsets into grad_image
+    // Indexed only with compile-time corners (the loops below unroll over all K and test
+    // `count`), and not zero-filled: so that nvcc keeps both in registers, not on the stack.
+    Corners<T, index_t, NDIM> cs;  // offsets into the image (for want_coord)
+    Corners<T, index_t, NDIM> gs;  // offsets into grad_image
     if (want_coord) make_corners<Cfg>(P, ps, any, P.img_stride, &cs);
     if (grad_image != nullptr) make_corners<Cfg>(P, ps, any, P.gimg_stride, &gs);
     T wk[NDIM][K / 2] = {};  // see Note [Coordinate gradient of linear interpolation]
@@ -583,8 +585,9 @@ FASTWARP_UNROLL
         if (grad_image != nullptr) {
           T* gi = grad_image + n * static_cast<index_t>(P.gimg_stride_n) +
                   c * static_cast<index_t>(P.gimg_stride_c);
-          for (int b = 0; b < gs.count; ++b) {
-            if (gs.in[b]) add(gi + gs.off[b], gs.w[b] * g);
+FASTWARP_UNROLL
+          for (int b = 0; b < K; ++b) {
+            if (b < gs.count && gs.in[b]) add(gi + gs.off[b], gs.w[b] * g);
           }
         }
         if (want_coord) {

@@ -87,6 +87,24 @@ __global__ void __launch_bounds__(kThreads)
 // The result is bitwise reproducible; it costs 24 bytes per (point, corner) of scratch.
 constexpr int64_t kNoVoxel = std::numeric_limits<int64_t>::max();
 
+// Corner b of cs, b known only at run time, by an unrolled select: indexing cs's arrays
+// with b would put them on the stack (local memory).
+template <typename T, typename index_t, int NDIM>
+__device__ __forceinline__ void select_corner(const Corners<T, index_t, NDIM>& cs, int b,
+                                              index_t* off, T* w, bool* in) {
+  *off = cs.off[0];
+  *w = cs.w[0];
+  *in = cs.in[0] && cs.count > 0;
+FASTWARP_UNROLL
+  for (int j = 1; j < (1 << NDIM); ++j) {
+    if (j == b) {
+      *off = cs.off[j];
+      *w = cs.w[j];
+      *in = cs.in[j] && j < cs.count;
+    }
+  }
+}
+
 template <typename scalar_t, int NDIM>
 __global__ void __launch_bounds__(kThreads)
     det_keys_kernel(const SampleParams<NDIM> P, const scalar_t* __restrict__ coords,
@@ -105,7 +123,11 @@ __global__ void __launch_bounds__(kThreads)
   const bool any = compute_point<DynamicConfig, T>(P, coords, nd, pos, &ps);
   Corners<T, int64_t, NDIM> cs;
   make_corners<DynamicConfig>(P, ps, any, P.gimg_stride, &cs);
-  keys[e] = (b < cs.count && cs.in[b]) ? n * voxels + cs.off[b] : kNoVoxel;
+  int64_t off;
+  T w;
+  bool in;
+  select_corner(cs, b, &off, &w, &in);
+  keys[e] = in ? n * voxels + off : kNoVoxel;
 }
 
 template <typename scalar_t, int NDIM>
@@ -136,7 +158,11 @@ __global__ void __launch_bounds__(kThreads)
       make_corners<DynamicConfig>(P, ps, any, P.gimg_stride, &cs);
       const T g = static_cast<T>(grad_out[n * P.out_stride_n + c * P.out_stride_c +
                                           spatial_offset(pos, P.out_stride)]);
-      acc += cs.w[b] * g;
+      int64_t off;
+      T w;
+      bool in;
+      select_corner(cs, b, &off, &w, &in);
+      acc += w * g;
     }
     grad_image[n * P.gimg_stride_n + c * P.gimg_stride_c + voxel] = acc;
   }

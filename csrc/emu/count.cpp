@@ -1,7 +1,7 @@
 // The counting build's half outside the kernels (FASTWARP_EMU_COUNT; Note [Counting the
 // emulated launch] in count.h): the callbacks clang's -fsanitize-coverage=trace-loads,
 // trace-stores calls before every load and store, and the ops that start and end a count,
-// fastwarp_emu_count::begin(stride) and ::end() -> JSON. An empty file in the other builds.
+// fastwarp_emu_count::begin(stride, run) and ::end() -> JSON. An empty file in the other builds.
 #if defined(FASTWARP_EMU_COUNT)
 #include <torch/library.h>
 
@@ -39,11 +39,12 @@ extern "C" __attribute__((no_sanitize("coverage"))) void __sanitizer_cov_8bit_co
 
 namespace {
 
-void begin(int64_t block_stride) {
-  TORCH_CHECK(block_stride >= 1, "fastwarp_emu_count::begin: block_stride must be at least 1, got ",
-              block_stride);
+void begin(int64_t block_stride, int64_t block_run) {
+  TORCH_CHECK(block_stride >= 1 && block_run >= 1,
+              "fastwarp_emu_count::begin: block_stride and block_run must be at least 1, got ", block_stride,
+              " and ", block_run);
   count::BusyScope scope;
-  count::counter().begin(static_cast<uint64_t>(block_stride));
+  count::counter().begin(static_cast<uint64_t>(block_stride), static_cast<uint64_t>(block_run));
 }
 
 std::string end() {
@@ -75,7 +76,7 @@ std::string end() {
 }  // namespace
 
 TORCH_LIBRARY(fastwarp_emu_count, m) {
-  m.def("begin(int block_stride) -> ()", &begin);
+  m.def("begin(int block_stride, int block_run) -> ()", &begin);
   m.def("end() -> str", &end);
 }
 #endif

@@ -31,10 +31,10 @@
 //     request takes as many wavefronts as the most-loaded bank has distinct words (an
 //     8-byte access spans two banks, so a warp of doubles takes at least 2).
 //   * Barriers (__syncthreads completions), blocks, threads.
-// Sampling: with a block stride s > 1 only every s-th run of 32 consecutive blocks runs
+// Sampling: with a block stride s > 1 only every s-th run of r consecutive blocks runs
 // (the others do nothing at all, so outputs are garbage); the counts are of the blocks run,
 // and blocks_run says how many, for the caller to scale. Halos shared across the edge of
-// a run count twice in the DRAM figure.
+// a run count twice in the DRAM figure: runs should span several planes of the volume.
 // What it does not model: the L1 and L2 caches between a request and DRAM (a re-read of a
 // sector within a launch counts once in the DRAM figure, and every time in the request
 // figures), instruction issue, latency, register pressure (see the occupancy report of
@@ -108,9 +108,10 @@ class Counter {
   bool enabled() const { return enabled_; }
   uint64_t block_stride() const { return stride_; }
 
-  FASTWARP_EMU_INTERNAL void begin(uint64_t stride) {
+  FASTWARP_EMU_INTERNAL void begin(uint64_t stride, uint64_t run) {
     enabled_ = true;
     stride_ = stride < 1 ? 1 : stride;
+    run_ = run < 1 ? 1 : run;
     launches_.clear();
   }
 
@@ -139,10 +140,9 @@ class Counter {
     for (auto& log : logs_) log.clear();
   }
 
-  // Sampling runs blocks in runs of kSampleRun consecutive ones (neighbours share halos and
+  // Sampling runs blocks in runs of `run` consecutive ones (neighbours share halos and
   // corners, which the DRAM figure should see once), every stride-th run.
-  static constexpr uint64_t kSampleRun = 32;
-  FASTWARP_EMU_INTERNAL bool run_block(uint64_t b) const { return (b / kSampleRun) % stride_ == 0; }
+  FASTWARP_EMU_INTERNAL bool run_block(uint64_t b) const { return (b / run_) % stride_ == 0; }
 
   FASTWARP_EMU_INTERNAL void begin_block(unsigned int threads, const unsigned char* shared,
                                          size_t shared_bytes) {
@@ -306,7 +306,7 @@ class Counter {
   }
 
   bool enabled_ = false;
-  uint64_t stride_ = 1;
+  uint64_t stride_ = 1, run_ = 1;
   std::vector<LaunchCounts> launches_;
   std::vector<std::vector<Access>> logs_;  // per thread of the running block
   unsigned int threads_ = 0;

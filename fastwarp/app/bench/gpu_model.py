@@ -92,41 +92,46 @@ class Case(NamedTuple):
     op: str  # warp-fwd, warp-fwdbwd, warp-fwdbwd-both, warp-bwd-deterministic, ncc-fwd, ncc-fwdbwd
     shape: tuple[int, ...]  # the image's (N, C, *spatial)
     window: int = 9
-    block_stride: int = 1  # count every s-th block (Note [Counting the emulated launch])
+    # count every s-th run of r consecutive blocks (Note [Counting the emulated launch]):
+    # the warp's runs span several planes, so that the z halo of its corners counts once
+    block_stride: int = 1
+    block_run: int = 32
 
 
 def cases(size: str) -> list[Case]:
     """The cases at ``size``: "full", the issue's shapes (sampled blocks), or "tiny"."""
     if size == "tiny":
         shape, big = (1, 1, 12, 14, 40), (2, 2, 10, 12, 36)
-        warp_stride = ncc_stride = 1
+        warp, ncc, warp_big, ncc_big = (1, 32), (1, 32), (1, 32), (1, 32)
     else:
         shape, big = (1, 1, 160, 192, 224), (2, 16, 128, 128, 128)
-        warp_stride, ncc_stride = 16, 32
+        # (stride, run): a quarter of the warp's blocks in runs of ~12 planes (160x192x224) and
+        # ~32 planes (128^3); the NCC's few long blocks (its grid is sized to the SMs), 1 in 16
+        warp, ncc, warp_big, ncc_big = (4, 2048), (16, 32), (16, 2048), (16, 32)
     out = []
-    for label, s, k in (("", shape, 1), ("-big", big, 1 if size == "tiny" else 8)):
+    for label, s, (ws, wr), (ns, nr) in (("", shape, warp, ncc), ("-big", big, warp_big, ncc_big)):
         spatial = "x".join(map(str, s))
         out += [
-            Case(f"warp-3d-fwd{label} {spatial}", "warp-fwd", s, block_stride=warp_stride * k),
-            Case(f"warp-3d-fwdbwd{label} {spatial}", "warp-fwdbwd", s, block_stride=warp_stride * k),
-            Case(f"warp-3d-fwdbwd-both{label} {spatial}", "warp-fwdbwd-both", s, block_stride=warp_stride * k),
-            Case(f"warp-3d-bwd-deterministic{label} {spatial}", "warp-bwd-deterministic", s,
-                 block_stride=warp_stride * k),
-            Case(f"ncc-3d-w9-fwdbwd{label} {spatial}", "ncc-fwdbwd", s, block_stride=ncc_stride * k),
+            Case(f"warp-3d-fwd{label} {spatial}", "warp-fwd", s, block_stride=ws, block_run=wr),
+            Case(f"warp-3d-fwdbwd{label} {spatial}", "warp-fwdbwd", s, block_stride=ws, block_run=wr),
+            Case(f"warp-3d-fwdbwd-both{label} {spatial}", "warp-fwdbwd-both", s, block_stride=ws, block_run=wr),
+            Case(f"warp-3d-bwd-deterministic{label} {spatial}", "warp-bwd-deterministic", s, block_stride=ws,
+                 block_run=wr),
+            Case(f"ncc-3d-w9-fwdbwd{label} {spatial}", "ncc-fwdbwd", s, block_stride=ns, block_run=nr),
         ]
     return out
 
 
-def floor_bytes(case: Case, kernel: str) -> int | None:
-    """The bytes ``kernel`` must move in ``case``: each input read once, each output written once."""
+def floor_bytes(case: Case, kernel: str, jacobian: bool = False) -> int | None:
+    """The bytes ``kernel`` must move in ``case``: each input read once, each output written
+    once; ``jacobian``: the forward writes the Jacobian (a training step's, one channel)."""
     n, c, *spatial = case.shape
     image = n * c * math.prod(spatial) * FLOAT_BYTES
     field = n * len(spatial) * math.prod(spatial) * FLOAT_BYTES
     return {
         # image, displacement -> output; a training step's forward also writes the Jacobian
         # (the displacement's gradient is then an elementwise product, torch's)
-        "warp_forward": image + field + image + (n * c * len(spatial) * math.prod(spatial) * FLOAT_BYTES
-                                                 if case.op == "warp-fwdbwd" else 0),
+        "warp_forward": image + field + image + (c * field if jacobian else 0),
         # grad_out, image, displacement -> grad of the displacement (and, with "both", of the image)
         "warp_backward": 2 * image + 2 * field + (image if case.op == "warp-fwdbwd-both" else 0),
         "warp_backward_deterministic_keys": field,  # displacement -> keys (its output is scratch)
@@ -160,7 +165,7 @@ def _run_case(case: Case) -> list[dict]:
             previous = torch.are_deterministic_algorithms_enabled()
             torch.use_deterministic_algorithms(deterministic)
             try:
-                with _emu.counting(case.block_stride) as launches:
+                with _emu.counting(case.block_stride, case.block_run) as launches:
                     out = fastwarp.warp(image, disp)
                     if case.op != "warp-fwd":
                         out.backward(torch.rand(out.shape, generator=g))
@@ -169,7 +174,7 @@ def _run_case(case: Case) -> list[dict]:
         else:
             a, b = make_pair(case.shape, g)
             a.requires_grad_(True)
-            with _emu.counting(case.block_stride) as launches:
+            with _emu.counting(case.block_stride, case.block_run) as launches:
                 fastwarp.ncc(a, b, window=case.window).backward()
     return launches
 
@@ -251,12 +256,14 @@ def rows(case: Case, launches: list[dict], resources: dict[str, dict] | None) ->
     out = []
     n, c, *spatial = case.shape
     voxels = n * c * math.prod(spatial)
-    for raw in launches:
+    names = [kernel_name(raw["kernel"]) for raw in launches]
+    # a training step's warp with no backward kernel: its forward wrote the Jacobian
+    jacobian = case.op == "warp-fwdbwd" and "warp_backward" not in names
+    for raw, name in zip(launches, names):
         launch = _scaled(raw)
-        name = kernel_name(raw["kernel"])
         res = resources.get(raw["kernel"]) if resources else None
         occ = occupancy(res, raw)
-        floor = floor_bytes(case, name)
+        floor = floor_bytes(case, name, jacobian)
         counted = (launch["dram_read_sectors"] + launch["dram_write_sectors"]) * 32
         row = dict(
             case=case.name, kernel=name, kernel_symbol=raw["kernel"], grid=raw["grid"], block=raw["block"],
