@@ -650,10 +650,17 @@ def selftest():
         text_empty, _ = write_summary(empty, empty)
         empty_ok = "benchmarks: no bench.json" in text_empty and "result: FAIL (no step ran)" in text_empty
         lines = text.splitlines()
-        if missing or wrong or not empty_ok or len(lines) > 60:
+        # the model beside the measured time, for a case the model has at the same shape
+        bench = dict(meta=dict(device_type="cuda"), cases=[_bench_case(
+            "warp-3d-fwd", "warp-fwd", [1, 1, 160, 192, 224], [("fastwarp", "ok", 0.2, 1, 0.5)])])
+        model = dict(cases=[dict(case="warp-3d-fwd 1x1x160x192x224", modeled_seconds_h100=1e-4,
+                                 modeled_seconds_h200=7e-5)])
+        model_ok = model_lines(bench, {"gpu": "NVIDIA H200"}, model) == [
+            "modeled/measured (H200, kernels only; benchmarks/gpu_model_full.json): warp-3d-fwd 0.07/0.20 ms"]
+        if missing or wrong or not empty_ok or not model_ok or len(lines) > 60:
             sys.stdout.write(text)
             print(f"gpu_summary selftest FAILED: missing {missing}, wrong verdicts {wrong}, "
-                  f"empty ok {empty_ok}, {len(lines)} lines", file=sys.stderr)
+                  f"empty ok {empty_ok}, model line ok {model_ok}, {len(lines)} lines", file=sys.stderr)
             return 1
         print(f"gpu_summary selftest ok ({len(lines)} lines, {len(EXPECTED)} expected lines found)")
         return 0

@@ -51,21 +51,26 @@ namespace {
 // gradients are written: nothing is stored between the passes, and the scratch is one
 // partial sum per block for the reduced forward.
 //
-// Chunks: a volume's z range is split so that the grid has about four blocks per
-// multiprocessor, but no chunk is shorter than max(8, 2 h_z) planes (each chunk first
-// reads the 2 h_z (4 h_z in the backward) planes before it, which is the cost of
-// splitting). Shared memory: the forward's largest user is its ring, (2 h_z + 1) * 5 * 256
-// values (92 KiB for a window of 9 in float64), the backward's its two rings and extended
-// tiles (216 KiB at 9 without the first ring, with both gradients); above 48 KiB the
-// kernels opt in with cudaFuncSetAttribute (Hopper allows 227 KiB per block, and the 228
-// KiB of an SM then hold one such block, or two forward blocks at a window of 9). Windows
-// whose tile does not fit (about 21 in the forward, 9 in the backward, per axis) fall back
-// to the elementwise path at the end of this file.
+// Chunks: a volume's z range is split into c chunks, each of which first reads the 2 h_z
+// (4 h_z in the backward) planes before it: splitting costs those planes again, and not
+// splitting leaves multiprocessors idle. With B blocks per chunk-less volume set (tiles times
+// volumes) and R blocks resident on the whole GPU at once (the occupancy API times the
+// multiprocessors), the launch takes about ceil(c B / R) waves of blocks that each march
+// ceil(Z / c) + overlap planes; c minimizes that product (no chunk shorter than max(8,
+// overlap) planes). At 160x192x224, window 9, one block per multiprocessor: c = 3, where a
+// grid sized for four blocks per multiprocessor took c = 4 and 17% more block-planes in the
+// backward (fastwarp bench --device cuda-model). Shared memory: the forward's largest user is
+// its ring, (2 h_z + 1) * 5 * 256 values (90 KiB for a window of 9 in float64; 120 KiB in
+// all), the backward's its two rings and extended tiles (216 KiB at 9 without the first
+// ring, with both gradients); above 48 KiB the kernels opt in with cudaFuncSetAttribute
+// (Hopper allows 227 KiB per block, and the 228 KiB of an SM then hold one such block).
+// Windows whose tile does not fit (about 21 in the forward, 9 in the backward, per axis)
+// fall back to the elementwise path at the end of this file.
 //
 // Arithmetic: float64 sums for every input dtype (Note [Shifted window sums] in ncc.h says
 // why float32 is not enough), which doubles the shared memory of the float32 layout above:
-// 92 KiB for the forward at a window of 9, 216 KiB for the backward (one block per
-// multiprocessor), and the tiled backward's largest window is 9 (11 takes the fallback).
+// 120 KiB for the forward at a window of 9, 216 KiB for the backward (one block per
+// multiprocessor each), and the tiled backward's largest window is 9 (11 takes the fallback).
 // Getting the float32 throughput back (register sliding sums, smaller rings) is the kernels'
 // rebuild against the emulated launch's counts.
 
@@ -477,10 +482,10 @@ Strides strides_of(const at::Tensor& t) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// The tiling of a and b for a window; the caller fills the strides it needs.
+// The tiling of a and b for a window, one chunk per volume until split_chunks; the caller
+// fills the strides it needs.
 template <typename acc_t>
-NccTile<acc_t> make_tile(const at::Tensor& a, at::IntArrayRef window, double eps, int TY, int TX,
-                         int z_overlap) {
+NccTile<acc_t> make_tile(const at::Tensor& a, at::IntArrayRef window, double eps, int TY, int TX) {
   NccTile<acc_t> P{};
   const bool three_d = a.dim() == 5;
   P.Z = a.size(2);
@@ -497,14 +502,26 @@ NccTile<acc_t> make_tile(const at::Tensor& a, at::IntArrayRef window, double eps
   P.C = a.size(1);
   P.tiles_y = ceil_div(P.Y, TY);
   P.tiles_x = ceil_div(P.X, TX);
-  const int64_t base = a.size(0) * a.size(1) * P.tiles_y * P.tiles_x;
-  const int64_t target = 4 * static_cast<int64_t>(cuda::multiprocessor_count());
-  const int64_t min_chunk = std::max<int64_t>(8, z_overlap);
-  const int64_t chunks = std::max<int64_t>(1, std::min(ceil_div(target, base), P.Z / min_chunk));
-  P.chunk = ceil_div(P.Z, chunks);
-  P.chunks = ceil_div(P.Z, P.chunk);
+  P.chunk = P.Z;
+  P.chunks = 1;
   P.a = strides_of(a);
   return P;
+}
+
+// Splits each volume's z range into the chunks that minimize waves times planes per block
+// (see Chunks above); `resident` is the kernel's resident blocks per multiprocessor.
+template <typename acc_t>
+void split_chunks(NccTile<acc_t>* P, const at::Tensor& a, int z_overlap, int resident) {
+  const int64_t base = a.size(0) * a.size(1) * P->tiles_y * P->tiles_x;
+  const int64_t slots = static_cast<int64_t>(resident) * cuda::multiprocessor_count();
+  const int64_t most = std::max<int64_t>(1, P->Z / std::max<int64_t>(8, z_overlap));
+  int64_t best = 1, best_cost = -1;
+  for (int64_t c = 1; c <= most; ++c) {
+    const int64_t cost = ceil_div(c * base, slots) * (ceil_div(P->Z, c) + z_overlap);
+    if (best_cost < 0 || cost < best_cost) best = c, best_cost = cost;
+  }
+  P->chunk = ceil_div(P->Z, best);
+  P->chunks = ceil_div(P->Z, P->chunk);
 }
 
 template <typename acc_t>
@@ -552,7 +569,7 @@ at::Tensor ncc_forward_cuda(const at::Tensor& a, const at::Tensor& b, at::IntArr
     using acc_t = acc_type<scalar_t>;
     dispatch_tile(a, [&](auto ty_tag, auto tx_tag) {
       constexpr int TY = decltype(ty_tag)::value, TX = decltype(tx_tag)::value;
-      NccTile<acc_t> P = make_tile<acc_t>(a, window, eps, TY, TX, 2 * (window[0] / 2));
+      NccTile<acc_t> P = make_tile<acc_t>(a, window, eps, TY, TX);
       P.b = strides_of(b);
       const auto kernel = ncc_forward_kernel<scalar_t, TY, TX>;
       const size_t bytes = ForwardLayout<TY, TX>(P.hz, P.hy, P.hx).total * sizeof(acc_t);
@@ -560,6 +577,7 @@ at::Tensor ncc_forward_cuda(const at::Tensor& a, const at::Tensor& b, at::IntArr
         result = reduce_ncc_map(fallback_forward(a, b, window, eps), r);
         return;
       }
+      split_chunks(&P, a, 2 * P.hz, cuda::resident_blocks(kernel, kThreads, bytes));
       const int64_t blocks = num_blocks(a, P);
       TORCH_CHECK(blocks < (int64_t{1} << 31), "fastwarp::ncc: too many volumes for one launch");
       at::Tensor out, partial;
@@ -605,7 +623,7 @@ std::tuple<at::Tensor, at::Tensor> ncc_backward_cuda(const at::Tensor& grad_out,
       auto run = [&](auto mask_tag) {
         constexpr int kMask = decltype(mask_tag)::value;
         constexpr int NQ = Kept<kMask>::NQ;
-        NccTile<acc_t> P = make_tile<acc_t>(a, window, eps, TY, TX, 4 * (window[0] / 2));
+        NccTile<acc_t> P = make_tile<acc_t>(a, window, eps, TY, TX);
         P.b = strides_of(b);
         P.g = strides_of(up.grad);
         P.g_scale = static_cast<acc_t>(up.scale);
@@ -622,6 +640,7 @@ std::tuple<at::Tensor, at::Tensor> ncc_backward_cuda(const at::Tensor& grad_out,
           std::tie(grad_a, grad_b) = fallback_backward(up, a, b, window, eps, output_mask);
           return;
         }
+        split_chunks(&P, a, 4 * P.hz, cuda::resident_blocks(kernel, kThreads, bytes));
         const int64_t blocks = num_blocks(a, P);
         TORCH_CHECK(blocks < (int64_t{1} << 31), "fastwarp::ncc: too many volumes for one launch");
         cuda::launch(kernel, dim3(static_cast<unsigned int>(blocks)), dim3(kThreads), bytes,

@@ -15,6 +15,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <utility>
 
@@ -58,6 +59,16 @@ inline int multiprocessor_count() {
 }
 inline size_t max_shared_memory_per_block() { return emu::kMaxDynamicSharedOptin; }
 
+// Blocks of a kernel one multiprocessor holds at once. The emulation knows no registers: it
+// counts threads and shared memory alone, with sm_90's limits (2048 threads, 32 blocks,
+// 228 KiB of shared memory of which 1 KiB is reserved per block).
+template <typename... Params>
+int resident_blocks(void (*)(Params...), int threads, size_t shared_bytes) {
+  const int by_threads = 2048 / threads;
+  const int by_shared = static_cast<int>((228 * 1024) / (shared_bytes + 1024));
+  return std::max(1, std::min({32, by_threads, by_shared}));
+}
+
 #else
 
 inline c10::cuda::CUDAGuard device_guard(const at::Tensor& t) {
@@ -84,6 +95,15 @@ inline int multiprocessor_count() { return device_attribute(cudaDevAttrMultiProc
 // Dynamic shared memory a block may have after set_max_dynamic_shared_memory.
 inline size_t max_shared_memory_per_block() {
   return static_cast<size_t>(device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin));
+}
+
+// Blocks of `kernel` one multiprocessor holds at once (the occupancy API: registers, shared
+// memory, threads); call after set_max_dynamic_shared_memory.
+template <typename... Params>
+int resident_blocks(void (*kernel)(Params...), int threads, size_t shared_bytes) {
+  int blocks = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, shared_bytes));
+  return blocks > 0 ? blocks : 1;
 }
 
 #endif

@@ -312,10 +312,12 @@ def format_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(size: str, out=None, resources_path: str = kernel_resources.DEFAULT_OUT) -> dict:
+def run(size: str, groups: Sequence[str] = ("warp", "ncc"), out=None,
+        resources_path: str = kernel_resources.DEFAULT_OUT) -> dict:
+    """Counts and models the cases of ``groups`` (warp, ncc) at ``size``: ``{"meta", "cases"}``."""
     out = sys.stdout if out is None else out
     resources = kernel_resources.load(resources_path)
-    selected = cases(size)
+    selected = [c for c in cases(size) if c.op.split("-")[0] in groups]
     print(f"counting {len(selected)} cases under the emulated launch (size {size}); ptxas report: "
           f"{resources_path if resources else 'none (python -m fastwarp.app.bench.kernel_resources)'}",
           file=out, flush=True)
