@@ -38,7 +38,7 @@
 // What it does not model: the L1 and L2 caches between a request and DRAM (a re-read of a
 // sector within a launch counts once in the DRAM figure, and every time in the request
 // figures), instruction issue, latency, register pressure (see the occupancy report of
-// scripts/kernel_resources.py), and the order in which warps run.
+// fastwarp/app/bench/kernel_resources.py), and the order in which warps run.
 #pragma once
 
 #include <dlfcn.h>
