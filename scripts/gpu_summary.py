@@ -336,6 +336,8 @@ def model_lines(bench, meta, model):
     device = "h200" if "H200" in str(meta.get("gpu", "")) else "h100"
     modeled = {}
     for row in model.get("cases", []):
+        if row.get("aggregate"):  # a sum of the case's other rows (the NCC backward's two passes)
+            continue
         modeled[row["case"]] = modeled.get(row["case"], 0.0) + row[f"modeled_seconds_{device}"]
     parts = []
     for case in bench.get("cases", []):

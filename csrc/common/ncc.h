@@ -4,6 +4,7 @@
 // csrc/cpu/ncc_cpu.cpp and csrc/cuda/ncc_cuda.cu only loop.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "macros.h"
@@ -81,8 +82,8 @@ FASTWARP_HD void box_sum_line(const double* src, double* dst, int64_t len, int64
 // over the m in-image voxels of the window (the n - m padded ones add nothing). With
 // s_X the shifted sums and k = (n - m) / n, the fraction of the window outside the image:
 //   S_I  = s_I + c_I m,            S_II = s_II + 2 c_I s_I + c_I^2 m,   (likewise J, IJ)
-//   cross = [s_IJ - s_I s_J / n] + k (c_I s_J + c_J s_I + c_I c_J m)
-//   var_I = [s_II - s_I^2 / n]   + k (2 c_I s_I + c_I^2 m)
+//   cross = [n s_IJ - s_I s_J] / n + k (c_I s_J + c_J s_I + c_I c_J m)
+//   var_I = [n s_II - s_I^2] / n   + k (2 c_I s_I + c_I^2 m)
 // exactly. Inside the image (k = 0, computed from the integer count n - m, so exactly 0)
 // only the bracket remains: the same formula on values shifted by c. At the borders the k
 // terms are large, but so is the variance the zero padding creates, and they add to it
@@ -97,7 +98,12 @@ FASTWARP_HD void box_sum_line(const double* src, double* dst, int64_t len, int64
 // found it). In float64 it is ~1e-7, and cc's error (its square over eps, 1e-5) ~1e-9; so
 // the GPU kernels accumulate in float64 whatever the input's dtype, and the shift still
 // keeps what is left of the cancellation at the size of the tile's spread rather than of
-// the values. cc is a function of the
+// the values. The GPU kernels take c with few significant bits (csrc/cuda/ncc_cuda.cu,
+// coarse()), so that values exact in few bits (CT's integer HU) stay so after the shift:
+// then the products in the sums, and the brackets in the form above, are exact, and a flat
+// window's variance and cross are exactly 0. That matters for the gradient, not for cc: where
+// one image is flat its gradient is the rounding of cross over eps (1e5 times it), which was
+// ~0.1 against a largest true gradient of ~0.03. cc is a function of the
 // shifted sums, so the backward differentiates it with respect to them (with c, m, k
 // constant): f_X = g * d(cc)/d(s_X), and the gradient at q is
 //   B[f_I](q) + 2 (I(q) - c_I) B[f_II](q) + (J(q) - c_J) B[f_IJ](q),
@@ -117,6 +123,7 @@ struct WindowFrame {
   T c_i, c_j;   // references subtracted from I and J
   T m;          // in-image voxels in the window
   T outside_n;  // (n - m) / n, exact zero inside the image
+  T n;          // the window's nominal voxel count
 };
 
 template <typename T>
@@ -124,20 +131,25 @@ struct NccMoments {
   T cross, var_i, var_j;
 };
 
+// The brackets are formed as (n s_IJ - s_I s_J) / n: where the window's values are exact in
+// few bits (CT's integer HU, and the shifts of Note [Shifted window sums] keep them so), both
+// products are exact and a flat window's cross and variance come out exactly 0. As
+// s_IJ - s_I s_J / n, the rounding of the division left ~1e-9 there, which the gradient's
+// 1 / eps (the variance being 0) turned into gradients of ~0.1 where the exact one is 0.
 template <typename T>
 FASTWARP_HD NccMoments<T> ncc_moments(const WindowSums<T>& s, T inv_n, const WindowFrame<T>& f) {
   const T k = f.outside_n;
   NccMoments<T> r;
-  r.cross = (s.ij - s.i * s.j * inv_n) + k * (f.c_i * s.j + f.c_j * s.i + f.c_i * f.c_j * f.m);
-  r.var_i = (s.ii - s.i * s.i * inv_n) + k * (T(2) * f.c_i * s.i + f.c_i * f.c_i * f.m);
-  r.var_j = (s.jj - s.j * s.j * inv_n) + k * (T(2) * f.c_j * s.j + f.c_j * f.c_j * f.m);
+  r.cross = (f.n * s.ij - s.i * s.j) * inv_n + k * (f.c_i * s.j + f.c_j * s.i + f.c_i * f.c_j * f.m);
+  r.var_i = (f.n * s.ii - s.i * s.i) * inv_n + k * (T(2) * f.c_i * s.i + f.c_i * f.c_i * f.m);
+  r.var_j = (f.n * s.jj - s.j * s.j) * inv_n + k * (T(2) * f.c_j * s.j + f.c_j * f.c_j * f.m);
   return r;
 }
 
-// The frame of plain (unshifted) sums: the CPU's.
+// The frame of plain (unshifted) sums: the CPU's (n from 1 / n, exact for any window).
 template <typename T>
-FASTWARP_HD WindowFrame<T> plain_frame() {
-  return WindowFrame<T>{T(0), T(0), T(0), T(0)};
+FASTWARP_HD WindowFrame<T> plain_frame(T inv_n) {
+  return WindowFrame<T>{T(0), T(0), T(0), T(0), round(T(1) / inv_n)};
 }
 
 template <typename T>
@@ -147,7 +159,7 @@ FASTWARP_HD T ncc_value(const WindowSums<T>& s, T inv_n, T eps, const WindowFram
 }
 
 FASTWARP_HD double ncc_value(const NccSums& s, double inv_n, double eps) {
-  return ncc_value(s, inv_n, eps, plain_frame<double>());
+  return ncc_value(s, inv_n, eps, plain_frame<double>(inv_n));
 }
 
 // g * d(cc)/d(s_X) for the five sums (Note [Windowed NCC], Note [Shifted window sums]).
@@ -178,7 +190,7 @@ FASTWARP_HD Coefficients<T> ncc_coefficients(const WindowSums<T>& s, T inv_n, T 
 }
 
 FASTWARP_HD NccCoefficients ncc_coefficients(const NccSums& s, double inv_n, double eps, double g) {
-  return ncc_coefficients(s, inv_n, eps, g, plain_frame<double>());
+  return ncc_coefficients(s, inv_n, eps, g, plain_frame<double>(inv_n));
 }
 
 // Voxels of the window centred at p along an axis of `size` that lie inside the image.

@@ -1,12 +1,15 @@
-// CUDA kernels of fastwarp::ncc: one shared-memory tiled kernel per pass (forward,
-// backward) that streams each volume along its slowest axis and stores nothing but its
-// outputs (Note [Tiled NCC on the GPU]); the algebra is csrc/common/ncc.h. Windows too
-// large for a tile take the elementwise fallback at the end of this file.
+// CUDA kernels of fastwarp::ncc: one streaming kernel that box-sums quantities of its
+// source arrays over the window and hands each voxel's sums to an epilogue (Note [Tiled NCC
+// on the GPU]). The forward is one launch of it; the backward two (the coefficient maps,
+// then their box sums turned into the gradients). The algebra is csrc/common/ncc.h.
+// Windows wider than the lanes' reach take the elementwise fallback at the end of this file.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "../common/ncc_host.h"
@@ -17,219 +20,453 @@ namespace {
 
 // Note [Tiled NCC on the GPU]
 // ~~~~~~~~~~~~~~~~~~~~~~~~~~~
-// A volume is seen as (Z, Y, X): 3-D (D, H, W); 2-D (H, 1, W). A block owns a tile of
-// TY x TX columns of (y, x) (3-D: 8 x 32; 2-D: 1 x 256; one thread per column, 256 threads:
-// 32 floats of x per row is one 128-byte line, and 8 warps hide the shared-memory latency)
-// and a chunk of consecutive z; it marches along z one plane at a time:
-//   1. load the plane's tile plus its x/y halo into shared memory (values shifted by the
-//      block's reference values, zero outside the image: Note [Shifted window sums]);
-//   2. sum the five quantities (I, J, I^2, J^2, IJ) along x over the window, then along y:
-//      the plane's 2-D window sums at each column, in registers;
-//   3. keep a running sum along z: add the plane's 2-D sums, subtract those of the plane
-//      that leaves the window, read back from a ring of the last 2h_z + 1 planes that each
-//      thread keeps in shared memory for its own column: O(1) per voxel whatever the
-//      window's depth. Every 32 planes the running sum is recomputed exactly from the ring,
-//      so that rounding cannot drift along a long chunk (even in float64 it would: after a
-//      thousand planes of CT values, by enough to move cc in flat air by 1e-4).
-//   4. when a plane's window is complete, turn its five sums into cc (ncc.h) and write it,
-//      or, for the "mean" and "batch" reductions, add it to the thread's total: the block
-//      reduces its totals and writes one partial sum, and no cc map is written at all.
-// The x and y sums are direct (2h + 1 shared-memory reads per value): for the windows of
-// registration (3 to 11) that is cheaper than the scans an O(1) method would need over
-// rows this short; z, the long axis, is the running one.
+// A volume is seen as (Z, Y, X): 3-D (D, H, W); 2-D (1, H, W). One kernel, `box_kernel`,
+// box-sums kQ quantities of kIn source arrays over the window at every voxel, and gives each
+// voxel's kQ sums to an epilogue:
+//   * forward: sources a, b; quantities a', b', a'^2, b'^2, a'b' of values shifted by the
+//     block's references (Note [Shifted window sums]); epilogue: cc, written or added to the
+//     block's total for the "mean" and "batch" reductions;
+//   * backward, pass 1: the same sums; epilogue: the coefficients f_X(p) (Note [Windowed
+//     NCC]), written unshifted as 3 (one gradient) or 5 (both) scratch maps;
+//   * backward, pass 2: sources the maps, summed as they are; epilogue: the gradients.
+// A block owns a region of 16 rows (y) by 128 positions (x) of a chunk of consecutive
+// planes (z), and writes the voxels whose window lies in the region: the middle 120
+// positions and the middle 16 - 2 h_y rows. 512 threads, 16 warps; warp w owns region row w,
+// each lane 4 consecutive positions of it (a row of 128 floats is one 512-byte line: one
+// 16-byte vector load per lane and source where the layout allows, scalar loads otherwise).
+// For each output plane z:
+//   1. x and z, in registers. Each thread keeps, for its 4 region columns, the kQ sums over
+//      x (the window's 2 h_x + 1 positions) and over z (its 2 h_z + 1 planes). Moving from
+//      plane z - 1 to z adds the x sums of plane z + h_z and subtracts those of plane
+//      z - h_z - 1, each recomputed from the sources (the leaving plane is read again, from
+//      the L2: nothing is kept of it). A lane's x window reaches its neighbours' 4 points
+//      (h_x <= 4), which the warp passes through a staging row in shared memory (one
+//      16-byte store and two 16-byte loads per lane; 8 shuffles would cost two thirds of
+//      that on the GPU, but synchronize the warp 16 times per row, which the emulated launch
+//      pays in fiber switches); lanes 0 and 31 only lend theirs. Every 64 planes the sums
+//      restart from the window's planes, so that rounding cannot drift along a long chunk.
+//   2. y, through shared memory: the region's x-z sums (kQ x 16 x 128 doubles, 80 KiB for
+//      kQ = 5) are stored, and one thread per position (the first 128) slides down the
+//      column's 16 rows, adding the row that enters the y window and subtracting the one
+//      that leaves, and hands each output row's sums to the epilogue, while the other warps
+//      go on to the next plane's x sums. Positions are swizzled in 16-byte pairs (swizzle())
+//      so that both the lanes' 2 x 16-byte stores and the column threads' 8-byte loads are
+//      free of bank conflicts.
+// So the sources are read from DRAM once (the halos and the leaving planes again from the
+// L2), shared memory carries the lanes' halos and the y exchange (about 2.5 wavefronts per
+// voxel at a window of 9, against 7 in the direct tiled sums this replaced), and no ring of
+// planes is kept. The registers (the 4 x kQ double sums per thread) cap a block at 512
+// threads and 128 registers: one block per multiprocessor, 25% occupancy.
 //
-// The backward needs, at every output voxel q, box sums over the window of q of the
-// coefficients f_X(p) (Note [Windowed NCC]), and f(p) needs the five window sums at p. So
-// it runs the march twice over, in one kernel: the first running sum gives the five sums at
-// plane p over the tile *extended* by the x/y window halo (EY x EX columns, each thread
-// owning several, in shared memory), which become f(p) on that extended tile; the f planes
-// are box-summed in x and y onto the tile and kept as a second running sum along z, with
-// its own ring; when plane q's sum is complete, the gradients of plane q follow and are
-// written. The first running sum's ring (EY x EX columns deep) is kept when it fits, and
-// otherwise the plane that leaves is summed again from the inputs (twice the loads of
-// step 1-2, no ring). Only the inputs and the upstream gradient are read, only the
-// gradients are written: nothing is stored between the passes, and the scratch is one
-// partial sum per block for the reduced forward.
-//
-// Chunks: a volume's z range is split into c chunks, each of which first reads the 2 h_z
-// (4 h_z in the backward) planes before it: splitting costs those planes again, and not
+// Chunks: a volume's z range is split into c chunks, each of which first sums the 2 h_z
+// planes before its first output plane: splitting costs those planes again, and not
 // splitting leaves multiprocessors idle. With B blocks per chunk-less volume set (tiles times
 // volumes) and R blocks resident on the whole GPU at once (the occupancy API times the
 // multiprocessors), the launch takes about ceil(c B / R) waves of blocks that each march
 // ceil(Z / c) + overlap planes; c minimizes that product (no chunk shorter than max(8,
-// overlap) planes). At 160x192x224, window 9, one block per multiprocessor: c = 3, where a
-// grid sized for four blocks per multiprocessor took c = 4 and 17% more block-planes in the
-// backward (fastwarp bench --device cuda-model). Shared memory: the forward's largest user is
-// its ring, (2 h_z + 1) * 5 * 256 values (90 KiB for a window of 9 in float64; 120 KiB in
-// all), the backward's its two rings and extended tiles (216 KiB at 9 without the first
-// ring, with both gradients); above 48 KiB the kernels opt in with cudaFuncSetAttribute
-// (Hopper allows 227 KiB per block, and the 228 KiB of an SM then hold one such block).
-// Windows whose tile does not fit (about 21 in the forward, 9 in the backward, per axis)
-// fall back to the elementwise path at the end of this file.
+// overlap) planes).
 //
 // Arithmetic: float64 sums for every input dtype (Note [Shifted window sums] in ncc.h says
-// why float32 is not enough), which doubles the shared memory of the float32 layout above:
-// 120 KiB for the forward at a window of 9, 216 KiB for the backward (one block per
-// multiprocessor each), and the tiled backward's largest window is 9 (11 takes the fallback).
-// Getting the float32 throughput back (register sliding sums, smaller rings) is the kernels'
-// rebuild against the emulated launch's counts.
+// why float32 is not enough); the sources are read in their dtype (float for half and
+// bfloat16) and widened once per point. The scratch maps of the backward are float64 too:
+// the gradient B[f_I](q) + 2 I(q) B[f_II](q) + J(q) B[f_IJ](q) is a small difference of large
+// terms wherever the intensities are far from the window's mean scale (CT's air beside tissue:
+// I(q) = -1024 where the gradient is ~0), and float32 maps rounded those terms by 100 times
+// the gradient itself. The maps are unshifted, so the two passes may tile differently.
+//
+// Reach: h_x <= 4 (x windows up to 9) and h_y <= 7 (y windows up to 15); any z window.
+// Larger windows take the elementwise fallback at the end of this file.
 
-constexpr int kThreads = 256;
-constexpr int kRefresh = 32;  // planes between exact re-sums of a running sum from its ring
-constexpr int kQ = 5;         // I, J, I^2, J^2, IJ
+constexpr int kThreads = 512;  // see the Note: registers, not shared memory, set this
+constexpr int kWarps = kThreads / 32;
+constexpr int kRegionRows = 16;
+constexpr int kRowsPerWarp = kRegionRows / kWarps;
+constexpr int kPoints = 4;                    // consecutive positions per lane
+constexpr int kSpan = 32 * kPoints;           // positions of a region row
+constexpr int kHalo = kPoints;                // positions [0, 4) and [124, 128) only lend
+constexpr int kTileX = kSpan - 2 * kHalo;     // output positions per region row
+constexpr int kMaxHx = kHalo;
+constexpr int kMaxHy = (kRegionRows - 2) / 2;  // at least 2 output rows per region
+constexpr int kRefresh = 64;                  // planes between restarts of the running sums
 
-template <typename scalar_t>
-using acc_type = double;  // whatever scalar_t is: see "Arithmetic" above
+// What the sources are read as: float, or double for double.
+template <typename T>
+using load_t = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
+
+// The scratch maps' dtype: float, or double for double (see "Arithmetic" above).
+template <typename T>
+using map_t = load_t<T>;
 
 // Strides of a (N, C, Z, Y, X) view of an input, output or gradient.
 struct Strides {
   int64_t n, c, z, y, x;
 };
 
-template <typename acc_t>
-struct NccTile {
-  int64_t Z, Y, X;       // the volume as (Z, Y, X)
-  int hz, hy, hx;        // window halves, clamped to the extent - 1 (the same sums)
-  int64_t n_window;      // the nominal window's voxel count n
-  acc_t inv_n, eps, g_scale;
-  int64_t C;             // channels: volume m is (m / C, m % C)
+// A source array: its base, its strides, and whether a lane may read its 4 points with one
+// vector load (unit x stride, every other stride and the base aligned to 4 elements).
+template <typename T>
+struct Source {
+  const T* p;
+  Strides s;
+  bool vec;
+};
+
+template <typename T>
+struct alignas(sizeof(T) * kPoints) Points {
+  T v[kPoints];
+};
+
+struct alignas(16) Pair {
+  double v[2];
+};
+
+// An aligned access of 8, 16 or 32 bytes as the GPU makes it: one vector instruction per 16
+// bytes (nvcc emits ld/st .v2/.v4 for these aligned structs). The host compiler of the
+// emulated launch would split the struct into scalar accesses, which the counting build
+// would count as that many requests, so there the bytes go through 16-byte vector types.
+template <typename V>
+__device__ __forceinline__ V load_aligned(const V* p) {
+#if defined(FASTWARP_CUDA_EMU)
+  static_assert(sizeof(V) == 8 || sizeof(V) == 16 || sizeof(V) == 32, "8, 16 or 32 bytes");
+  V out;
+  if constexpr (sizeof(V) == 8) {
+    const uint64_t w = *reinterpret_cast<const uint64_t*>(p);
+    memcpy(&out, &w, sizeof w);
+  } else {
+    typedef long long chunk __attribute__((vector_size(16)));
+    for (size_t c = 0; c < sizeof(V) / 16; ++c) {
+      const chunk w = reinterpret_cast<const chunk*>(p)[c];
+      memcpy(reinterpret_cast<char*>(&out) + 16 * c, &w, sizeof w);
+    }
+  }
+  return out;
+#else
+  return *p;
+#endif
+}
+
+template <typename V>
+__device__ __forceinline__ void store_aligned(V* p, const V& v) {
+#if defined(FASTWARP_CUDA_EMU)
+  static_assert(sizeof(V) == 8 || sizeof(V) == 16 || sizeof(V) == 32, "8, 16 or 32 bytes");
+  if constexpr (sizeof(V) == 8) {
+    uint64_t w;
+    memcpy(&w, &v, sizeof w);
+    *reinterpret_cast<uint64_t*>(p) = w;
+  } else {
+    typedef long long chunk __attribute__((vector_size(16)));
+    for (size_t c = 0; c < sizeof(V) / 16; ++c) {
+      chunk w;
+      memcpy(&w, reinterpret_cast<const char*>(&v) + 16 * c, sizeof w);
+      reinterpret_cast<chunk*>(p)[c] = w;
+    }
+  }
+#else
+  *p = v;
+#endif
+}
+
+struct NccGrid {
+  int64_t Z, Y, X;
+  int hz, hy, hx;   // window halves, clamped to the extent - 1 (the same sums)
+  int ty;           // output rows per region: kRegionRows - 2 hy
+  int64_t n_window;  // the nominal window's voxel count n
+  double inv_n, eps, g_scale;
+  int64_t C;                    // channels: volume m is (m / C, m % C)
   int64_t tiles_y, tiles_x, chunks, chunk;
-  bool ring_s;           // backward: the first running sum keeps its ring
-  Strides a, b, g, out, ga, gb;
-};
-
-// Offsets (in acc_t) of the shared-memory arrays, computed once for host and device.
-template <int TY, int TX>
-struct ForwardLayout {
-  int64_t region, xpass, ring, total;
-  FASTWARP_HD ForwardLayout(int hz, int hy, int hx) {
-    const int64_t RY = TY + 2 * hy, RX = TX + 2 * hx;
-    region = 0;
-    xpass = region + 2 * RY * RX;
-    ring = xpass + kQ * RY * TX;
-    total = ring + (2 * hz + 1) * kQ * TY * TX;
-  }
-};
-
-template <int TY, int TX, int NQ>
-struct BackwardLayout {
-  int64_t region, xpass, sacc, sring, fplane, fx, fring, total;
-  FASTWARP_HD BackwardLayout(int hz, int hy, int hx, bool ring_s) {
-    const int64_t RY = TY + 4 * hy, RX = TX + 4 * hx;  // inputs: tile + twice the halo
-    const int64_t EY = TY + 2 * hy, EX = TX + 2 * hx;  // the extended tile
-    const int64_t W = 2 * hz + 1;
-    region = 0;
-    xpass = region + 2 * RY * RX;
-    sacc = xpass + kQ * RY * EX;
-    sring = sacc + kQ * EY * EX;
-    fplane = sring + (ring_s ? W * kQ * EY * EX : 0);
-    fx = fplane + NQ * EY * EX;
-    fring = fx + NQ * EY * TX;
-    total = fring + W * NQ * TY * TX;
-  }
 };
 
 struct BlockTile {
-  int64_t m, z0, z1, y0, x0;
+  int64_t m, z0, z1, y0, x0;  // volume; output planes [z0, z1); first output row and x
 };
 
-template <int TY, int TX, typename acc_t>
-__device__ __forceinline__ BlockTile block_tile(const NccTile<acc_t>& P) {
+__device__ __forceinline__ BlockTile block_tile(const NccGrid& G) {
   int64_t r = blockIdx.x;
   BlockTile t;
-  t.x0 = (r % P.tiles_x) * TX;
-  r /= P.tiles_x;
-  t.y0 = (r % P.tiles_y) * TY;
-  r /= P.tiles_y;
-  t.z0 = (r % P.chunks) * P.chunk;
-  t.m = r / P.chunks;
-  t.z1 = t.z0 + P.chunk < P.Z ? t.z0 + P.chunk : P.Z;
+  t.x0 = (r % G.tiles_x) * kTileX;
+  r /= G.tiles_x;
+  t.y0 = (r % G.tiles_y) * G.ty;
+  r /= G.tiles_y;
+  t.z0 = (r % G.chunks) * G.chunk;
+  t.m = r / G.chunks;
+  t.z1 = t.z0 + G.chunk < G.Z ? t.z0 + G.chunk : G.Z;
   return t;
 }
 
-__device__ __forceinline__ int64_t volume_offset(const Strides& s, int64_t m, int64_t C) {
+FASTWARP_HD int64_t volume_offset(const Strides& s, int64_t m, int64_t C) {
   return (m / C) * s.n + (m % C) * s.c;
 }
 
-__device__ __forceinline__ int64_t voxel_offset(const Strides& s, int64_t z, int64_t y, int64_t x) {
+FASTWARP_HD int64_t voxel_offset(const Strides& s, int64_t z, int64_t y, int64_t x) {
   return z * s.z + y * s.y + x * s.x;
 }
 
-// Loads plane z of the (RY x RX) rectangle at (ys, xs) of both inputs, shifted, zero outside.
-template <typename scalar_t, typename acc_t>
-__device__ void load_region(const NccTile<acc_t>& P, const scalar_t* a, const scalar_t* b,
-                            int64_t z, int64_t ys, int64_t xs, int RY, int RX, acc_t ca,
-                            acc_t cb, acc_t* Ra, acc_t* Rb) {
-  for (int k = threadIdx.x; k < RY * RX; k += blockDim.x) {
-    const int64_t y = ys + k / RX, x = xs + k % RX;
-    acc_t va = acc_t(0), vb = acc_t(0);
-    if (y >= 0 && y < P.Y && x >= 0 && x < P.X) {
-      va = static_cast<acc_t>(a[voxel_offset(P.a, z, y, x)]) - ca;
-      vb = static_cast<acc_t>(b[voxel_offset(P.b, z, y, x)]) - cb;
+// The physical index of position p in a region row of the y exchange: 16-byte pairs of
+// positions swizzled so that 16 consecutive pairs, and every other one of 64, fill the 8
+// pair slots of the 32 banks evenly.
+__device__ __forceinline__ int swizzle(int p) {
+  const int pair = p >> 1;
+  return 2 * (pair ^ ((pair >> 3) & 1)) + (p & 1);
+}
+
+// ------------------------------------------------------------------ quantities
+
+// The forward's and the backward's first pass: a', b', a'^2, b'^2, a'b'.
+struct Moments {
+  static constexpr int kIn = 2, kQ = 5;
+  static constexpr bool kSeparable = false;  // a quantity needs both sources
+  static FASTWARP_HD void add(const double (&v)[kIn], double (&s)[kQ]) {
+    s[0] += v[0];
+    s[1] += v[1];
+    s[2] = fma(v[0], v[0], s[2]);
+    s[3] = fma(v[1], v[1], s[3]);
+    s[4] = fma(v[0], v[1], s[4]);
+  }
+};
+
+// The backward's second pass: the NQ coefficient maps as they are.
+template <int NQ>
+struct Identity {
+  static constexpr int kIn = NQ, kQ = NQ;
+  static constexpr bool kSeparable = true;  // quantity q is source q alone
+  static FASTWARP_HD void add(const double (&v)[kIn], double (&s)[kQ]) {
+FASTWARP_UNROLL
+    for (int q = 0; q < NQ; ++q) s[q] += v[q];
+  }
+};
+
+// ------------------------------------------------------------------ the x pass
+
+// Staging rows per warp: one per source, or one for all when they are summed one at a time.
+template <class Q>
+constexpr int staged() {
+  return Q::kSeparable ? 1 : Q::kIn;
+}
+
+// The lane's window of positions: its left neighbour's 4 points, its own, its right one's.
+template <class Q, typename L>
+struct LaneWindow {
+  L w[Q::kIn][3 * kPoints];
+};
+
+// acc[k] += sign * (the x sums of the lane's point k) = sign * (P(k + 4 + HX + 1) -
+// P(k + 4 - HX)), with P(j) the sum of the quantities of window positions [0, j): one running
+// sum over the 12 positions, each point's quantities computed once and consumed at once
+// (which keeps the registers to the sums and the accumulators).
+template <int HX, class Q, typename L>
+__device__ __forceinline__ void add_row_sums(const LaneWindow<Q, L>& W, const double (&shift)[Q::kIn],
+                                             double sign, double (&acc)[kPoints][Q::kQ]) {
+  double P[Q::kQ];
+FASTWARP_UNROLL
+  for (int q = 0; q < Q::kQ; ++q) P[q] = 0.0;
+FASTWARP_UNROLL
+  for (int j = kPoints - HX; j <= 2 * kPoints - 1 + HX; ++j) {
+    const int k_leave = j - (kPoints - HX);  // output k whose window starts at j
+    if (k_leave < kPoints) {
+FASTWARP_UNROLL
+      for (int q = 0; q < Q::kQ; ++q) acc[k_leave][q] = fma(-sign, P[q], acc[k_leave][q]);
     }
-    Ra[k] = va;
-    Rb[k] = vb;
+    double v[Q::kIn];
+FASTWARP_UNROLL
+    for (int i = 0; i < Q::kIn; ++i) v[i] = static_cast<double>(W.w[i][j]) - shift[i];
+    Q::add(v, P);
+    const int k_enter = j - (kPoints + HX);  // output k whose window ends at j
+    if (k_enter >= 0) {
+FASTWARP_UNROLL
+      for (int q = 0; q < Q::kQ; ++q) acc[k_enter][q] = fma(sign, P[q], acc[k_enter][q]);
+    }
   }
 }
 
-// The five quantities summed along x over 2 hx + 1 columns: (rows x RX) -> kQ x (rows x OX).
-template <typename acc_t>
-__device__ void x_pass_inputs(const acc_t* Ra, const acc_t* Rb, int rows, int RX, int OX, int hx,
-                              acc_t* XP) {
-  const int plane = rows * OX;
-  for (int k = threadIdx.x; k < plane; k += blockDim.x) {
-    const acc_t* pa = Ra + (k / OX) * RX + k % OX;
-    const acc_t* pb = Rb + (k / OX) * RX + k % OX;
-    acc_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0;
-    for (int d = 0; d <= 2 * hx; ++d) {
-      const acc_t va = pa[d], vb = pb[d];
-      s0 += va;
-      s1 += vb;
-      s2 += va * va;
-      s3 += vb * vb;
-      s4 += va * vb;
-    }
-    XP[k] = s0;
-    XP[plane + k] = s1;
-    XP[2 * plane + k] = s2;
-    XP[3 * plane + k] = s3;
-    XP[4 * plane + k] = s4;
+// The separable case: acc[k][q] += sign * (the x sums of source q alone), one source at a
+// time, so that only one source's window is in registers (add_row_sums holds them all).
+template <int HX, int NQ, typename L>
+__device__ __forceinline__ void add_line_sums(const L (&w)[3 * kPoints], int q, double sign,
+                                              double (&acc)[kPoints][NQ]) {
+  double P = 0.0;
+FASTWARP_UNROLL
+  for (int j = kPoints - HX; j <= 2 * kPoints - 1 + HX; ++j) {
+    const int k_leave = j - (kPoints - HX);
+    if (k_leave < kPoints) acc[k_leave][q] = fma(-sign, P, acc[k_leave][q]);
+    P += static_cast<double>(w[j]);
+    const int k_enter = j - (kPoints + HX);
+    if (k_enter >= 0) acc[k_enter][q] = fma(sign, P, acc[k_enter][q]);
   }
 }
 
-// NQ planes (rows x IX) summed along x over 2 h + 1 columns -> NQ planes (rows x OX).
-template <int NQ, typename acc_t>
-__device__ void x_pass_planes(const acc_t* src, int rows, int IX, int OX, int h, acc_t* dst) {
-  for (int k = threadIdx.x; k < rows * OX; k += blockDim.x) {
-    const int row = k / OX, ox = k % OX;
-    for (int q = 0; q < NQ; ++q) {
-      const acc_t* p = src + q * rows * IX + row * IX + ox;
-      acc_t s = 0;
-      for (int d = 0; d <= 2 * h; ++d) s += p[d];
-      dst[q * rows * OX + k] = s;
+// The lane's 4 points of one row of a source (`base`: the row's offset; `x`: the image x of
+// the first point); points outside the image read `fill`.
+template <typename T>
+__device__ __forceinline__ void load_points(const Source<T>& src, int64_t base, int64_t x, int64_t X,
+                                            load_t<T> fill, load_t<T> (&v)[kPoints]) {
+  if (src.vec && x >= 0 && x + kPoints <= X) {
+    const Points<T> q = load_aligned(reinterpret_cast<const Points<T>*>(src.p + base + x));
+FASTWARP_UNROLL
+    for (int k = 0; k < kPoints; ++k) v[k] = static_cast<load_t<T>>(q.v[k]);
+    return;
+  }
+FASTWARP_UNROLL
+  for (int k = 0; k < kPoints; ++k) {
+    const int64_t xk = x + k;
+    v[k] = xk >= 0 && xk < X ? static_cast<load_t<T>>(src.p[base + xk * src.s.x]) : fill;
+  }
+}
+
+// acc += sign * the x sums of plane z over the warp's region rows. Rows and planes outside
+// the image add nothing (zero padding); both are the same for the whole warp. The lanes
+// lend their points to their neighbours through the warp's staging rows in shared memory
+// (`staging`: kIn rows of kSpan values): one 16-byte store and two 16-byte loads per lane
+// and source, which cost 1.5 times the 8 shuffles they replace on the GPU but synchronize
+// the warp twice per row instead of 16 times (the emulated launch's cost).
+template <class Q, typename T>
+__device__ void add_plane(const NccGrid& G, const BlockTile& t, const Source<T> (&src)[Q::kIn],
+                          const int64_t (&vol)[Q::kIn], const double (&shift)[Q::kIn], int64_t z,
+                          double sign, load_t<T>* staging, double (&acc)[kRowsPerWarp][kPoints][Q::kQ]) {
+  using L = load_t<T>;
+  if (z < 0 || z >= G.Z) return;
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  const int64_t x = t.x0 - kHalo + kPoints * lane;
+  const int left = kPoints * (lane > 0 ? lane - 1 : 0), right = kPoints * (lane < 31 ? lane + 1 : 31);
+FASTWARP_UNROLL
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    const int64_t y = t.y0 - G.hy + warp + kWarps * r;
+    if (y < 0 || y >= G.Y) continue;
+    if constexpr (Q::kSeparable) {
+FASTWARP_UNROLL
+      for (int i = 0; i < Q::kIn; ++i) {
+        L w[3 * kPoints];
+        __syncwarp();  // the warp's reads of the previous source are done
+        Points<L> mine;
+        load_points(src[i], vol[i] + z * src[i].s.z + y * src[i].s.y, x, G.X, static_cast<L>(shift[i]), mine.v);
+        store_aligned(reinterpret_cast<Points<L>*>(staging + kPoints * lane), mine);
+        __syncwarp();
+        const Points<L> l = load_aligned(reinterpret_cast<const Points<L>*>(staging + left));
+        const Points<L> rr = load_aligned(reinterpret_cast<const Points<L>*>(staging + right));
+FASTWARP_UNROLL
+        for (int k = 0; k < kPoints; ++k) {
+          w[k] = l.v[k];
+          w[kPoints + k] = mine.v[k];
+          w[2 * kPoints + k] = rr.v[k];
+        }
+        switch (G.hx) {
+          case 0: add_line_sums<0>(w, i, sign, acc[r]); break;
+          case 1: add_line_sums<1>(w, i, sign, acc[r]); break;
+          case 2: add_line_sums<2>(w, i, sign, acc[r]); break;
+          case 3: add_line_sums<3>(w, i, sign, acc[r]); break;
+          default: add_line_sums<4>(w, i, sign, acc[r]); break;
+        }
+      }
+      continue;
+    }
+    LaneWindow<Q, L> W;
+    __syncwarp();  // the warp's reads of the previous row are done
+FASTWARP_UNROLL
+    for (int i = 0; i < Q::kIn; ++i) {
+      L own[kPoints];
+      // a point outside the image reads the shift: its shifted value is exactly 0
+      load_points(src[i], vol[i] + z * src[i].s.z + y * src[i].s.y, x, G.X, static_cast<L>(shift[i]), own);
+      Points<L> mine;
+FASTWARP_UNROLL
+      for (int k = 0; k < kPoints; ++k) {
+        mine.v[k] = own[k];
+        W.w[i][kPoints + k] = own[k];
+      }
+      store_aligned(reinterpret_cast<Points<L>*>(staging + i * kSpan + kPoints * lane), mine);
+    }
+    __syncwarp();
+FASTWARP_UNROLL
+    for (int i = 0; i < Q::kIn; ++i) {
+      const Points<L> l = load_aligned(reinterpret_cast<const Points<L>*>(staging + i * kSpan + left));
+      const Points<L> rr = load_aligned(reinterpret_cast<const Points<L>*>(staging + i * kSpan + right));
+FASTWARP_UNROLL
+      for (int k = 0; k < kPoints; ++k) {
+        W.w[i][k] = l.v[k];
+        W.w[i][2 * kPoints + k] = rr.v[k];
+      }
+    }
+    switch (G.hx) {
+      case 0: add_row_sums<0>(W, shift, sign, acc[r]); break;
+      case 1: add_row_sums<1>(W, shift, sign, acc[r]); break;
+      case 2: add_row_sums<2>(W, shift, sign, acc[r]); break;
+      case 3: add_row_sums<3>(W, shift, sign, acc[r]); break;
+      default: add_row_sums<4>(W, shift, sign, acc[r]); break;
     }
   }
 }
 
-// Sum along y of 2 h + 1 rows of one column of a plane with OX columns.
-template <typename acc_t>
-__device__ __forceinline__ acc_t y_sum(const acc_t* plane, int OX, int oy, int ox, int h) {
-  acc_t s = 0;
-  for (int d = 0; d <= 2 * h; ++d) s += plane[(oy + d) * OX + ox];
-  return s;
+// ------------------------------------------------------------------ the march
+
+// Runs Note [Tiled NCC on the GPU] for one block: `out(s, z, y, x)` gets the kQ window sums
+// of each output voxel of the tile, in order of z, then of y, by the first kSpan threads.
+// Shared memory: the exchange, then the warps' staging rows (march_bytes()).
+template <class Q, typename T, class Out>
+__device__ void march(const NccGrid& G, const BlockTile& t, const Source<T> (&src)[Q::kIn],
+                      const int64_t (&vol)[Q::kIn], const double (&shift)[Q::kIn], Out& out) {
+  FASTWARP_DYNAMIC_SHARED(double, exchange);  // [q][region row][swizzled position]
+  const int tid = static_cast<int>(threadIdx.x);
+  const int warp = tid / 32, lane = tid % 32;
+  load_t<T>* staging = reinterpret_cast<load_t<T>*>(exchange + Q::kQ * kRegionRows * kSpan) + warp * staged<Q>() * kSpan;
+  double acc[kRowsPerWarp][kPoints][Q::kQ];
+  for (int64_t z = t.z0; z < t.z1; ++z) {
+    if (z == t.z0 || (z - t.z0) % kRefresh == 0) {  // (re)start from the window's planes
+FASTWARP_UNROLL
+      for (int r = 0; r < kRowsPerWarp; ++r)
+FASTWARP_UNROLL
+        for (int k = 0; k < kPoints; ++k)
+FASTWARP_UNROLL
+          for (int q = 0; q < Q::kQ; ++q) acc[r][k][q] = 0.0;
+      for (int64_t zi = z - G.hz; zi <= z + G.hz; ++zi) add_plane<Q>(G, t, src, vol, shift, zi, 1.0, staging, acc);
+    } else {
+      add_plane<Q>(G, t, src, vol, shift, z + G.hz, 1.0, staging, acc);
+      add_plane<Q>(G, t, src, vol, shift, z - G.hz - 1, -1.0, staging, acc);
+    }
+    __syncthreads();  // the previous plane's y pass is done with the exchange
+    if (lane > 0 && lane < 31) {  // lanes 0 and 31 hold only halo positions
+FASTWARP_UNROLL
+      for (int r = 0; r < kRowsPerWarp; ++r) {
+        const int row = warp + kWarps * r;
+FASTWARP_UNROLL
+        for (int q = 0; q < Q::kQ; ++q) {
+          double* line = exchange + (q * kRegionRows + row) * kSpan;
+FASTWARP_UNROLL
+          for (int h = 0; h < kPoints / 2; ++h) {
+            const Pair pair{{acc[r][2 * h][q], acc[r][2 * h + 1][q]}};
+            store_aligned(reinterpret_cast<Pair*>(line + swizzle(kPoints * lane + 2 * h)), pair);
+          }
+        }
+      }
+    }
+    __syncthreads();
+    const int p = tid;  // the y pass: one thread per output position
+    const int64_t x = t.x0 - kHalo + p;
+    if (p < kHalo || p >= kSpan - kHalo || x >= G.X) continue;
+    const int at = swizzle(p);
+    double s[Q::kQ];
+FASTWARP_UNROLL
+    for (int q = 0; q < Q::kQ; ++q) {
+      s[q] = 0.0;
+      for (int r = 0; r <= 2 * G.hy; ++r) s[q] += exchange[(q * kRegionRows + r) * kSpan + at];
+    }
+    for (int o = 0; o < G.ty && t.y0 + o < G.Y; ++o) {
+      if (o > 0) {
+FASTWARP_UNROLL
+        for (int q = 0; q < Q::kQ; ++q)
+          s[q] += exchange[(q * kRegionRows + o + 2 * G.hy) * kSpan + at] -
+                  exchange[(q * kRegionRows + o - 1) * kSpan + at];
+      }
+      out(s, z, t.y0 + o, x);
+    }
+  }
 }
 
-template <typename acc_t>
-__device__ __forceinline__ WindowFrame<acc_t> window_frame(const NccTile<acc_t>& P, int64_t z,
-                                                           int64_t y, int64_t x, acc_t ca,
-                                                           acc_t cb) {
-  const int64_t m = window_inside(z, P.hz, P.Z) * window_inside(y, P.hy, P.Y) *
-                    window_inside(x, P.hx, P.X);
-  return WindowFrame<acc_t>{ca, cb, static_cast<acc_t>(m),
-                            static_cast<acc_t>(P.n_window - m) * P.inv_n};
+__device__ __forceinline__ WindowFrame<double> window_frame(const NccGrid& G, int64_t z, int64_t y, int64_t x,
+                                                            double ca, double cb) {
+  const int64_t m = window_inside(z, G.hz, G.Z) * window_inside(y, G.hy, G.Y) * window_inside(x, G.hx, G.X);
+  return WindowFrame<double>{ca, cb, static_cast<double>(m), static_cast<double>(G.n_window - m) * G.inv_n,
+                             static_cast<double>(G.n_window)};
 }
 
-// Sum of a double over the block (256 threads), valid in thread 0.
+// Sum of a double over the block (kThreads threads), valid in thread 0.
 __device__ double block_sum(double v) {
   __shared__ double warp_sums[kThreads / 32];
   for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
@@ -243,83 +480,69 @@ __device__ double block_sum(double v) {
   return v;
 }
 
+// A reference value of few bits near v: v in float with all but the top 8 significant bits
+// cleared (bfloat16's). Shifting by it keeps the shifted values as short as the inputs (CT's
+// air at -1024 shifted by 53.25 is -1077.25, not -1077.2871...), so that the window sums'
+// products stay exact where the inputs are (Note [Shifted window sums]).
+FASTWARP_HD double coarse(double v) {
+  float f = static_cast<float>(v);
+  uint32_t bits;
+  memcpy(&bits, &f, sizeof bits);
+  bits &= 0xffff0000u;
+  memcpy(&f, &bits, sizeof bits);
+  return static_cast<double>(f);
+}
+
+// The block's references: its first output voxel's values, coarsened.
+template <typename T>
+__device__ __forceinline__ void references(const NccGrid& G, const BlockTile& t, const Source<T> (&src)[2],
+                                           const int64_t (&vol)[2], double (&shift)[2]) {
+  for (int i = 0; i < 2; ++i)
+    shift[i] = coarse(static_cast<double>(src[i].p[vol[i] + voxel_offset(src[i].s, t.z0, t.y0, t.x0)]));
+}
+
 // ------------------------------------------------------------------ forward
 
-template <typename scalar_t, int TY, int TX>
-__global__ void __launch_bounds__(kThreads)
-    ncc_forward_kernel(const NccTile<acc_type<scalar_t>> P, const scalar_t* __restrict__ a,
-                       const scalar_t* __restrict__ b, scalar_t* __restrict__ out,
-                       double* __restrict__ partial) {
-  using acc_t = acc_type<scalar_t>;
-  FASTWARP_DYNAMIC_SHARED(acc_t, smem);
-  const ForwardLayout<TY, TX> L(P.hz, P.hy, P.hx);
-  const int RY = TY + 2 * P.hy, RX = TX + 2 * P.hx, W = 2 * P.hz + 1;
-  acc_t* Ra = smem + L.region;
-  acc_t* Rb = Ra + RY * RX;
-  acc_t* XP = smem + L.xpass;
-  acc_t* ring = smem + L.ring;  // [slot][q][thread]
-  const int tid = threadIdx.x, ty = tid / TX, tx = tid % TX;
-
-  const BlockTile T = block_tile<TY, TX>(P);
-  a += volume_offset(P.a, T.m, P.C);
-  b += volume_offset(P.b, T.m, P.C);
-  const acc_t ca = static_cast<acc_t>(a[voxel_offset(P.a, T.z0, T.y0, T.x0)]);
-  const acc_t cb = static_cast<acc_t>(b[voxel_offset(P.b, T.z0, T.y0, T.x0)]);
-  const int64_t y = T.y0 + ty, x = T.x0 + tx;
-  const bool mine = y < P.Y && x < P.X;
-  const int64_t first = T.z0 - P.hz;  // the first plane added
-
-  for (int s = 0; s < W; ++s)
-    for (int q = 0; q < kQ; ++q) ring[(s * kQ + q) * kThreads + tid] = acc_t(0);
-  acc_t acc[kQ] = {0, 0, 0, 0, 0};
-  double total = 0.0;
-
-  for (int64_t zi = first; zi < T.z1 + P.hz; ++zi) {
-    acc_t add[kQ] = {0, 0, 0, 0, 0};
-    if (zi >= 0 && zi < P.Z) {  // the same for every thread of the block
-      load_region(P, a, b, zi, T.y0 - P.hy, T.x0 - P.hx, RY, RX, ca, cb, Ra, Rb);
-      __syncthreads();
-      x_pass_inputs(Ra, Rb, RY, RX, TX, P.hx, XP);
-      __syncthreads();
-      for (int q = 0; q < kQ; ++q) add[q] = y_sum(XP + q * RY * TX, TX, ty, tx, P.hy);
+template <typename scalar_t>
+struct ForwardOut {
+  const NccGrid& G;
+  double ca, cb;
+  scalar_t* out;  // null: add to total
+  Strides so;
+  int64_t out_volume;
+  double total;
+  __device__ __forceinline__ void operator()(const double (&s)[5], int64_t z, int64_t y, int64_t x) {
+    const WindowSums<double> sums{s[0], s[1], s[2], s[3], s[4]};
+    const double cc = ncc_value(sums, G.inv_n, G.eps, window_frame(G, z, y, x, ca, cb));
+    if (out != nullptr) {
+      out[out_volume + voxel_offset(so, z, y, x)] = static_cast<scalar_t>(cc);
+    } else {
+      total += cc;
     }
-    const int slot = static_cast<int>((zi - first) % W);
-    for (int q = 0; q < kQ; ++q) {
-      acc[q] += add[q];
-      ring[(slot * kQ + q) * kThreads + tid] = add[q];
-    }
-    if ((zi - first) % kRefresh == kRefresh - 1) {  // exact re-sum: the ring holds the window
-      for (int q = 0; q < kQ; ++q) {
-        acc_t s = 0;
-        for (int k = 0; k < W; ++k) s += ring[(k * kQ + q) * kThreads + tid];
-        acc[q] = s;
-      }
-    }
-    const int64_t zo = zi - P.hz;
-    if (zo < T.z0) continue;  // the window of zo is complete from here on
-    if (mine) {
-      const WindowSums<acc_t> sums{acc[0], acc[1], acc[2], acc[3], acc[4]};
-      const acc_t cc = ncc_value(sums, P.inv_n, P.eps, window_frame(P, zo, y, x, ca, cb));
-      if (out != nullptr) {
-        out[volume_offset(P.out, T.m, P.C) + voxel_offset(P.out, zo, y, x)] = static_cast<scalar_t>(cc);
-      } else {
-        total += static_cast<double>(cc);
-      }
-    }
-    const int leave = static_cast<int>((zo - P.hz - first) % W);  // plane zo - hz leaves
-    if (zo - P.hz >= first)
-      for (int q = 0; q < kQ; ++q) acc[q] -= ring[(leave * kQ + q) * kThreads + tid];
   }
+};
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    ncc_forward_kernel(const NccGrid G, const Source<scalar_t> a, const Source<scalar_t> b,
+                       scalar_t* __restrict__ out, const Strides so, double* __restrict__ partial) {
+  const BlockTile t = block_tile(G);
+  const Source<scalar_t> src[2] = {a, b};
+  const int64_t vol[2] = {volume_offset(a.s, t.m, G.C), volume_offset(b.s, t.m, G.C)};
+  double shift[2];
+  references(G, t, src, vol, shift);
+  ForwardOut<scalar_t> o{G, shift[0], shift[1], out, so, out != nullptr ? volume_offset(so, t.m, G.C) : 0, 0.0};
+  march<Moments>(G, t, src, vol, shift, o);
   if (partial != nullptr) {
-    total = block_sum(total);
-    if (tid == 0) partial[blockIdx.x] = total;
+    const double total = block_sum(o.total);
+    if (threadIdx.x == 0) partial[blockIdx.x] = total;
   }
 }
 
 // ------------------------------------------------------------------ backward
 
-// Which coefficient planes the backward keeps, by the gradients wanted (kMask: 1 for a,
-// 2 for b, 3 for both): their count and the index of each (-1 when not kept).
+// Which coefficient maps the backward keeps, by the gradients wanted (kMask: 1 for a, 2 for
+// b, 3 for both): their count and the index of each (-1 when not kept).
 template <int kMask>
 struct Kept {
   static constexpr int NQ = kMask == 3 ? 5 : 3;
@@ -330,214 +553,168 @@ struct Kept {
   static constexpr int ij = NQ - 1;
 };
 
-// The extended tile's five running sums: add (sign +1) or remove (-1) the 2-D window sums
-// of plane z; with a ring, adding also stores them at `slot`, and removing reads them back.
-template <typename scalar_t, typename acc_t, int TY, int TX, int NQ>
-__device__ void extended_plane(const NccTile<acc_t>& P, const scalar_t* a, const scalar_t* b,
-                               const BlockTile& T, acc_t ca, acc_t cb, acc_t* smem,
-                               const BackwardLayout<TY, TX, NQ>& L, int64_t z, int sign,
-                               int slot) {
-  const int EY = TY + 2 * P.hy, EX = TX + 2 * P.hx, NE = EY * EX;
-  acc_t* sacc = smem + L.sacc;
-  acc_t* sring = smem + L.sring;  // [slot][q][column]
-  if (sign < 0 && P.ring_s) {
-    for (int e = threadIdx.x; e < NE; e += blockDim.x)
-      for (int q = 0; q < kQ; ++q) sacc[q * NE + e] -= sring[(slot * kQ + q) * NE + e];
-    return;
+// Pass 1: the coefficients f_X(p) = g(p) d(cc)/d(s_X), unshifted (Note [Shifted window
+// sums]: the gradient at q is B[f_I](q) + 2 I(q) B[f_II](q) + J(q) B[f_IJ](q) with
+// f_I = f'_I - 2 c_I f_II - c_J f_IJ, where f'_I is the coefficient of the shifted sum).
+template <typename scalar_t, int kMask>
+struct CoefficientsOut {
+  using K = Kept<kMask>;
+  const NccGrid& G;
+  double ca, cb;
+  const scalar_t* g;
+  Strides sg;
+  int64_t g_volume, map_volume, map_stride;  // map k of voxel v: maps[k * map_stride + v]
+  map_t<scalar_t>* maps;
+  __device__ __forceinline__ void operator()(const double (&s)[5], int64_t z, int64_t y, int64_t x) {
+    const WindowSums<double> sums{s[0], s[1], s[2], s[3], s[4]};
+    const double gp = G.g_scale * static_cast<double>(g[g_volume + voxel_offset(sg, z, y, x)]);
+    const Coefficients<double> f = ncc_coefficients(sums, G.inv_n, G.eps, gp, window_frame(G, z, y, x, ca, cb));
+    map_t<scalar_t>* at = maps + map_volume + (z * G.Y + y) * G.X + x;
+    if (K::i >= 0) at[K::i * map_stride] = static_cast<map_t<scalar_t>>(f.i - 2.0 * ca * f.ii - cb * f.ij);
+    if (K::j >= 0) at[K::j * map_stride] = static_cast<map_t<scalar_t>>(f.j - 2.0 * cb * f.jj - ca * f.ij);
+    if (K::ii >= 0) at[K::ii * map_stride] = static_cast<map_t<scalar_t>>(f.ii);
+    if (K::jj >= 0) at[K::jj * map_stride] = static_cast<map_t<scalar_t>>(f.jj);
+    at[K::ij * map_stride] = static_cast<map_t<scalar_t>>(f.ij);
   }
-  const bool inside = z >= 0 && z < P.Z;  // the same for every thread of the block
-  const int RY = TY + 4 * P.hy, RX = TX + 4 * P.hx;
-  acc_t* XP = smem + L.xpass;
-  if (inside) {
-    acc_t* Ra = smem + L.region;
-    load_region(P, a, b, z, T.y0 - 2 * P.hy, T.x0 - 2 * P.hx, RY, RX, ca, cb, Ra, Ra + RY * RX);
-    __syncthreads();
-    x_pass_inputs(Ra, Ra + RY * RX, RY, RX, EX, P.hx, XP);
-    __syncthreads();
-  }
-  for (int e = threadIdx.x; e < NE; e += blockDim.x) {
-    const int ey = e / EX, ex = e % EX;
-    for (int q = 0; q < kQ; ++q) {
-      const acc_t v = inside ? y_sum(XP + q * RY * EX, EX, ey, ex, P.hy) : acc_t(0);
-      sacc[q * NE + e] += sign > 0 ? v : -v;
-      if (sign > 0 && P.ring_s) sring[(slot * kQ + q) * NE + e] = v;
-    }
-  }
+};
+
+template <typename scalar_t, int kMask>
+__global__ void __launch_bounds__(kThreads)
+    ncc_coefficients_kernel(const NccGrid G, const Source<scalar_t> a, const Source<scalar_t> b,
+                            const scalar_t* __restrict__ g, const Strides sg, map_t<scalar_t>* __restrict__ maps,
+                            int64_t map_stride) {
+  const BlockTile t = block_tile(G);
+  const Source<scalar_t> src[2] = {a, b};
+  const int64_t vol[2] = {volume_offset(a.s, t.m, G.C), volume_offset(b.s, t.m, G.C)};
+  double shift[2];
+  references(G, t, src, vol, shift);
+  CoefficientsOut<scalar_t, kMask> o{G, shift[0], shift[1], g, sg, volume_offset(sg, t.m, G.C),
+                                     t.m * G.Z * G.Y * G.X, map_stride, maps};
+  march<Moments>(G, t, src, vol, shift, o);
 }
 
-template <typename scalar_t, int TY, int TX, int kMask>
+// Pass 2: the box-summed maps and the inputs at q give the gradients (Note [Windowed NCC]).
+template <typename scalar_t, int kMask>
+struct GradientOut {
+  using K = Kept<kMask>;
+  static constexpr int NQ = K::NQ;
+  const NccGrid& G;
+  const scalar_t* a;
+  const scalar_t* b;
+  Strides sa, sb, sga, sgb;
+  int64_t va, vb, vga, vgb;  // volume offsets
+  scalar_t* grad_a;
+  scalar_t* grad_b;
+  __device__ __forceinline__ void operator()(const double (&s)[NQ], int64_t z, int64_t y, int64_t x) {
+    const double ia = static_cast<double>(a[va + voxel_offset(sa, z, y, x)]);
+    const double ib = static_cast<double>(b[vb + voxel_offset(sb, z, y, x)]);
+    if (kMask & 1)
+      grad_a[vga + voxel_offset(sga, z, y, x)] =
+          static_cast<scalar_t>(ncc_input_grad(s[K::i >= 0 ? K::i : 0], s[K::ii >= 0 ? K::ii : 0], s[K::ij], ia, ib));
+    if (kMask & 2)
+      grad_b[vgb + voxel_offset(sgb, z, y, x)] =
+          static_cast<scalar_t>(ncc_input_grad(s[K::j >= 0 ? K::j : 0], s[K::jj >= 0 ? K::jj : 0], s[K::ij], ib, ia));
+  }
+};
+
+template <typename scalar_t, int kMask>
 __global__ void __launch_bounds__(kThreads)
-    ncc_backward_kernel(const NccTile<acc_type<scalar_t>> P, const scalar_t* __restrict__ a,
-                        const scalar_t* __restrict__ b, const scalar_t* __restrict__ g,
-                        scalar_t* __restrict__ grad_a, scalar_t* __restrict__ grad_b) {
-  using acc_t = acc_type<scalar_t>;
+    ncc_gradient_kernel(const NccGrid G, const Source<map_t<scalar_t>> maps, int64_t map_stride,
+                        const scalar_t* __restrict__ a, const Strides sa, const scalar_t* __restrict__ b,
+                        const Strides sb, scalar_t* __restrict__ grad_a, const Strides sga,
+                        scalar_t* __restrict__ grad_b, const Strides sgb) {
   using K = Kept<kMask>;
   constexpr int NQ = K::NQ;
-  FASTWARP_DYNAMIC_SHARED(acc_t, smem);
-  const BackwardLayout<TY, TX, NQ> L(P.hz, P.hy, P.hx, P.ring_s);
-  const int EY = TY + 2 * P.hy, EX = TX + 2 * P.hx, NE = EY * EX, W = 2 * P.hz + 1;
-  acc_t* sacc = smem + L.sacc;
-  acc_t* sring = smem + L.sring;
-  acc_t* fplane = smem + L.fplane;  // [q][EY][EX]
-  acc_t* FX = smem + L.fx;          // [q][EY][TX]
-  acc_t* fring = smem + L.fring;    // [slot][q][thread]
-  const int tid = threadIdx.x, ty = tid / TX, tx = tid % TX;
-
-  const BlockTile T = block_tile<TY, TX>(P);
-  a += volume_offset(P.a, T.m, P.C);
-  b += volume_offset(P.b, T.m, P.C);
-  g += volume_offset(P.g, T.m, P.C);
-  const acc_t ca = static_cast<acc_t>(a[voxel_offset(P.a, T.z0, T.y0, T.x0)]);
-  const acc_t cb = static_cast<acc_t>(b[voxel_offset(P.b, T.z0, T.y0, T.x0)]);
-  const int64_t y = T.y0 + ty, x = T.x0 + tx;
-  const bool mine = y < P.Y && x < P.X;
-
-  for (int e = tid; e < NE; e += kThreads) {
-    for (int q = 0; q < kQ; ++q) {
-      sacc[q * NE + e] = acc_t(0);
-      if (P.ring_s)
-        for (int s = 0; s < W; ++s) sring[(s * kQ + q) * NE + e] = acc_t(0);
-    }
+  const BlockTile t = block_tile(G);
+  Source<map_t<scalar_t>> src[NQ];
+  int64_t vol[NQ];
+  double shift[NQ];
+FASTWARP_UNROLL
+  for (int q = 0; q < NQ; ++q) {
+    src[q] = maps;
+    src[q].p = maps.p + q * map_stride;
+    vol[q] = volume_offset(maps.s, t.m, G.C);
+    shift[q] = 0.0;
   }
-  for (int s = 0; s < W; ++s)
-    for (int q = 0; q < NQ; ++q) fring[(s * NQ + q) * kThreads + tid] = acc_t(0);
-  acc_t facc[NQ];
-  for (int q = 0; q < NQ; ++q) facc[q] = acc_t(0);
-
-  const int64_t first_s = T.z0 - 2 * P.hz;  // the first input plane summed
-  const int64_t first_f = T.z0 - P.hz;      // the first coefficient plane
-  for (int64_t zi = first_s; zi < T.z1 + 2 * P.hz; ++zi) {
-    const int s_slot = static_cast<int>((zi - first_s) % W);
-    extended_plane<scalar_t>(P, a, b, T, ca, cb, smem, L, zi, +1, s_slot);
-    if (P.ring_s && (zi - first_s) % kRefresh == kRefresh - 1) {
-      for (int e = tid; e < NE; e += kThreads)
-        for (int q = 0; q < kQ; ++q) {
-          acc_t s = 0;
-          for (int k = 0; k < W; ++k) s += sring[(k * kQ + q) * NE + e];
-          sacc[q * NE + e] = s;
-        }
-    }
-    const int64_t p = zi - P.hz;  // the window sums of plane p are complete from here on
-    if (p < first_f) continue;
-
-    // f(p) on the extended tile: zero outside the image
-    for (int e = tid; e < NE; e += kThreads) {
-      const int64_t ye = T.y0 - P.hy + e / EX, xe = T.x0 - P.hx + e % EX;
-      Coefficients<acc_t> f{0, 0, 0, 0, 0};
-      if (p >= 0 && p < P.Z && ye >= 0 && ye < P.Y && xe >= 0 && xe < P.X) {
-        const WindowSums<acc_t> sums{sacc[e], sacc[NE + e], sacc[2 * NE + e], sacc[3 * NE + e],
-                                     sacc[4 * NE + e]};
-        const acc_t gp = P.g_scale * static_cast<acc_t>(g[voxel_offset(P.g, p, ye, xe)]);
-        f = ncc_coefficients(sums, P.inv_n, P.eps, gp, window_frame(P, p, ye, xe, ca, cb));
-      }
-      if (K::i >= 0) fplane[K::i * NE + e] = f.i;
-      if (K::j >= 0) fplane[K::j * NE + e] = f.j;
-      if (K::ii >= 0) fplane[K::ii * NE + e] = f.ii;
-      if (K::jj >= 0) fplane[K::jj * NE + e] = f.jj;
-      fplane[K::ij * NE + e] = f.ij;
-    }
-    // plane p - hz leaves the first running sum
-    extended_plane<scalar_t>(P, a, b, T, ca, cb, smem, L, zi - 2 * P.hz, -1,
-                             static_cast<int>((zi - 2 * P.hz - first_s) % W));
-    __syncthreads();  // fplane complete
-    x_pass_planes<NQ>(fplane, EY, EX, TX, P.hx, FX);
-    __syncthreads();
-    const int f_slot = static_cast<int>((p - first_f) % W);
-    for (int q = 0; q < NQ; ++q) {
-      const acc_t v = y_sum(FX + q * EY * TX, TX, ty, tx, P.hy);
-      facc[q] += v;
-      fring[(f_slot * NQ + q) * kThreads + tid] = v;
-    }
-    if ((p - first_f) % kRefresh == kRefresh - 1) {
-      for (int q = 0; q < NQ; ++q) {
-        acc_t s = 0;
-        for (int k = 0; k < W; ++k) s += fring[(k * NQ + q) * kThreads + tid];
-        facc[q] = s;
-      }
-    }
-    const int64_t zo = p - P.hz;  // B[f] of plane zo is complete from here on
-    if (zo < T.z0) continue;
-    if (mine) {
-      const acc_t va = static_cast<acc_t>(a[voxel_offset(P.a, zo, y, x)]) - ca;
-      const acc_t vb = static_cast<acc_t>(b[voxel_offset(P.b, zo, y, x)]) - cb;
-      if (kMask & 1)
-        grad_a[volume_offset(P.ga, T.m, P.C) + voxel_offset(P.ga, zo, y, x)] = static_cast<scalar_t>(
-            ncc_input_grad(facc[K::i >= 0 ? K::i : 0], facc[K::ii >= 0 ? K::ii : 0], facc[K::ij], va, vb));
-      if (kMask & 2)
-        grad_b[volume_offset(P.gb, T.m, P.C) + voxel_offset(P.gb, zo, y, x)] = static_cast<scalar_t>(
-            ncc_input_grad(facc[K::j >= 0 ? K::j : 0], facc[K::jj >= 0 ? K::jj : 0], facc[K::ij], vb, va));
-    }
-    const int leave = static_cast<int>((zo - P.hz - first_f) % W);  // plane zo - hz leaves
-    if (zo - P.hz >= first_f)
-      for (int q = 0; q < NQ; ++q) facc[q] -= fring[(leave * NQ + q) * kThreads + tid];
-  }
+  GradientOut<scalar_t, kMask> o{G, a, b, sa, sb, sga, sgb,
+                                 volume_offset(sa, t.m, G.C), volume_offset(sb, t.m, G.C),
+                                 (kMask & 1) ? volume_offset(sga, t.m, G.C) : 0,
+                                 (kMask & 2) ? volume_offset(sgb, t.m, G.C) : 0, grad_a, grad_b};
+  march<Identity<NQ>>(G, t, src, vol, shift, o);
 }
 
 // ------------------------------------------------------------------ host side
 
+// (N, C, Z, Y, X) strides: 2-D inputs are (N, C, 1, H, W).
 Strides strides_of(const at::Tensor& t) {
   if (t.dim() == 5) return {t.stride(0), t.stride(1), t.stride(2), t.stride(3), t.stride(4)};
-  return {t.stride(0), t.stride(1), t.stride(2), 0, t.stride(3)};  // (H, 1, W)
+  return {t.stride(0), t.stride(1), 0, t.stride(2), t.stride(3)};
+}
+
+template <typename T>
+Source<T> source_of(const at::Tensor& t) {
+  const Strides s = strides_of(t);
+  const bool aligned = reinterpret_cast<uintptr_t>(t.const_data_ptr()) % sizeof(Points<T>) == 0;
+  const bool vec = aligned && s.x == 1 && s.y % kPoints == 0 && s.z % kPoints == 0 && s.c % kPoints == 0 &&
+                   s.n % kPoints == 0;
+  return Source<T>{t.const_data_ptr<T>(), s, vec};
 }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// The tiling of a and b for a window, one chunk per volume until split_chunks; the caller
-// fills the strides it needs.
-template <typename acc_t>
-NccTile<acc_t> make_tile(const at::Tensor& a, at::IntArrayRef window, double eps, int TY, int TX) {
-  NccTile<acc_t> P{};
+// The grid of a and b for a window, one chunk per volume until split_chunks.
+NccGrid make_grid(const at::Tensor& a, at::IntArrayRef window, double eps) {
+  NccGrid G{};
   const bool three_d = a.dim() == 5;
-  P.Z = a.size(2);
-  P.Y = three_d ? a.size(3) : 1;
-  P.X = a.size(-1);
-  P.hz = static_cast<int>(std::min<int64_t>(window[0] / 2, P.Z - 1));
-  P.hy = three_d ? static_cast<int>(std::min<int64_t>(window[1] / 2, P.Y - 1)) : 0;
-  P.hx = static_cast<int>(std::min<int64_t>(window.back() / 2, P.X - 1));
-  P.n_window = 1;
-  for (int64_t w : window) P.n_window *= w;
-  P.inv_n = static_cast<acc_t>(1.0 / static_cast<double>(P.n_window));
-  P.eps = static_cast<acc_t>(eps);
-  P.g_scale = acc_t(1);
-  P.C = a.size(1);
-  P.tiles_y = ceil_div(P.Y, TY);
-  P.tiles_x = ceil_div(P.X, TX);
-  P.chunk = P.Z;
-  P.chunks = 1;
-  P.a = strides_of(a);
-  return P;
+  G.Z = three_d ? a.size(2) : 1;
+  G.Y = a.size(-2);
+  G.X = a.size(-1);
+  G.hz = three_d ? static_cast<int>(std::min<int64_t>(window[0] / 2, G.Z - 1)) : 0;
+  G.hy = static_cast<int>(std::min<int64_t>(window[window.size() - 2] / 2, G.Y - 1));
+  G.hx = static_cast<int>(std::min<int64_t>(window.back() / 2, G.X - 1));
+  G.ty = kRegionRows - 2 * G.hy;
+  G.n_window = 1;
+  for (int64_t w : window) G.n_window *= w;
+  G.inv_n = 1.0 / static_cast<double>(G.n_window);
+  G.eps = eps;
+  G.g_scale = 1.0;
+  G.C = a.size(1);
+  G.tiles_y = ceil_div(G.Y, std::max(1, G.ty));
+  G.tiles_x = ceil_div(G.X, kTileX);
+  G.chunk = G.Z;
+  G.chunks = 1;
+  return G;
 }
+
+// Whether the streaming kernel reaches the window (else: the elementwise fallback).
+bool tiled(const NccGrid& G) { return G.hx <= kMaxHx && G.hy <= kMaxHy; }
 
 // Splits each volume's z range into the chunks that minimize waves times planes per block
 // (see Chunks above); `resident` is the kernel's resident blocks per multiprocessor.
-template <typename acc_t>
-void split_chunks(NccTile<acc_t>* P, const at::Tensor& a, int z_overlap, int resident) {
-  const int64_t base = a.size(0) * a.size(1) * P->tiles_y * P->tiles_x;
+void split_chunks(NccGrid* G, const at::Tensor& a, int z_overlap, int resident) {
+  const int64_t base = a.size(0) * a.size(1) * G->tiles_y * G->tiles_x;
   const int64_t slots = static_cast<int64_t>(resident) * cuda::multiprocessor_count();
-  const int64_t most = std::max<int64_t>(1, P->Z / std::max<int64_t>(8, z_overlap));
+  const int64_t most = std::max<int64_t>(1, G->Z / std::max<int64_t>(8, z_overlap));
   int64_t best = 1, best_cost = -1;
   for (int64_t c = 1; c <= most; ++c) {
-    const int64_t cost = ceil_div(c * base, slots) * (ceil_div(P->Z, c) + z_overlap);
+    const int64_t cost = ceil_div(c * base, slots) * (ceil_div(G->Z, c) + z_overlap);
     if (best_cost < 0 || cost < best_cost) best = c, best_cost = cost;
   }
-  P->chunk = ceil_div(P->Z, best);
-  P->chunks = ceil_div(P->Z, P->chunk);
+  G->chunk = ceil_div(G->Z, best);
+  G->chunks = ceil_div(G->Z, G->chunk);
 }
 
-template <typename acc_t>
-int64_t num_blocks(const at::Tensor& a, const NccTile<acc_t>& P) {
-  return a.size(0) * a.size(1) * P.chunks * P.tiles_y * P.tiles_x;
+int64_t num_blocks(const at::Tensor& a, const NccGrid& G) {
+  const int64_t blocks = a.size(0) * a.size(1) * G.chunks * G.tiles_y * G.tiles_x;
+  TORCH_CHECK(blocks < (int64_t{1} << 31), "fastwarp::ncc: too many volumes for one launch");
+  return blocks;
 }
 
-// Calls f(std::integral_constant<int, TY>, std::integral_constant<int, TX>) for the tile
-// shape of a's dimension.
-template <typename F>
-void dispatch_tile(const at::Tensor& a, const F& f) {
-  if (a.dim() == 5) {
-    f(std::integral_constant<int, 8>{}, std::integral_constant<int, 32>{});
-  } else {
-    f(std::integral_constant<int, 1>{}, std::integral_constant<int, 256>{});
-  }
+// The dynamic shared memory of a march: the y exchange of its kQ quantities, then the warps'
+// staging rows (staged<Q>() each).
+template <class Q, typename T>
+constexpr size_t march_bytes() {
+  return sizeof(double) * Q::kQ * kRegionRows * kSpan + sizeof(load_t<T>) * kWarps * staged<Q>() * kSpan;
 }
 
 // Whether a launch with `bytes` of dynamic shared memory fits beside the kernel's
@@ -553,6 +730,16 @@ bool prepare_shared_memory(Kernel kernel, size_t bytes, size_t static_bytes) {
 // The forward's static shared memory: block_sum's warp totals.
 constexpr size_t kForwardStaticShared = kThreads / 32 * sizeof(double);
 
+// Runs the march's launch: the chunks for its occupancy, the grid, the kernel.
+template <typename Kernel, typename... Args>
+int64_t launch_march(Kernel kernel, NccGrid& G, const at::Tensor& a, size_t bytes, Args&&... args) {
+  split_chunks(&G, a, 2 * G.hz, cuda::resident_blocks(kernel, kThreads, bytes));
+  const int64_t blocks = num_blocks(a, G);
+  cuda::launch(kernel, dim3(static_cast<unsigned int>(blocks)), dim3(kThreads), bytes, cuda::current_stream(),
+               G, std::forward<Args>(args)...);
+  return blocks;
+}
+
 at::Tensor fallback_forward(const at::Tensor& a, const at::Tensor& b, at::IntArrayRef window, double eps);
 std::tuple<at::Tensor, at::Tensor> fallback_backward(const NccUpstream& up, const at::Tensor& a,
                                                      const at::Tensor& b, at::IntArrayRef window,
@@ -566,42 +753,38 @@ at::Tensor ncc_forward_cuda(const at::Tensor& a, const at::Tensor& b, at::IntArr
   [[maybe_unused]] const auto guard = cuda::device_guard(a);
   at::Tensor result;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "fastwarp_ncc", [&] {
-    using acc_t = acc_type<scalar_t>;
-    dispatch_tile(a, [&](auto ty_tag, auto tx_tag) {
-      constexpr int TY = decltype(ty_tag)::value, TX = decltype(tx_tag)::value;
-      NccTile<acc_t> P = make_tile<acc_t>(a, window, eps, TY, TX);
-      P.b = strides_of(b);
-      const auto kernel = ncc_forward_kernel<scalar_t, TY, TX>;
-      const size_t bytes = ForwardLayout<TY, TX>(P.hz, P.hy, P.hx).total * sizeof(acc_t);
-      if (!prepare_shared_memory(kernel, bytes, kForwardStaticShared)) {
-        result = reduce_ncc_map(fallback_forward(a, b, window, eps), r);
-        return;
-      }
-      split_chunks(&P, a, 2 * P.hz, cuda::resident_blocks(kernel, kThreads, bytes));
-      const int64_t blocks = num_blocks(a, P);
-      TORCH_CHECK(blocks < (int64_t{1} << 31), "fastwarp::ncc: too many volumes for one launch");
-      at::Tensor out, partial;
-      if (r == NccReduction::None) {
-        out = at::empty(a.sizes(), a.options());
-        P.out = strides_of(out);
-      } else {
-        partial = at::empty({blocks}, a.options().dtype(at::kDouble));
-      }
-      cuda::launch(kernel, dim3(static_cast<unsigned int>(blocks)), dim3(kThreads), bytes,
-                   cuda::current_stream(), P, a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(),
-                   out.defined() ? out.mutable_data_ptr<scalar_t>() : nullptr,
-                   partial.defined() ? partial.mutable_data_ptr<double>() : nullptr);
-      if (r == NccReduction::None) {
-        result = out;
-      } else {
-        const at::Tensor per_volume = partial.view({a.size(0) * a.size(1), -1}).sum(1);
-        result = r == NccReduction::Batch
-                     ? per_volume.div(static_cast<double>(a.numel() / (a.size(0) * a.size(1))))
-                           .view({a.size(0), a.size(1)})
-                     : per_volume.sum().div(static_cast<double>(a.numel()));
-        result = result.to(a.scalar_type());
-      }
-    });
+    NccGrid G = make_grid(a, window, eps);
+    const auto kernel = ncc_forward_kernel<scalar_t>;
+    const size_t bytes = march_bytes<Moments, scalar_t>();
+    if (!tiled(G) || !prepare_shared_memory(kernel, bytes, kForwardStaticShared)) {
+      result = reduce_ncc_map(fallback_forward(a, b, window, eps), r);
+      return;
+    }
+    // the grid (and so the partial sums' count) depends on the chunks
+    split_chunks(&G, a, 2 * G.hz, cuda::resident_blocks(kernel, kThreads, bytes));
+    const int64_t blocks = num_blocks(a, G);
+    at::Tensor out, partial;
+    Strides so{};
+    if (r == NccReduction::None) {
+      out = at::empty(a.sizes(), a.options());
+      so = strides_of(out);
+    } else {
+      partial = at::empty({blocks}, a.options().dtype(at::kDouble));
+    }
+    cuda::launch(kernel, dim3(static_cast<unsigned int>(blocks)), dim3(kThreads), bytes, cuda::current_stream(), G,
+                 source_of<scalar_t>(a), source_of<scalar_t>(b),
+                 out.defined() ? out.mutable_data_ptr<scalar_t>() : nullptr, so,
+                 partial.defined() ? partial.mutable_data_ptr<double>() : nullptr);
+    if (r == NccReduction::None) {
+      result = out;
+    } else {
+      const at::Tensor per_volume = partial.view({a.size(0) * a.size(1), -1}).sum(1);
+      result = r == NccReduction::Batch
+                   ? per_volume.div(static_cast<double>(a.numel() / (a.size(0) * a.size(1))))
+                         .view({a.size(0), a.size(1)})
+                   : per_volume.sum().div(static_cast<double>(a.numel()));
+      result = result.to(a.scalar_type());
+    }
   });
   return result;
 }
@@ -617,42 +800,41 @@ std::tuple<at::Tensor, at::Tensor> ncc_backward_cuda(const at::Tensor& grad_out,
   [[maybe_unused]] const auto guard = cuda::device_guard(a);
   const int mask = (w.want_a ? 1 : 0) | (w.want_b ? 2 : 0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "fastwarp_ncc_backward", [&] {
-    using acc_t = acc_type<scalar_t>;
-    dispatch_tile(a, [&](auto ty_tag, auto tx_tag) {
-      constexpr int TY = decltype(ty_tag)::value, TX = decltype(tx_tag)::value;
-      auto run = [&](auto mask_tag) {
-        constexpr int kMask = decltype(mask_tag)::value;
-        constexpr int NQ = Kept<kMask>::NQ;
-        NccTile<acc_t> P = make_tile<acc_t>(a, window, eps, TY, TX);
-        P.b = strides_of(b);
-        P.g = strides_of(up.grad);
-        P.g_scale = static_cast<acc_t>(up.scale);
-        if (kMask & 1) P.ga = strides_of(grad_a);
-        if (kMask & 2) P.gb = strides_of(grad_b);
-        const auto kernel = ncc_backward_kernel<scalar_t, TY, TX, kMask>;
-        P.ring_s = true;
-        size_t bytes = BackwardLayout<TY, TX, NQ>(P.hz, P.hy, P.hx, true).total * sizeof(acc_t);
-        if (bytes > cuda::max_shared_memory_per_block()) {
-          P.ring_s = false;
-          bytes = BackwardLayout<TY, TX, NQ>(P.hz, P.hy, P.hx, false).total * sizeof(acc_t);
-        }
-        if (!prepare_shared_memory(kernel, bytes, 0)) {
-          std::tie(grad_a, grad_b) = fallback_backward(up, a, b, window, eps, output_mask);
-          return;
-        }
-        split_chunks(&P, a, 4 * P.hz, cuda::resident_blocks(kernel, kThreads, bytes));
-        const int64_t blocks = num_blocks(a, P);
-        TORCH_CHECK(blocks < (int64_t{1} << 31), "fastwarp::ncc: too many volumes for one launch");
-        cuda::launch(kernel, dim3(static_cast<unsigned int>(blocks)), dim3(kThreads), bytes,
-                     cuda::current_stream(), P, a.const_data_ptr<scalar_t>(),
-                     b.const_data_ptr<scalar_t>(), up.grad.const_data_ptr<scalar_t>(),
-                     (kMask & 1) ? grad_a.mutable_data_ptr<scalar_t>() : nullptr,
-                     (kMask & 2) ? grad_b.mutable_data_ptr<scalar_t>() : nullptr);
-      };
-      if (mask == 1) run(std::integral_constant<int, 1>{});
-      if (mask == 2) run(std::integral_constant<int, 2>{});
-      if (mask == 3) run(std::integral_constant<int, 3>{});
-    });
+    auto run = [&](auto mask_tag) {
+      constexpr int kMask = decltype(mask_tag)::value;
+      constexpr int NQ = Kept<kMask>::NQ;
+      using map_type = map_t<scalar_t>;
+      NccGrid G = make_grid(a, window, eps);
+      G.g_scale = up.scale;
+      const auto coefficients = ncc_coefficients_kernel<scalar_t, kMask>;
+      const auto gradient = ncc_gradient_kernel<scalar_t, kMask>;
+      const size_t bytes1 = march_bytes<Moments, scalar_t>(), bytes2 = march_bytes<Identity<NQ>, map_type>();
+      if (!tiled(G) || !prepare_shared_memory(coefficients, bytes1, 0) ||
+          !prepare_shared_memory(gradient, bytes2, 0)) {
+        std::tie(grad_a, grad_b) = fallback_backward(up, a, b, window, eps, output_mask);
+        return;
+      }
+      // the coefficient maps, (NQ, N, C, *spatial) contiguous
+      const int64_t numel = a.numel();
+      at::Tensor maps = at::empty({NQ * numel}, a.options().dtype(c10::CppTypeToScalarType<map_type>::value));
+      NccGrid G1 = G;
+      launch_march(coefficients, G1, a, bytes1, source_of<scalar_t>(a), source_of<scalar_t>(b),
+                   up.grad.const_data_ptr<scalar_t>(), strides_of(up.grad), maps.mutable_data_ptr<map_type>(),
+                   numel);
+      const int64_t Z = G.Z, Y = G.Y, X = G.X, C = a.size(1);
+      const Strides sm{C * Z * Y * X, Z * Y * X, Y * X, X, 1};
+      const bool aligned = X % kPoints == 0 && numel % kPoints == 0;
+      const Source<map_type> ms{maps.const_data_ptr<map_type>(), sm, aligned};
+      launch_march(gradient, G, a, bytes2, ms, numel, a.const_data_ptr<scalar_t>(), strides_of(a),
+                   b.const_data_ptr<scalar_t>(), strides_of(b),
+                   (kMask & 1) ? grad_a.mutable_data_ptr<scalar_t>() : nullptr,
+                   (kMask & 1) ? strides_of(grad_a) : Strides{},
+                   (kMask & 2) ? grad_b.mutable_data_ptr<scalar_t>() : nullptr,
+                   (kMask & 2) ? strides_of(grad_b) : Strides{});
+    };
+    if (mask == 1) run(std::integral_constant<int, 1>{});
+    if (mask == 2) run(std::integral_constant<int, 2>{});
+    if (mask == 3) run(std::integral_constant<int, 3>{});
   });
   return {grad_a, grad_b};
 }
@@ -700,7 +882,7 @@ FASTWARP_HD int64_t strided_offset(const VolumeGeometry& g, const Strides& s, in
   int64_t off = 0;
   const int64_t* st[3] = {&s.z, &s.y, &s.x};
   for (int j = static_cast<int>(g.ndim) - 1; j >= 0; --j) {
-    off += (i % g.size[j]) * (g.ndim == 3 ? *st[j] : (j == 0 ? s.z : s.x));
+    off += (i % g.size[j]) * (g.ndim == 3 ? *st[j] : (j == 0 ? s.y : s.x));
     i /= g.size[j];
   }
   return off + (i % C) * s.c + (i / C) * s.n;

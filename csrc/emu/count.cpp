@@ -63,7 +63,7 @@ std::string end() {
     FIELD(global_atomic_requests); FIELD(global_atomic_ops); FIELD(global_atomic_sectors);
     FIELD(shared_load_requests); FIELD(shared_load_wavefronts);
     FIELD(shared_store_requests); FIELD(shared_store_wavefronts);
-    FIELD(shared_atomic_requests); FIELD(shared_atomic_ops);
+    FIELD(shared_atomic_requests); FIELD(shared_atomic_ops); FIELD(shuffles);
     FIELD(dram_read_sectors); FIELD(dram_write_sectors);
 #undef FIELD
     out << "}";

@@ -30,6 +30,8 @@
 //     reading the same word are one broadcast; distinct words in one bank serialize, so the
 //     request takes as many wavefronts as the most-loaded bank has distinct words (an
 //     8-byte access spans two banks, so a warp of doubles takes at least 2).
+//   * Shuffles: warp-wide 32-bit shuffle instructions (a double's is two), which Hopper
+//     issues through the same pipe as shared-memory requests.
 //   * Barriers (__syncthreads completions), blocks, threads.
 // Sampling: with a block stride s > 1 only every s-th run of r consecutive blocks runs
 // (the others do nothing at all, so outputs are garbage); the counts are of the blocks run,
@@ -77,6 +79,7 @@ struct LaunchCounts {
   uint64_t shared_load_requests = 0, shared_load_wavefronts = 0;
   uint64_t shared_store_requests = 0, shared_store_wavefronts = 0;
   uint64_t shared_atomic_requests = 0, shared_atomic_ops = 0;
+  uint64_t shuffles = 0;  // warp-wide 32-bit shuffle instructions
   uint64_t dram_read_sectors = 0, dram_write_sectors = 0;
 };
 
@@ -162,6 +165,9 @@ class Counter {
     c.dram_read_sectors = reads_.size();
     c.dram_write_sectors = writes_.size();
   }
+
+  // A warp's shuffle of `words` 32-bit words (counted by one lane of the warp).
+  FASTWARP_EMU_INTERNAL void shuffle(unsigned int words) { launches_.back().shuffles += words; }
 
   // A load or store of the running CUDA thread (the trace callbacks, and the atomics).
   FASTWARP_EMU_INTERNAL void record(const Fiber& f, uintptr_t pc, const void* p, uint32_t size, bool store,

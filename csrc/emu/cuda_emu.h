@@ -657,12 +657,21 @@ FASTWARP_EMU_INTERNAL T* dynamic_shared_memory() {
   return reinterpret_cast<T*>(current().dynamic_shared());
 }
 
+// `words`: the 32-bit shuffles the exchange is on the GPU (a double's is two), counted
+// once per warp (by the lowest lane of the mask) in the counting build; 0 for the
+// emulation's own exchanges (a ballot is one instruction, not 32 shuffles).
 FASTWARP_EMU_INTERNAL inline uint64_t warp_exchange_bits(uint32_t mask, uint64_t bits,
-                                                         int src_lane) {
+                                                         int src_lane, unsigned int words) {
   Fiber& f = current_fiber();
   Launch& l = *f.launch;
   WarpGroup& w = l.warp(f.linear);
   const int lane = static_cast<int>(f.linear % warpSize);
+#if defined(FASTWARP_EMU_COUNT)
+  if (words != 0 && mask != 0 && count::counter().enabled() && lane == __builtin_ctz(mask))
+    count::counter().shuffle(words);
+#else
+  (void)words;
+#endif
   w.slots()[lane] = bits;
   w.sync(mask);
   uint64_t out = bits;
@@ -676,12 +685,12 @@ FASTWARP_EMU_INTERNAL inline uint64_t warp_exchange_bits(uint32_t mask, uint64_t
 }
 
 template <typename T>
-T warp_exchange(uint32_t mask, T value, int src_lane) {
+T warp_exchange(uint32_t mask, T value, int src_lane, bool counted = true) {
   static_assert(sizeof(T) <= sizeof(uint64_t) && std::is_trivially_copyable<T>::value,
                 "CUDA emulation: shuffles of types up to 8 bytes");
   uint64_t bits = 0;
   std::memcpy(&bits, &value, sizeof(T));
-  bits = warp_exchange_bits(mask, bits, src_lane);
+  bits = warp_exchange_bits(mask, bits, src_lane, counted ? static_cast<unsigned int>((sizeof(T) + 3) / 4) : 0u);
   T out;
   std::memcpy(&out, &bits, sizeof(T));
   return out;
@@ -791,7 +800,7 @@ inline unsigned int __ballot_sync(unsigned int mask, int predicate) {
   unsigned int ballot = 0;
   for (int src = 0; src < warpSize; ++src) {
     if (!(mask & (1u << src))) continue;
-    if (fastwarp::emu::warp_exchange(mask, predicate != 0 ? 1 : 0, src)) ballot |= 1u << src;
+    if (fastwarp::emu::warp_exchange(mask, predicate != 0 ? 1 : 0, src, false)) ballot |= 1u << src;
   }
   return ballot;
 }

@@ -12,7 +12,7 @@ Note [GPU cost model]
 ~~~~~~~~~~~~~~~~~~~~~
 A kernel is bound by the slowest of three pipes, then slowed by too little memory in flight:
 
-    t_pipes   = max(DRAM bytes / B_dram,  L2 bytes / B_l2,  shared wavefronts / (SMs * f))
+    t_pipes   = max(DRAM bytes / B_dram,  L2 bytes / B_l2,  (shared wavefronts + shuffles) / (SMs * f))
     in flight = resident warps per SM * B_req * min(R_seg, 4)        (bytes per SM)
     needed    = B_dram * L / SMs                                     (Little's law)
     modeled   = t_pipes / min(1, in flight / needed) * ceil(waves) / waves
@@ -20,7 +20,8 @@ A kernel is bound by the slowest of three pipes, then slowed by too little memor
   * DRAM bytes: the distinct 32-byte sectors the launch reads plus those it writes (first
     touch: the working sets here are far above the 50 MB L2). L2 bytes: every sector of
     every global request (coalescing: a warp reading 32 scattered floats moves 32 sectors),
-    atomics twice. Shared wavefronts: bank conflicts counted, broadcasts merged.
+    atomics twice. Shared wavefronts: bank conflicts counted, broadcasts merged. Shuffles:
+    warp-wide 32-bit shuffle instructions, one per cycle per SM like a wavefront.
   * B_req: the mean sectors per global load request, times 32 bytes. R_seg: the global load
     requests a warp issues between two barriers (or in its life, without barriers): how many
     loads a warp can have in flight at once, at most 4 (we assume the compiler hoists that
@@ -83,6 +84,8 @@ KERNEL_NAMES = {
     "det_reduce_kernel": "warp_backward_deterministic_reduce",
     "ncc_forward_kernel": "ncc_forward",
     "ncc_backward_kernel": "ncc_backward",
+    "ncc_coefficients_kernel": "ncc_backward_coefficients",
+    "ncc_gradient_kernel": "ncc_backward_gradient",
     "elementwise_kernel": "ncc_elementwise",
 }
 
@@ -138,6 +141,11 @@ def floor_bytes(case: Case, kernel: str, jacobian: bool = False) -> int | None:
         "warp_backward_deterministic_reduce": image + field + image,  # grad_out, displacement -> grad image
         "ncc_forward": 2 * image,
         "ncc_backward": 3 * image,  # a, b -> grad a (the scalar's gradient aside)
+        # the backward's two passes share its floor: the first reads a and b (its coefficient
+        # maps are scratch), the second writes grad a (its reads of the maps, a and b are not
+        # in the op's floor); the case's "ncc_backward" row adds the two
+        "ncc_backward_coefficients": 2 * image,
+        "ncc_backward_gradient": image,
     }.get(kernel)
 
 
@@ -216,7 +224,8 @@ def model(launch: dict, occ: dict | None, device: Device) -> dict:
     """Note [GPU cost model] for one launch whose counts cover every block (scaled already)."""
     dram = (launch["dram_read_sectors"] + launch["dram_write_sectors"]) * 32
     l2 = (launch["global_load_sectors"] + launch["global_store_sectors"] + 2 * launch["global_atomic_sectors"]) * 32
-    wavefronts = launch["shared_load_wavefronts"] + launch["shared_store_wavefronts"] + launch["shared_atomic_requests"]
+    wavefronts = (launch["shared_load_wavefronts"] + launch["shared_store_wavefronts"] + launch["shared_atomic_requests"]
+                  + launch.get("shuffles", 0))
     pipes = {"dram": dram / device.dram_bytes_per_s, "l2": l2 / device.l2_bytes_per_s,
              "shared": wavefronts / (device.sms * device.clock_hz)}
     bound = max(pipes, key=pipes.get)
@@ -240,7 +249,8 @@ def _scaled(launch: dict) -> dict:
     scale = launch["blocks"] / launch["blocks_run"]
     out = dict(launch)
     for key, value in launch.items():
-        if key.startswith(("global_", "shared_", "dram_")) and key != "shared_bytes" or key in ("barriers", "threads_run"):
+        if key.startswith(("global_", "shared_", "dram_")) and key != "shared_bytes" or key in (
+                "barriers", "threads_run", "shuffles"):
             out[key] = value * scale
     out["warps"] = launch["blocks"] * math.ceil(math.prod(launch["block"]) / 32)
     out["barriers_per_block"] = launch["barriers"] / launch["blocks_run"]
@@ -275,6 +285,7 @@ def rows(case: Case, launches: list[dict], resources: dict[str, dict] | None) ->
             sectors_per_load_request=(raw["global_load_sectors"] / raw["global_load_requests"]
                                       if raw["global_load_requests"] else None),
             shared_wavefronts_per_voxel=(launch["shared_load_wavefronts"] + launch["shared_store_wavefronts"]) / voxels,
+            shuffles_per_voxel=launch.get("shuffles", 0) / voxels,
             global_atomics=round(launch["global_atomic_ops"]), barriers_per_block=launch["barriers_per_block"],
             registers=res["registers"] if res else None,
             spill_bytes=res["spill_store_bytes"] + res["spill_load_bytes"] if res else None,
@@ -289,7 +300,38 @@ def rows(case: Case, launches: list[dict], resources: dict[str, dict] | None) ->
             row[f"floor_seconds_{device.name}"] = floor / device.dram_bytes_per_s if floor else None
             row[f"modeled_over_floor_{device.name}"] = (m["seconds"] * device.dram_bytes_per_s / floor) if floor else None
         out.append(row)
+    passes = [r for r in out if r["kernel"] in ("ncc_backward_coefficients", "ncc_backward_gradient")]
+    if len(passes) == 2:
+        out.append(_backward_total(case, passes))
     return out
+
+
+def _backward_total(case: Case, passes: list[dict]) -> dict:
+    """The NCC backward's two passes as the op: bytes, wavefronts and times added, against the
+    op's floor; the registers and spills of the larger, the occupancy of the lower."""
+    def total(key):
+        return sum(r[key] for r in passes)
+
+    def worst(key, pick):
+        values = [r[key] for r in passes if r[key] is not None]
+        return pick(values) if values else None
+
+    floor = floor_bytes(case, "ncc_backward")
+    row = dict(case=case.name, kernel="ncc_backward", kernel_symbol="(both passes)", aggregate=True, floor_bytes=floor,
+               counted_bytes=total("counted_bytes"), counted_over_floor=total("counted_bytes") / floor,
+               l2_bytes=total("l2_bytes"), sectors_per_load_request=None,
+               shared_wavefronts_per_voxel=total("shared_wavefronts_per_voxel"),
+               shuffles_per_voxel=total("shuffles_per_voxel"), registers=worst("registers", max),
+               spill_bytes=worst("spill_bytes", max), stack_bytes=worst("stack_bytes", max),
+               occupancy=worst("occupancy", min), blocks_per_sm=worst("blocks_per_sm", min),
+               occupancy_limited_by=min(passes, key=lambda r: r["occupancy"] or 0)["occupancy_limited_by"])
+    for device in DEVICES:
+        seconds = total(f"modeled_seconds_{device.name}")
+        row[f"modeled_seconds_{device.name}"] = seconds
+        row[f"bound_{device.name}"] = "+".join(r[f"bound_{device.name}"] for r in passes)
+        row[f"floor_seconds_{device.name}"] = floor / device.dram_bytes_per_s
+        row[f"modeled_over_floor_{device.name}"] = seconds * device.dram_bytes_per_s / floor
+    return row
 
 
 def format_markdown(result: dict) -> str:
@@ -298,14 +340,15 @@ def format_markdown(result: dict) -> str:
 
     lines = [f"fastwarp's CUDA kernels, modeled (Note [GPU cost model]) from counts of the emulated launch, "
              f"size {result['meta']['size']}; ptxas report: {result['meta']['resources']}.", "",
-             "| case | kernel | floor MB | counted MB | L2 MB | sectors/req | shared wf/voxel | regs | spill B | "
-             "occupancy | H100 modeled µs | floor µs | × floor | bound |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| case | kernel | floor MB | counted MB | L2 MB | sectors/req | shared wf/voxel | shuffles/voxel | regs | "
+             "spill B | occupancy | H100 modeled µs | floor µs | × floor | bound |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["cases"]:
         lines.append(
             f"| {r['case']} | {r['kernel']} | {f(r['floor_bytes'] and r['floor_bytes'] / 1e6, '.1f')} | "
             f"{r['counted_bytes'] / 1e6:.1f} | {r['l2_bytes'] / 1e6:.1f} | {f(r['sectors_per_load_request'], '.1f')} | "
-            f"{r['shared_wavefronts_per_voxel']:.2f} | {f(r['registers'], 'd')} | {f(r['spill_bytes'], 'd')} | "
+            f"{r['shared_wavefronts_per_voxel']:.2f} | {r.get('shuffles_per_voxel', 0):.2f} | "
+            f"{f(r['registers'], 'd')} | {f(r['spill_bytes'], 'd')} | "
             f"{f(r['occupancy'], '.0%')} ({r['occupancy_limited_by'] or '–'}) | {r['modeled_seconds_h100'] * 1e6:.0f} | "
             f"{f(r['floor_seconds_h100'] and r['floor_seconds_h100'] * 1e6, '.0f')} | "
             f"{f(r['modeled_over_floor_h100'], '.2f')} | {r['bound_h100']} |")
