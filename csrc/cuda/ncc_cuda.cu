@@ -29,6 +29,7 @@ namespace {
 //   * backward, pass 1: the same sums; epilogue: the coefficients f_X(p) (Note [Windowed
 //     NCC]), written unshifted as 3 (one gradient) or 5 (both) scratch maps;
 //   * backward, pass 2: sources the maps, summed as they are; epilogue: the gradients.
+// The maps are the only scratch: 3 (or 5) of the inputs' size, for the backward's duration.
 // A block owns a region of 16 rows (y) by 128 positions (x) of a chunk of consecutive
 // planes (z), and writes the voxels whose window lies in the region: the middle 120
 // positions and the middle 16 - 2 h_y rows. 512 threads, 16 warps; warp w owns region row w,
@@ -53,9 +54,10 @@ namespace {
 //      so that both the lanes' 2 x 16-byte stores and the column threads' 8-byte loads are
 //      free of bank conflicts.
 // So the sources are read from DRAM once (the halos and the leaving planes again from the
-// L2), shared memory carries the lanes' halos and the y exchange (about 2.5 wavefronts per
-// voxel at a window of 9, against 7 in the direct tiled sums this replaced), and no ring of
-// planes is kept. The registers (the 4 x kQ double sums per thread) cap a block at 512
+// L2), shared memory carries the lanes' halos and the y exchange (3.1 wavefronts per voxel
+// counted at 160x192x224 and a window of 9, against 7.3 in the direct tiled sums this
+// replaced; 4.7 at 128^3, whose 128 columns take a second x tile for 8 of them), and no ring
+// of planes is kept. The registers (the 4 x kQ double sums per thread) cap a block at 512
 // threads and 128 registers: one block per multiprocessor, 25% occupancy.
 //
 // Chunks: a volume's z range is split into c chunks, each of which first sums the 2 h_z
@@ -68,11 +70,14 @@ namespace {
 //
 // Arithmetic: float64 sums for every input dtype (Note [Shifted window sums] in ncc.h says
 // why float32 is not enough); the sources are read in their dtype (float for half and
-// bfloat16) and widened once per point. The scratch maps of the backward are float64 too:
-// the gradient B[f_I](q) + 2 I(q) B[f_II](q) + J(q) B[f_IJ](q) is a small difference of large
-// terms wherever the intensities are far from the window's mean scale (CT's air beside tissue:
-// I(q) = -1024 where the gradient is ~0), and float32 maps rounded those terms by 100 times
-// the gradient itself. The maps are unshifted, so the two passes may tile differently.
+// bfloat16) and widened once per point. The backward's scratch maps are float32 (float64 for
+// float64 inputs), each coefficient rounded once and box-summed in float64 again. The
+// gradient B[f_I](q) + 2 I(q) B[f_II](q) + J(q) B[f_IJ](q) is a difference of terms |I| / |I -
+// mean| times larger than itself, which multiplies the maps' rounding: 2e-5 of the largest
+// gradient on a +-1000 step with noise 1 (tests/test_ncc.py holds 1e-3), 4e-7 on CT-like
+// data. That needs the flat windows exact (Note [Shifted window sums]): with ~1e-9 of
+// rounding in a flat window's cross, float32 maps were off by 100 times the gradient. The
+// maps are unshifted, so the two passes may tile differently.
 //
 // Reach: h_x <= 4 (x windows up to 9) and h_y <= 7 (y windows up to 15); any z window.
 // Larger windows take the elementwise fallback at the end of this file.
@@ -841,11 +846,10 @@ std::tuple<at::Tensor, at::Tensor> ncc_backward_cuda(const at::Tensor& grad_out,
 
 // ------------------------------------------------------------------ large-window fallback
 //
-// Windows whose tile does not fit in shared memory: the five sums of every voxel in
-// double, by separable running sums along whole lines (csrc/common/ncc.h box_sum_line),
-// one thread per element or per line. It keeps six volumes of doubles, which the tiled
-// kernels exist to avoid; only windows of more than about 31 (forward) or 15 (backward)
-// voxels per axis come here.
+// Windows beyond the streaming kernel's reach (x wider than 9, y wider than 15): the five
+// sums of every voxel in double, by separable running sums along whole lines
+// (csrc/common/ncc.h box_sum_line), one thread per element or per line. It keeps six volumes
+// of doubles, which the streaming kernel exists to avoid.
 
 struct VolumeGeometry {
   int64_t ndim;
