@@ -34,7 +34,7 @@ _emu.load()
 out = {}
 g = torch.Generator().manual_seed(0)
 x = torch.rand(%(n)d, generator=g)
-for name in ("tile_reverse", "copy_stride2", "bank_conflict", "broadcast", "histogram"):
+for name in ("tile_reverse", "copy_stride2", "bank_conflict", "broadcast", "histogram", "neighbour_sum", "sweep_twice"):
     with _emu.counting() as launches:
         y = torch.ops.fastwarp_harness.run(name, x)
     out[name] = launches
@@ -44,6 +44,9 @@ big = torch.rand(256 * 128, generator=g)
 with _emu.counting(block_stride=2) as launches:
     torch.ops.fastwarp_harness.run("tile_reverse", big)
 out["sampled"] = launches
+with _emu.counting() as launches:
+    torch.ops.fastwarp_harness.run("sweep_twice", torch.rand(16384, generator=g))
+out["sweep_twice_big"] = launches
 image = torch.rand(1, 1, 8, 16, 32, generator=g)
 disp = torch.zeros(1, 3, 8, 16, 32)
 with _emu.EmulatedCuda(), _emu.counting() as launches:
@@ -108,6 +111,31 @@ def test_atomic_histogram(counts):
     # every thread adds to a shared bin; each block's first 16 threads add their bin to global memory
     assert (c["shared_atomic_ops"], c["shared_atomic_requests"]) == (N, WARPS)
     assert (c["global_atomic_ops"], c["global_atomic_requests"], c["global_atomic_sectors"]) == (4 * 16, 4, 4 * 2)
+
+
+L1_SIZES = ("16k", "32k", "64k", "128k")
+
+
+@needs_count
+def test_l1_serves_a_neighbour_warps_sectors(counts):
+    c = only(counts["neighbour_sum"])
+    # each warp reads its 4 sectors and its neighbour's 4: the pair's second warp hits both
+    assert c["global_load_sectors"] == 8 * WARPS
+    for size in L1_SIZES:
+        assert c[f"l1_miss_sectors_{size}"] == 4 * WARPS == c["dram_read_sectors"]
+
+
+@needs_count
+def test_l1_holds_what_fits_and_loses_what_does_not(counts):
+    c = only(counts["sweep_twice"])  # 4 KiB swept twice: every L1 holds it
+    assert c["global_load_sectors"] == 2 * N * 4 // 32
+    for size in L1_SIZES:
+        assert c[f"l1_miss_sectors_{size}"] == N * 4 // 32
+    c = only(counts["sweep_twice_big"])  # 64 KiB (513 lines unless 128-byte aligned)
+    sectors = 16384 * 4 // 32
+    assert c["l1_miss_sectors_16k"] == c["l1_miss_sectors_32k"] == 2 * sectors  # a cyclic sweep past LRU's reach
+    assert c["l1_miss_sectors_128k"] == sectors
+    assert sectors <= c["l1_miss_sectors_64k"] <= 2 * sectors
 
 
 @needs_count
@@ -181,6 +209,24 @@ def test_occupancy_by_hand():
     # 92 KiB of dynamic shared memory: 2 blocks in 228 KiB (1 KiB reserved each)
     occ = gpu_model.occupancy({"registers": 32, "static_shared_bytes": 64}, dict(launch, shared_bytes=92 * 1024))
     assert (occ["blocks_per_sm"], occ["limited_by"]) == (2, "shared memory")
+
+
+def test_l1_share_by_hand():
+    launch = {"block": [256, 1, 1], "shared_bytes": 0, "global_load_sectors": 1000, "global_store_sectors": 10,
+              "global_atomic_sectors": 1, "l1_miss_sectors_16k": 400, "l1_miss_sectors_32k": 300,
+              "l1_miss_sectors_64k": 200, "l1_miss_sectors_128k": 100}
+    # 3 blocks, 3 KiB of shared memory reserved: the 8 KiB carveout, 248 KiB of L1, 82 KiB each
+    occ = gpu_model.occupancy({"registers": 80, "static_shared_bytes": 0}, launch)
+    assert occ["l1_bytes_per_block"] == 248 * 1024 // 3
+    assert gpu_model.l1_key(occ, launch) == "l1_miss_sectors_64k"
+    assert gpu_model.l2_sectors(launch, "l1_miss_sectors_64k") == 200 + 10 + 2
+    assert gpu_model.l2_sectors(launch, None) == 1000 + 10 + 2
+    # 2 blocks of 92 KiB + 64 B + 1 KiB: the 196 KiB carveout, 30 KiB each: the 16 KiB L1
+    occ = gpu_model.occupancy({"registers": 32, "static_shared_bytes": 64}, dict(launch, shared_bytes=92 * 1024))
+    assert occ["l1_bytes_per_block"] == 30 * 1024 and gpu_model.l1_key(occ, launch) == "l1_miss_sectors_16k"
+    # counts without L1 figures: every load sector from the L2
+    plain = {k: v for k, v in launch.items() if not k.startswith("l1_")}
+    assert gpu_model.l1_key(occ, plain) is None
 
 
 def test_model_of_a_copy_is_its_floor():

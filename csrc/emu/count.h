@@ -37,9 +37,18 @@
 // (the others do nothing at all, so outputs are garbage); the counts are of the blocks run,
 // and blocks_run says how many, for the caller to scale. Halos shared across the edge of
 // a run count twice in the DRAM figure: runs should span several planes of the volume.
-// What it does not model: the L1 and L2 caches between a request and DRAM (a re-read of a
-// sector within a launch counts once in the DRAM figure, and every time in the request
-// figures), instruction issue, latency, register pressure (see the occupancy report of
+// The L1: each block's global loads also run through simulated L1 caches of 16, 32, 64 and
+// 128 KiB (the model picks the one that matches the block's share of the SM's L1; Note [GPU
+// cost model]), and the sectors that miss are what the L2 serves. The caches: 128-byte lines
+// of four 32-byte sectors filled on demand, 8 ways, an xor-folded set index (the hardware's
+// hash is not public; a plain modulo would alias planes a power of two apart), least recently
+// used replacement. Loads allocate; stores write through and do not allocate; atomics bypass the
+// L1 (as on sm_90). Each block starts cold (blocks that share an SM share its L1 in
+// hardware: the hits between them are missed here). Requests run through it in their
+// warp's program order (the earliest lane's), warp after warp between two barriers: the
+// interleaving of warps on the SM is not modeled.
+// What it does not model: the L2 (a re-read of a sector within a launch counts once in the
+// DRAM figure), instruction issue, latency, register pressure (see the occupancy report of
 // fastwarp/app/bench/kernel_resources.py), and the order in which warps run.
 #pragma once
 
@@ -81,6 +90,56 @@ struct LaunchCounts {
   uint64_t shared_atomic_requests = 0, shared_atomic_ops = 0;
   uint64_t shuffles = 0;  // warp-wide 32-bit shuffle instructions
   uint64_t dram_read_sectors = 0, dram_write_sectors = 0;
+  uint64_t l1_miss_sectors[4] = {};  // global load sectors that miss the L1 of each size in kL1Bytes
+};
+
+// The simulated L1 sizes (bytes per block); JSON keys l1_miss_sectors_16k ... _128k.
+inline constexpr uint64_t kL1Bytes[4] = {16 * 1024, 32 * 1024, 64 * 1024, 128 * 1024};
+
+// One block's L1 (Note [Counting the emulated launch]).
+class L1Cache {
+ public:
+  static constexpr int kWays = 8;
+  static constexpr uint64_t kLineBytes = 128;
+
+  FASTWARP_EMU_INTERNAL void reset(uint64_t bytes) {
+    sets_ = bytes / (kLineBytes * kWays);  // a power of two
+    bits_ = __builtin_ctzll(sets_);
+    lines_.assign(sets_ * kWays, Line{});
+    clock_ = 0;
+  }
+
+  // Looks `sector` (an address / 32) up, fills it on a miss; true on a hit.
+  FASTWARP_EMU_INTERNAL bool load(uintptr_t sector) {
+    const uint64_t line_index = sector >> 2, tag = line_index + 1;  // tag 0: an empty way
+    const uint8_t bit = static_cast<uint8_t>(1u << (sector & 3));
+    // the set: the line's low bits xor its next higher ones, so that lines a power of two
+    // apart spread, and an aligned run of sets_ lines still fills each set once
+    const uint64_t index = (line_index ^ (line_index >> bits_) ^ (line_index >> (2 * bits_))) & (sets_ - 1);
+    Line* set = &lines_[index * kWays];
+    ++clock_;
+    Line* victim = set;
+    for (int w = 0; w < kWays; ++w) {
+      Line& line = set[w];
+      if (line.tag == tag) {
+        line.used = clock_;
+        if (line.sectors & bit) return true;
+        line.sectors |= bit;
+        return false;
+      }
+      if (line.used < victim->used) victim = &line;  // empty ways have used == 0
+    }
+    *victim = Line{tag, clock_, bit};
+    return false;
+  }
+
+ private:
+  struct Line {
+    uint64_t tag = 0, used = 0;
+    uint8_t sectors = 0;
+  };
+  uint64_t sets_ = 1, bits_ = 0, clock_ = 0;
+  std::vector<Line> lines_;
 };
 
 // Distinct 32-byte sectors, as a bitmap per 4 KiB page.
@@ -155,6 +214,7 @@ class Counter {
     threads_ = threads;
     shared_begin_ = reinterpret_cast<uintptr_t>(shared);
     shared_end_ = shared_begin_ + shared_bytes;
+    for (size_t k = 0; k < l1_.size(); ++k) l1_[k].reset(kL1Bytes[k]);
   }
 
   // All the block's threads are at a barrier (`barrier`) or done (the block's end).
@@ -231,31 +291,44 @@ class Counter {
     uint32_t occurrence;
     Kind kind;
     unsigned int lane;
+    uint32_t seq;  // the access's place in its lane's log
     uintptr_t addr;
     uint32_t size;
+  };
+
+  struct Request {
+    uint32_t seq;  // the earliest lane's place in its log: the warp's program order
+    size_t begin, end;
   };
 
   FASTWARP_EMU_INTERNAL void flush_warp(LaunchCounts& c, unsigned int first, unsigned int last) {
     keyed_.clear();
     for (unsigned int t = first; t < last; ++t) {
       occurrences_.clear();
+      uint32_t seq = 0;
       for (const Access& a : logs_[t]) {
         const uint32_t k = occurrences_[a.pc ^ (static_cast<uintptr_t>(a.kind) << 60)]++;
-        keyed_.push_back(Keyed{a.pc, k, a.kind, t - first, a.addr, a.size});
+        keyed_.push_back(Keyed{a.pc, k, a.kind, t - first, seq++, a.addr, a.size});
       }
       logs_[t].clear();
     }
     std::sort(keyed_.begin(), keyed_.end(), [](const Keyed& x, const Keyed& y) {
       return std::tie(x.pc, x.occurrence, x.kind, x.lane) < std::tie(y.pc, y.occurrence, y.kind, y.lane);
     });
+    requests_.clear();
     for (size_t i = 0; i < keyed_.size();) {
       size_t j = i + 1;
+      uint32_t seq = keyed_[i].seq;
       while (j < keyed_.size() && keyed_[j].pc == keyed_[i].pc && keyed_[j].occurrence == keyed_[i].occurrence &&
              keyed_[j].kind == keyed_[i].kind)
-        ++j;
-      request(c, i, j);
+        seq = std::min(seq, keyed_[j++].seq);
+      requests_.push_back(Request{seq, i, j});
       i = j;
     }
+    // program order, for the L1 (the other counts do not depend on it)
+    std::stable_sort(requests_.begin(), requests_.end(),
+                     [](const Request& x, const Request& y) { return x.seq < y.seq; });
+    for (const Request& r : requests_) request(c, r.begin, r.end);
   }
 
   // One warp-wide request: keyed_[i, j).
@@ -297,6 +370,8 @@ class Counter {
       if (kind != Kind::GlobalLoad) writes_.add(s);
     }
     if (kind == Kind::GlobalLoad) {
+      for (size_t k = 0; k < l1_.size(); ++k)
+        for (uintptr_t s : sectors_) c.l1_miss_sectors[k] += !l1_[k].load(s);
       ++c.global_load_requests;
       c.global_load_sectors += sectors_.size();
       c.global_load_bytes += bytes;
@@ -319,6 +394,8 @@ class Counter {
   uintptr_t shared_begin_ = 0, shared_end_ = 0, static_begin_ = 0, static_end_ = 0;
   SectorSet reads_, writes_;
   std::vector<Keyed> keyed_;
+  std::vector<Request> requests_;
+  std::array<L1Cache, 4> l1_;
   std::unordered_map<uintptr_t, uint32_t> occurrences_;
   std::vector<uintptr_t> words_, sectors_;
 };

@@ -28,6 +28,10 @@
 //   bank_conflict          each warp's lanes write and read one shared column, 32 words
 //                          apart: 32 wavefronts per request
 //   broadcast              each warp's lanes read one shared word: 1 wavefront per request
+//   neighbour_sum          out[i] = in[i] + in[i ^ 32]: each warp reads its sectors and its
+//                          neighbour warp's, so half the load sectors hit a block's L1
+//   sweep_twice            warp 0 of block 0 sums the whole input, twice: the second sweep
+//                          hits an L1 that holds the input and misses one that does not
 // (tile_reverse is the coalesced, conflict-free case; histogram the atomic one.)
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -156,6 +160,23 @@ __global__ void broadcast_kernel(const float* in, float* out, int64_t n) {
   if (i < n) out[i] = tile[t - t % 32];
 }
 
+__global__ void neighbour_sum_kernel(const float* in, float* out, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (i < n) out[i] = in[i] + in[(i ^ 32) < n ? (i ^ 32) : i];
+}
+
+__global__ void sweep_twice_kernel(const float* in, float* out, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (blockIdx.x != 0 || threadIdx.x >= 32) {
+    if (i < n) out[i] = 0.f;
+    return;
+  }
+  float first = 0.f, second = 0.f;
+  for (int64_t k = threadIdx.x; k < n; k += 32) first += in[k];
+  for (int64_t k = threadIdx.x; k < n; k += 32) second += in[k];
+  if (i < n) out[i] = first + second;
+}
+
 __global__ void noop_kernel(float*) {}
 
 // (grid_x * grid_y * 32 * block_y, kFields) records of primitives_kernel.
@@ -209,6 +230,8 @@ at::Tensor run(c10::string_view name_view, const at::Tensor& input) {
   if (name == "copy_stride2") return elementwise(copy_stride2_kernel);
   if (name == "bank_conflict") return elementwise(bank_conflict_kernel);
   if (name == "broadcast") return elementwise(broadcast_kernel);
+  if (name == "neighbour_sum") return elementwise(neighbour_sum_kernel);
+  if (name == "sweep_twice") return elementwise(sweep_twice_kernel);
   TORCH_CHECK(false, "fastwarp_harness: unknown kernel ", name);
 }
 

@@ -13,14 +13,22 @@ Note [GPU cost model]
 A kernel is bound by the slowest of three pipes, then slowed by too little memory in flight:
 
     t_pipes   = max(DRAM bytes / B_dram,  L2 bytes / B_l2,  (shared wavefronts + shuffles) / (SMs * f))
+    L2 bytes  = (global load sectors that miss the block's L1 + store sectors + 2 atomic sectors) * 32
     in flight = resident warps per SM * B_req * min(R_seg, 4)        (bytes per SM)
     needed    = B_dram * L / SMs                                     (Little's law)
     modeled   = t_pipes / min(1, in flight / needed) * ceil(waves) / waves
 
   * DRAM bytes: the distinct 32-byte sectors the launch reads plus those it writes (first
-    touch: the working sets here are far above the 50 MB L2). L2 bytes: every sector of
-    every global request (coalescing: a warp reading 32 scattered floats moves 32 sectors),
-    atomics twice. Shared wavefronts: bank conflicts counted, broadcasts merged. Shuffles:
+    touch: the working sets here are far above the 50 MB L2). L2 bytes: the sectors of the
+    global requests (coalescing: a warp reading 32 scattered floats moves 32 sectors) that the
+    L1 does not serve, atomics twice. The L1: the counting build runs each block's loads
+    through simulated L1s of 16-128 KiB (Note [Counting the emulated launch]); the model takes
+    the largest that fits the block's share of the SM's: (256 KiB - the shared-memory carveout)
+    / resident blocks, the carveout being the smallest of sm_90's (0, 8, 16, 32, 64, 100, 132,
+    164, 196, 228 KiB) that holds the resident blocks' shared memory. Blocks sharing an SM
+    share its L1 in hardware, which the per-block simulation misses; the report also gives
+    the time with no L1 at all (`modeled_seconds_*_no_l1`), the model's upper end. Shared
+    wavefronts: bank conflicts counted, broadcasts merged. Shuffles:
     warp-wide 32-bit shuffle instructions, one per cycle per SM like a wavefront.
   * B_req: the mean sectors per global load request, times 32 bytes. R_seg: the global load
     requests a warp issues between two barriers (or in its life, without barriers): how many
@@ -75,6 +83,10 @@ SHARED_RESERVED_PER_BLOCK = 1024
 THREADS_PER_SM = 2048
 BLOCKS_PER_SM = 32
 MAX_LOADS_IN_FLIGHT = 4
+L1_SHARED_PER_SM = 256 * 1024  # the unified L1 / shared memory
+SHARED_CARVEOUTS_KIB = (0, 8, 16, 32, 64, 100, 132, 164, 196, 228)
+L1_SIMULATED = ((16, "l1_miss_sectors_16k"), (32, "l1_miss_sectors_32k"), (64, "l1_miss_sectors_64k"),
+                (128, "l1_miss_sectors_128k"))  # KiB per block, the counting build's keys
 
 # The issue's names of the kernels (a prefix of the emulated kernel's name -> name).
 KERNEL_NAMES = {
@@ -216,14 +228,33 @@ def occupancy(resources: dict | None, launch: dict) -> dict | None:
         "blocks": BLOCKS_PER_SM,
     }
     blocks = min(limits.values())
+    carveout = next((k * 1024 for k in SHARED_CARVEOUTS_KIB if k * 1024 >= blocks * shared), SHARED_PER_SM)
     return dict(blocks_per_sm=blocks, warps_per_sm=blocks * warps, occupancy=blocks * warps / (THREADS_PER_SM // 32),
-                limited_by=min(limits, key=limits.get))
+                limited_by=min(limits, key=limits.get),
+                l1_bytes_per_block=(L1_SHARED_PER_SM - carveout) // max(blocks, 1))
 
 
-def model(launch: dict, occ: dict | None, device: Device) -> dict:
-    """Note [GPU cost model] for one launch whose counts cover every block (scaled already)."""
+def l1_key(occ: dict | None, launch: dict) -> str | None:
+    """The counting build's L1-miss key for the simulated L1 that fits the block's share (the
+    smallest when none fits); None without an occupancy or L1 counts (no L1 modeled)."""
+    if occ is None or L1_SIMULATED[0][1] not in launch:
+        return None
+    fitting = [key for kib, key in L1_SIMULATED if kib * 1024 <= occ["l1_bytes_per_block"]]
+    return fitting[-1] if fitting else L1_SIMULATED[0][1]
+
+
+def l2_sectors(launch: dict, key: str | None) -> float:
+    """The sectors the L2 serves: the loads that miss the L1 of ``key`` (all, without one),
+    the stores, the atomics twice."""
+    loads = launch[key] if key else launch["global_load_sectors"]
+    return loads + launch["global_store_sectors"] + 2 * launch["global_atomic_sectors"]
+
+
+def model(launch: dict, occ: dict | None, device: Device, l1: bool = True) -> dict:
+    """Note [GPU cost model] for one launch whose counts cover every block (scaled already);
+    ``l1=False``: every load sector from the L2 (the model's upper end)."""
     dram = (launch["dram_read_sectors"] + launch["dram_write_sectors"]) * 32
-    l2 = (launch["global_load_sectors"] + launch["global_store_sectors"] + 2 * launch["global_atomic_sectors"]) * 32
+    l2 = l2_sectors(launch, l1_key(occ, launch) if l1 else None) * 32
     wavefronts = (launch["shared_load_wavefronts"] + launch["shared_store_wavefronts"] + launch["shared_atomic_requests"]
                   + launch.get("shuffles", 0))
     pipes = {"dram": dram / device.dram_bytes_per_s, "l2": l2 / device.l2_bytes_per_s,
@@ -249,7 +280,7 @@ def _scaled(launch: dict) -> dict:
     scale = launch["blocks"] / launch["blocks_run"]
     out = dict(launch)
     for key, value in launch.items():
-        if key.startswith(("global_", "shared_", "dram_")) and key != "shared_bytes" or key in (
+        if key.startswith(("global_", "shared_", "dram_", "l1_")) and key != "shared_bytes" or key in (
                 "barriers", "threads_run", "shuffles"):
             out[key] = value * scale
     out["warps"] = launch["blocks"] * math.ceil(math.prod(launch["block"]) / 32)
@@ -280,8 +311,11 @@ def rows(case: Case, launches: list[dict], resources: dict[str, dict] | None) ->
             dynamic_shared_bytes=raw["shared_bytes"], blocks=raw["blocks"], blocks_counted=raw["blocks_run"],
             floor_bytes=floor, counted_bytes=round(counted),
             counted_over_floor=counted / floor if floor else None,
-            l2_bytes=round((launch["global_load_sectors"] + launch["global_store_sectors"]
-                            + 2 * launch["global_atomic_sectors"]) * 32),
+            l2_bytes=round(l2_sectors(launch, l1_key(occ, launch)) * 32),
+            l2_bytes_no_l1=round(l2_sectors(launch, None) * 32),
+            l1_bytes_per_block=occ["l1_bytes_per_block"] if occ else None,
+            l1_hit_rate=(1 - launch[l1_key(occ, launch)] / launch["global_load_sectors"]
+                         if l1_key(occ, launch) and launch["global_load_sectors"] else None),
             sectors_per_load_request=(raw["global_load_sectors"] / raw["global_load_requests"]
                                       if raw["global_load_requests"] else None),
             shared_wavefronts_per_voxel=(launch["shared_load_wavefronts"] + launch["shared_store_wavefronts"]) / voxels,
@@ -299,6 +333,7 @@ def rows(case: Case, launches: list[dict], resources: dict[str, dict] | None) ->
             row[f"bound_{device.name}"] = m["bound"]
             row[f"floor_seconds_{device.name}"] = floor / device.dram_bytes_per_s if floor else None
             row[f"modeled_over_floor_{device.name}"] = (m["seconds"] * device.dram_bytes_per_s / floor) if floor else None
+            row[f"modeled_seconds_{device.name}_no_l1"] = model(launch, occ, device, l1=False)["seconds"]
         out.append(row)
     passes = [r for r in out if r["kernel"] in ("ncc_backward_coefficients", "ncc_backward_gradient")]
     if len(passes) == 2:
@@ -319,7 +354,8 @@ def _backward_total(case: Case, passes: list[dict]) -> dict:
     floor = floor_bytes(case, "ncc_backward")
     row = dict(case=case.name, kernel="ncc_backward", kernel_symbol="(both passes)", aggregate=True, floor_bytes=floor,
                counted_bytes=total("counted_bytes"), counted_over_floor=total("counted_bytes") / floor,
-               l2_bytes=total("l2_bytes"), sectors_per_load_request=None,
+               l2_bytes=total("l2_bytes"), l2_bytes_no_l1=total("l2_bytes_no_l1"), l1_bytes_per_block=None,
+               l1_hit_rate=None, sectors_per_load_request=None,
                shared_wavefronts_per_voxel=total("shared_wavefronts_per_voxel"),
                shuffles_per_voxel=total("shuffles_per_voxel"), registers=worst("registers", max),
                spill_bytes=worst("spill_bytes", max), stack_bytes=worst("stack_bytes", max),
@@ -331,6 +367,7 @@ def _backward_total(case: Case, passes: list[dict]) -> dict:
         row[f"bound_{device.name}"] = "+".join(r[f"bound_{device.name}"] for r in passes)
         row[f"floor_seconds_{device.name}"] = floor / device.dram_bytes_per_s
         row[f"modeled_over_floor_{device.name}"] = seconds * device.dram_bytes_per_s / floor
+        row[f"modeled_seconds_{device.name}_no_l1"] = total(f"modeled_seconds_{device.name}_no_l1")
     return row
 
 
@@ -340,18 +377,21 @@ def format_markdown(result: dict) -> str:
 
     lines = [f"fastwarp's CUDA kernels, modeled (Note [GPU cost model]) from counts of the emulated launch, "
              f"size {result['meta']['size']}; ptxas report: {result['meta']['resources']}.", "",
-             "| case | kernel | floor MB | counted MB | L2 MB | sectors/req | shared wf/voxel | shuffles/voxel | regs | "
-             "spill B | occupancy | H100 modeled µs | floor µs | × floor | bound |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| case | kernel | floor MB | counted MB | L2 MB | L1 hits | sectors/req | shared wf/voxel | shuffles/voxel | "
+             "regs | spill B | occupancy | H100 modeled µs | floor µs | × floor | bound | × floor, no L1 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["cases"]:
+        no_l1 = r.get("modeled_seconds_h100_no_l1")
         lines.append(
             f"| {r['case']} | {r['kernel']} | {f(r['floor_bytes'] and r['floor_bytes'] / 1e6, '.1f')} | "
-            f"{r['counted_bytes'] / 1e6:.1f} | {r['l2_bytes'] / 1e6:.1f} | {f(r['sectors_per_load_request'], '.1f')} | "
+            f"{r['counted_bytes'] / 1e6:.1f} | {r['l2_bytes'] / 1e6:.1f} | {f(r.get('l1_hit_rate'), '.0%')} | "
+            f"{f(r['sectors_per_load_request'], '.1f')} | "
             f"{r['shared_wavefronts_per_voxel']:.2f} | {r.get('shuffles_per_voxel', 0):.2f} | "
             f"{f(r['registers'], 'd')} | {f(r['spill_bytes'], 'd')} | "
             f"{f(r['occupancy'], '.0%')} ({r['occupancy_limited_by'] or '–'}) | {r['modeled_seconds_h100'] * 1e6:.0f} | "
             f"{f(r['floor_seconds_h100'] and r['floor_seconds_h100'] * 1e6, '.0f')} | "
-            f"{f(r['modeled_over_floor_h100'], '.2f')} | {r['bound_h100']} |")
+            f"{f(r['modeled_over_floor_h100'], '.2f')} | {r['bound_h100']} | "
+            f"{f(no_l1 and r['floor_seconds_h100'] and no_l1 / r['floor_seconds_h100'], '.2f')} |")
     return "\n".join(lines) + "\n"
 
 
