@@ -317,12 +317,46 @@ FASTWARP_UNROLL
   }
 }
 
+// f(std::integral_constant<int, HX>{}) for the x half-window `hx` (0 .. kMaxHx): the x sums
+// are unrolled for each.
+template <class F>
+__device__ __forceinline__ void with_hx(int hx, F&& f) {
+  static_assert(kMaxHx == 4, "with_hx: one case per x half-window");
+  switch (hx) {
+    case 0: f(std::integral_constant<int, 0>{}); break;
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    default: f(std::integral_constant<int, 4>{}); break;
+  }
+}
+
+// The lane lends its points to its neighbours: one 16-byte store to its warp's staging row.
+template <typename L>
+__device__ __forceinline__ void lend(L* row, int lane, const Points<L>& mine) {
+  store_aligned(reinterpret_cast<Points<L>*>(row + kPoints * lane), mine);
+}
+
+// ... and, after a __syncwarp, borrows its neighbours' (`left`, `right`: their offsets in the
+// row) around its own: w = [left's 4 points, its own (already there), right's 4].
+template <typename L>
+__device__ __forceinline__ void borrow(const L* row, int left, int right, L (&w)[3 * kPoints]) {
+  const Points<L> l = load_aligned(reinterpret_cast<const Points<L>*>(row + left));
+  const Points<L> r = load_aligned(reinterpret_cast<const Points<L>*>(row + right));
+FASTWARP_UNROLL
+  for (int k = 0; k < kPoints; ++k) {
+    w[k] = l.v[k];
+    w[2 * kPoints + k] = r.v[k];
+  }
+}
+
 // acc += sign * the x sums of plane z over the warp's region rows. Rows and planes outside
 // the image add nothing (zero padding); both are the same for the whole warp. The lanes
 // lend their points to their neighbours through the warp's staging rows in shared memory
-// (`staging`: kIn rows of kSpan values): one 16-byte store and two 16-byte loads per lane
-// and source, which cost 1.5 times the 8 shuffles they replace on the GPU but synchronize
-// the warp twice per row instead of 16 times (the emulated launch's cost).
+// (`staging`: staged<Q>() rows of kSpan values): one 16-byte store and two 16-byte loads per
+// lane and source, which cost 1.5 times the 8 shuffles they replace on the GPU but
+// synchronize the warp twice per row instead of 16 times (the emulated launch's cost). A
+// point outside the image reads the shift: its shifted value is exactly 0.
 template <class Q, typename T>
 __device__ void add_plane(const NccGrid& G, const BlockTile& t, const Source<T> (&src)[Q::kIn],
                           const int64_t (&vol)[Q::kIn], const double (&shift)[Q::kIn], int64_t z,
@@ -336,65 +370,35 @@ FASTWARP_UNROLL
   for (int r = 0; r < kRowsPerWarp; ++r) {
     const int64_t y = t.y0 - G.hy + warp + kWarps * r;
     if (y < 0 || y >= G.Y) continue;
-    if constexpr (Q::kSeparable) {
+    if constexpr (Q::kSeparable) {  // one source at a time, through one staging row
 FASTWARP_UNROLL
       for (int i = 0; i < Q::kIn; ++i) {
         L w[3 * kPoints];
+        Points<L> mine;
         __syncwarp();  // the warp's reads of the previous source are done
+        load_points(src[i], vol[i] + z * src[i].s.z + y * src[i].s.y, x, G.X, static_cast<L>(shift[i]), mine.v);
+        lend(staging, lane, mine);
+FASTWARP_UNROLL
+        for (int k = 0; k < kPoints; ++k) w[kPoints + k] = mine.v[k];
+        __syncwarp();
+        borrow(staging, left, right, w);
+        with_hx(G.hx, [&](auto hx) { add_line_sums<decltype(hx)::value>(w, i, sign, acc[r]); });
+      }
+    } else {  // all sources at once, a staging row each
+      LaneWindow<Q, L> W;
+      __syncwarp();  // the warp's reads of the previous row are done
+FASTWARP_UNROLL
+      for (int i = 0; i < Q::kIn; ++i) {
         Points<L> mine;
         load_points(src[i], vol[i] + z * src[i].s.z + y * src[i].s.y, x, G.X, static_cast<L>(shift[i]), mine.v);
-        store_aligned(reinterpret_cast<Points<L>*>(staging + kPoints * lane), mine);
-        __syncwarp();
-        const Points<L> l = load_aligned(reinterpret_cast<const Points<L>*>(staging + left));
-        const Points<L> rr = load_aligned(reinterpret_cast<const Points<L>*>(staging + right));
+        lend(staging + i * kSpan, lane, mine);
 FASTWARP_UNROLL
-        for (int k = 0; k < kPoints; ++k) {
-          w[k] = l.v[k];
-          w[kPoints + k] = mine.v[k];
-          w[2 * kPoints + k] = rr.v[k];
-        }
-        switch (G.hx) {
-          case 0: add_line_sums<0>(w, i, sign, acc[r]); break;
-          case 1: add_line_sums<1>(w, i, sign, acc[r]); break;
-          case 2: add_line_sums<2>(w, i, sign, acc[r]); break;
-          case 3: add_line_sums<3>(w, i, sign, acc[r]); break;
-          default: add_line_sums<4>(w, i, sign, acc[r]); break;
-        }
+        for (int k = 0; k < kPoints; ++k) W.w[i][kPoints + k] = mine.v[k];
       }
-      continue;
-    }
-    LaneWindow<Q, L> W;
-    __syncwarp();  // the warp's reads of the previous row are done
+      __syncwarp();
 FASTWARP_UNROLL
-    for (int i = 0; i < Q::kIn; ++i) {
-      L own[kPoints];
-      // a point outside the image reads the shift: its shifted value is exactly 0
-      load_points(src[i], vol[i] + z * src[i].s.z + y * src[i].s.y, x, G.X, static_cast<L>(shift[i]), own);
-      Points<L> mine;
-FASTWARP_UNROLL
-      for (int k = 0; k < kPoints; ++k) {
-        mine.v[k] = own[k];
-        W.w[i][kPoints + k] = own[k];
-      }
-      store_aligned(reinterpret_cast<Points<L>*>(staging + i * kSpan + kPoints * lane), mine);
-    }
-    __syncwarp();
-FASTWARP_UNROLL
-    for (int i = 0; i < Q::kIn; ++i) {
-      const Points<L> l = load_aligned(reinterpret_cast<const Points<L>*>(staging + i * kSpan + left));
-      const Points<L> rr = load_aligned(reinterpret_cast<const Points<L>*>(staging + i * kSpan + right));
-FASTWARP_UNROLL
-      for (int k = 0; k < kPoints; ++k) {
-        W.w[i][k] = l.v[k];
-        W.w[i][2 * kPoints + k] = rr.v[k];
-      }
-    }
-    switch (G.hx) {
-      case 0: add_row_sums<0>(W, shift, sign, acc[r]); break;
-      case 1: add_row_sums<1>(W, shift, sign, acc[r]); break;
-      case 2: add_row_sums<2>(W, shift, sign, acc[r]); break;
-      case 3: add_row_sums<3>(W, shift, sign, acc[r]); break;
-      default: add_row_sums<4>(W, shift, sign, acc[r]); break;
+      for (int i = 0; i < Q::kIn; ++i) borrow(staging + i * kSpan, left, right, W.w[i]);
+      with_hx(G.hx, [&](auto hx) { add_row_sums<decltype(hx)::value>(W, shift, sign, acc[r]); });
     }
   }
 }
