@@ -258,8 +258,8 @@ def test_model_of_a_copy_is_its_floor():
 @pytest.mark.parametrize("kernel", [
     "warp_fwd_kernel<float, float, int, 3>",
     "warp_bwd_kernel<float, int, 3>",
-    "det_keys_kernel<float, 3>",
-    "det_reduce_kernel<float, 3>",
+    "det_keys_kernel<float, int, 3>",
+    "det_reduce_kernel<float, int, 3>",
     "ncc_gradient_kernel<float, 1>",
     "ncc_gradient_kernel<float, 3>",
 ])

@@ -78,91 +78,66 @@ __global__ void __launch_bounds__(kThreads)
 // The default image gradient scatters with atomicAdd, whose order (and so the rounding
 // of the sum) varies run to run, like grid_sample's. Under
 // torch.use_deterministic_algorithms(True) we instead
-//   1. write one key per (image n, output point, corner): the flat index n*S + voxel of
-//      the voxel it adds to (S voxels per image), or kNoVoxel for a corner outside;
+//   1. let one thread per (image n, output point) m build its corners once and write, for
+//      each corner b, a key, the flat index n*S + voxel of the voxel it adds to (S voxels
+//      per image; kNoKey for a corner outside), and its weight, at [b * M + m] (M: the
+//      (image, point) pairs; corner-major, so that every store is coalesced);
 //   2. stable-sort the keys (at::sort), which groups the contributions of every voxel in
 //      a fixed order;
-//   3. let the first entry of each group sum the group serially, recomputing each
-//      contribution's weight from the coordinates, and write the voxel once.
-// The result is bitwise reproducible; it costs 24 bytes per (point, corner) of scratch.
-constexpr int64_t kNoVoxel = std::numeric_limits<int64_t>::max();
+//   3. let the first entry of each group sum weight * grad_out over the group serially,
+//      per channel, and write the voxel once.
+// The result is bitwise reproducible. Keys are 32-bit whenever N*S < 2^31 - 1 (half the
+// sort's bytes and radix passes). Scratch per (point, corner): the key (4 or 8 bytes), the
+// weight (4, or 8 for double), the sort's permutation (8) and sorted keys.
+template <typename key_t>
+constexpr key_t kNoKey = std::numeric_limits<key_t>::max();
 
-// Corner b of cs, b known only at run time, by an unrolled select: indexing cs's arrays
-// with b would put them on the stack (local memory).
-template <typename T, typename index_t, int NDIM>
-__device__ __forceinline__ void select_corner(const Corners<T, index_t, NDIM>& cs, int b,
-                                              index_t* off, T* w, bool* in) {
-  *off = cs.off[0];
-  *w = cs.w[0];
-  *in = cs.in[0] && cs.count > 0;
-FASTWARP_UNROLL
-  for (int j = 1; j < (1 << NDIM); ++j) {
-    if (j == b) {
-      *off = cs.off[j];
-      *w = cs.w[j];
-      *in = cs.in[j] && j < cs.count;
-    }
-  }
-}
-
-template <typename scalar_t, int NDIM>
+template <typename scalar_t, typename key_t, int NDIM>
 __global__ void __launch_bounds__(kThreads)
     det_keys_kernel(const SampleParams<NDIM> P, const scalar_t* __restrict__ coords,
-                    int64_t* __restrict__ keys, int64_t points, int64_t voxels, int64_t total) {
+                    key_t* __restrict__ keys, at::opmath_type<scalar_t>* __restrict__ weights,
+                    int64_t points, int64_t voxels, int64_t pairs) {
   using T = at::opmath_type<scalar_t>;
-  constexpr int K = 1 << NDIM;
-  const int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  if (e >= total) return;
-  const int b = static_cast<int>(e % K);
-  const int64_t q = e / K;
-  const int64_t n = q / points;
+  const int64_t m = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (m >= pairs) return;
+  const int64_t n = m / points;
   int64_t nd, pos[NDIM];
-  thread_point(P, q % points, points, &nd, pos);
+  thread_point(P, m % points, points, &nd, pos);
   nd = P.coord_batch == 1 ? 0 : n;
   PointSample<T, NDIM> ps;
   const bool any = compute_point<DynamicConfig, T>(P, coords, nd, pos, &ps);
   Corners<T, int64_t, NDIM> cs;
   make_corners<DynamicConfig>(P, ps, any, P.gimg_stride, &cs);
-  int64_t off;
-  T w;
-  bool in;
-  select_corner(cs, b, &off, &w, &in);
-  keys[e] = in ? n * voxels + off : kNoVoxel;
+FASTWARP_UNROLL
+  for (int b = 0; b < (1 << NDIM); ++b) {
+    const bool in = cs.in[b] && b < cs.count;
+    keys[b * pairs + m] = in ? static_cast<key_t>(n * voxels + cs.off[b]) : kNoKey<key_t>;
+    weights[b * pairs + m] = cs.w[b];
+  }
 }
 
-template <typename scalar_t, int NDIM>
+template <typename scalar_t, typename key_t, int NDIM>
 __global__ void __launch_bounds__(kThreads)
     det_reduce_kernel(const SampleParams<NDIM> P, const scalar_t* __restrict__ grad_out,
-                      const scalar_t* __restrict__ coords, const int64_t* __restrict__ keys,
-                      const int64_t* __restrict__ order, at::opmath_type<scalar_t>* grad_image,
-                      int64_t points, int64_t voxels, int64_t total) {
+                      const key_t* __restrict__ keys, const int64_t* __restrict__ order,
+                      const at::opmath_type<scalar_t>* __restrict__ weights,
+                      at::opmath_type<scalar_t>* grad_image, int64_t points, int64_t voxels,
+                      int64_t pairs, int64_t total) {
   using T = at::opmath_type<scalar_t>;
-  constexpr int K = 1 << NDIM;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (i >= total) return;
-  const int64_t key = keys[i];
-  if (key == kNoVoxel || (i > 0 && keys[i - 1] == key)) return;
-  const int64_t n = key / voxels;
-  const int64_t voxel = key % voxels;
+  const key_t key = keys[i];
+  if (key == kNoKey<key_t> || (i > 0 && keys[i - 1] == key)) return;
+  const int64_t n = static_cast<int64_t>(key) / voxels;
+  const int64_t voxel = static_cast<int64_t>(key) % voxels;
   for (int64_t c = 0; c < P.C; ++c) {
     T acc = T(0);
     for (int64_t j = i; j < total && keys[j] == key; ++j) {
       const int64_t e = order[j];
-      const int b = static_cast<int>(e % K);
       int64_t nd, pos[NDIM];
-      thread_point(P, (e / K) % points, points, &nd, pos);
-      nd = P.coord_batch == 1 ? 0 : n;
-      PointSample<T, NDIM> ps;
-      const bool any = compute_point<DynamicConfig, T>(P, coords, nd, pos, &ps);
-      Corners<T, int64_t, NDIM> cs;
-      make_corners<DynamicConfig>(P, ps, any, P.gimg_stride, &cs);
-      const T g = static_cast<T>(grad_out[n * P.out_stride_n + c * P.out_stride_c +
-                                          spatial_offset(pos, P.out_stride)]);
-      int64_t off;
-      T w;
-      bool in;
-      select_corner(cs, b, &off, &w, &in);
-      acc += w * g;
+      thread_point(P, (e % pairs) % points, points, &nd, pos);
+      acc += weights[e] * static_cast<T>(grad_out[n * P.out_stride_n + c * P.out_stride_c +
+                                                  spatial_offset(pos, P.out_stride)]);
     }
     grad_image[n * P.gimg_stride_n + c * P.gimg_stride_c + voxel] = acc;
   }
@@ -205,19 +180,33 @@ struct CudaBackend {
   static void deterministic_image_grad(const SampleParams<NDIM>& P, const scalar_t* grad_out,
                                        const scalar_t* coords,
                                        at::opmath_type<scalar_t>* grad_image, int64_t points) {
-    constexpr int K = 1 << NDIM;
     int64_t voxels = 1;
     for (int k = 0; k < NDIM; ++k) voxels *= P.in_size[k];
-    const int64_t total = P.N * points * K;
+    if (P.N * voxels < std::numeric_limits<int32_t>::max())
+      deterministic_image_grad<scalar_t, int32_t, NDIM>(P, grad_out, coords, grad_image, points, voxels);
+    else
+      deterministic_image_grad<scalar_t, int64_t, NDIM>(P, grad_out, coords, grad_image, points, voxels);
+  }
+
+  template <typename scalar_t, typename key_t, int NDIM>
+  static void deterministic_image_grad(const SampleParams<NDIM>& P, const scalar_t* grad_out,
+                                       const scalar_t* coords,
+                                       at::opmath_type<scalar_t>* grad_image, int64_t points,
+                                       int64_t voxels) {
+    using T = at::opmath_type<scalar_t>;
+    const int64_t pairs = P.N * points, total = pairs * (1 << NDIM);
     const auto stream = cuda::current_stream();
-    const auto options = at::TensorOptions().dtype(at::kLong).device(cuda::current_device());
-    at::Tensor keys = at::empty({total}, options);
-    cuda::launch(det_keys_kernel<scalar_t, NDIM>, num_blocks(total), kThreads, 0, stream, P,
-                 coords, keys.mutable_data_ptr<int64_t>(), points, voxels, total);
+    const auto on_device = at::TensorOptions().device(cuda::current_device());
+    at::Tensor keys = at::empty({total}, on_device.dtype(c10::CppTypeToScalarType<key_t>::value));
+    at::Tensor weights = at::empty({total}, on_device.dtype(c10::CppTypeToScalarType<T>::value));
+    cuda::launch(det_keys_kernel<scalar_t, key_t, NDIM>, num_blocks(pairs), kThreads, 0, stream, P,
+                 coords, keys.mutable_data_ptr<key_t>(), weights.mutable_data_ptr<T>(), points,
+                 voxels, pairs);
     auto [sorted, order] = keys.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
-    cuda::launch(det_reduce_kernel<scalar_t, NDIM>, num_blocks(total), kThreads, 0, stream, P,
-                 grad_out, coords, sorted.const_data_ptr<int64_t>(),
-                 order.const_data_ptr<int64_t>(), grad_image, points, voxels, total);
+    keys.reset();
+    cuda::launch(det_reduce_kernel<scalar_t, key_t, NDIM>, num_blocks(total), kThreads, 0, stream,
+                 P, grad_out, sorted.const_data_ptr<key_t>(), order.const_data_ptr<int64_t>(),
+                 weights.const_data_ptr<T>(), grad_image, points, voxels, pairs, total);
   }
 };
 
