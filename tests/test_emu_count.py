@@ -277,3 +277,16 @@ def test_ncc_moment_kernels_spill_little(kernel):
     k = kernel_resources.load()[kernel]
     assert k["registers"] <= 128 and k["stack_bytes"] <= 64, k
     assert k["spill_store_bytes"] <= 64 and k["spill_load_bytes"] <= 64, k
+
+
+@pytest.mark.skipif(not os.path.exists(kernel_resources.DEFAULT_OUT), reason="no ptxas report (python -m fastwarp.app.bench.kernel_resources)")
+def test_ncc_march_kernels_hold_one_block_per_sm():
+    """ncc_cuda.cu's kMarchRegisters tells the emulated occupancy that the march kernels fit
+    one block of 512 threads per multiprocessor, by registers: ptxas must agree."""
+    report = kernel_resources.load(kernel_resources.DEFAULT_OUT)
+    march = {k: v for k, v in report.items() if k.startswith(("ncc_forward_kernel", "ncc_coefficients_kernel",
+                                                                  "ncc_gradient_kernel"))}
+    assert march, sorted(report)[:20]
+    for name, res in march.items():
+        occ = gpu_model.occupancy(res, {"block": [512, 1, 1], "shared_bytes": 0})
+        assert occ["blocks_per_sm"] == 1 and occ["limited_by"] == "registers", (name, res["registers"])

@@ -736,13 +736,18 @@ bool prepare_shared_memory(Kernel kernel, size_t bytes, size_t static_bytes) {
   return true;
 }
 
+// The march kernels' registers per thread, for the emulated occupancy (the GPU's API knows
+// them): __launch_bounds__(kThreads) allows 65536 / kThreads, and ptxas's report has each
+// above half that (tests/test_emu_count.py holds it), so one block per multiprocessor.
+constexpr int kMarchRegisters = 65536 / kThreads;
+
 // The forward's static shared memory: block_sum's warp totals.
 constexpr size_t kForwardStaticShared = kThreads / 32 * sizeof(double);
 
 // Runs the march's launch: the chunks for its occupancy, the grid, the kernel.
 template <typename Kernel, typename... Args>
 int64_t launch_march(Kernel kernel, NccGrid& G, const at::Tensor& a, size_t bytes, Args&&... args) {
-  split_chunks(&G, a, 2 * G.hz, cuda::resident_blocks(kernel, kThreads, bytes));
+  split_chunks(&G, a, 2 * G.hz, cuda::resident_blocks(kernel, kThreads, bytes, kMarchRegisters));
   const int64_t blocks = num_blocks(a, G);
   cuda::launch(kernel, dim3(static_cast<unsigned int>(blocks)), dim3(kThreads), bytes, cuda::current_stream(),
                G, std::forward<Args>(args)...);
@@ -770,7 +775,7 @@ at::Tensor ncc_forward_cuda(const at::Tensor& a, const at::Tensor& b, at::IntArr
       return;
     }
     // the grid (and so the partial sums' count) depends on the chunks
-    split_chunks(&G, a, 2 * G.hz, cuda::resident_blocks(kernel, kThreads, bytes));
+    split_chunks(&G, a, 2 * G.hz, cuda::resident_blocks(kernel, kThreads, bytes, kMarchRegisters));
     const int64_t blocks = num_blocks(a, G);
     at::Tensor out, partial;
     Strides so{};

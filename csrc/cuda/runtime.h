@@ -59,14 +59,18 @@ inline int multiprocessor_count() {
 }
 inline size_t max_shared_memory_per_block() { return emu::kMaxDynamicSharedOptin; }
 
-// Blocks of a kernel one multiprocessor holds at once. The emulation knows no registers: it
-// counts threads and shared memory alone, with sm_90's limits (2048 threads, 32 blocks,
-// 228 KiB of shared memory of which 1 KiB is reserved per block).
+// Blocks of a kernel one multiprocessor holds at once, with sm_90's limits (65,536
+// registers allocated per warp in units of 256, 2048 threads, 32 blocks, 228 KiB of shared
+// memory of which 1 KiB is reserved per block). The emulation cannot know the kernel's
+// registers: the caller states them (`registers`, per thread, as ptxas's report has them; a
+// test holds the statement to the report), or they are not counted (0).
 template <typename... Params>
-int resident_blocks(void (*)(Params...), int threads, size_t shared_bytes) {
+int resident_blocks(void (*)(Params...), int threads, size_t shared_bytes, int registers = 0) {
+  const int warps = (threads + 31) / 32;
   const int by_threads = 2048 / threads;
   const int by_shared = static_cast<int>((228 * 1024) / (shared_bytes + 1024));
-  return std::max(1, std::min({32, by_threads, by_shared}));
+  const int by_registers = registers > 0 ? 65536 / (((registers * 32 + 255) / 256) * 256 * warps) : 32;
+  return std::max(1, std::min({32, by_threads, by_shared, by_registers}));
 }
 
 #else
@@ -98,9 +102,10 @@ inline size_t max_shared_memory_per_block() {
 }
 
 // Blocks of `kernel` one multiprocessor holds at once (the occupancy API: registers, shared
-// memory, threads); call after set_max_dynamic_shared_memory.
+// memory, threads); call after set_max_dynamic_shared_memory. `registers`: the emulation's
+// (the API knows them).
 template <typename... Params>
-int resident_blocks(void (*kernel)(Params...), int threads, size_t shared_bytes) {
+int resident_blocks(void (*kernel)(Params...), int threads, size_t shared_bytes, int /*registers*/ = 0) {
   int blocks = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, shared_bytes));
   return blocks > 0 ? blocks : 1;
