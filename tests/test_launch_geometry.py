@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import fastwarp
+from fastwarp import _emu
 from conftest import deterministic_algorithms
 from reference import ncc_reference, smooth_field, voxelmorph_warp, warp_reference
 
@@ -78,13 +79,19 @@ def test_grid_sample_many_blocks(nd, padding, align_corners, device, gen):
             torch.testing.assert_close(got[2], expected[2], rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("key_bits", ["32", "64"])
 @pytest.mark.parametrize("nd", [2, 3])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_deterministic_image_gradient_many_contributions(nd, dtype, device, gen):
+def test_deterministic_image_gradient_many_contributions(nd, dtype, key_bits, device, gen, monkeypatch):
     """A field that squeezes the whole image into a few voxels around its centre: each of
     those voxels receives hundreds of contributions, which the deterministic path (on CUDA:
     sort the keys, then one serial sum per voxel) must add up right, and the same way every
-    run."""
+    run. On CUDA with 32-bit keys (the sizes here) and 64-bit ones (forced: they serve
+    N * voxels >= 2^31)."""
+    if key_bits == "64":
+        if device.type == "cpu" and not _emu.active():
+            pytest.skip("the CPU's deterministic path has no keys")
+        monkeypatch.setenv("FASTWARP_DETERMINISTIC_KEYS", "64")
     shape = (2, 2, 23, 25) if nd == 2 else (2, 2, 11, 12, 10)
     spatial = shape[2:]
     image = torch.randn(shape, generator=gen, dtype=torch.float64)

@@ -6,6 +6,8 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 
 #include "../common/sample_op.h"
@@ -87,7 +89,8 @@ __global__ void __launch_bounds__(kThreads)
 //   3. let the first entry of each group sum weight * grad_out over the group serially,
 //      per channel, and write the voxel once.
 // The result is bitwise reproducible. Keys are 32-bit whenever N*S < 2^31 - 1 (half the
-// sort's bytes and radix passes). Scratch per (point, corner): the key (4 or 8 bytes), the
+// sort's bytes and radix passes; FASTWARP_DETERMINISTIC_KEYS=64 forces 64-bit ones, which
+// the tests use). Scratch per (point, corner): the key (4 or 8 bytes), the
 // weight (4, or 8 for double), the sort's permutation (8) and sorted keys.
 template <typename key_t>
 constexpr key_t kNoKey = std::numeric_limits<key_t>::max();
@@ -182,7 +185,10 @@ struct CudaBackend {
                                        at::opmath_type<scalar_t>* grad_image, int64_t points) {
     int64_t voxels = 1;
     for (int k = 0; k < NDIM; ++k) voxels *= P.in_size[k];
-    if (P.N * voxels < std::numeric_limits<int32_t>::max())
+    // FASTWARP_DETERMINISTIC_KEYS=64 takes the 64-bit keys at any size (for the tests)
+    const char* bits = std::getenv("FASTWARP_DETERMINISTIC_KEYS");
+    const bool wide = bits != nullptr && std::strcmp(bits, "64") == 0;
+    if (!wide && P.N * voxels < std::numeric_limits<int32_t>::max())
       deterministic_image_grad<scalar_t, int32_t, NDIM>(P, grad_out, coords, grad_image, points, voxels);
     else
       deterministic_image_grad<scalar_t, int64_t, NDIM>(P, grad_out, coords, grad_image, points, voxels);
