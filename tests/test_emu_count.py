@@ -113,7 +113,7 @@ def test_atomic_histogram(counts):
     assert (c["global_atomic_ops"], c["global_atomic_requests"], c["global_atomic_sectors"]) == (4 * 16, 4, 4 * 2)
 
 
-L1_SIZES = ("16k", "32k", "64k", "128k")
+L1_SIZES = ("8k", "16k", "32k", "64k", "128k")
 
 
 @needs_count
@@ -133,7 +133,8 @@ def test_l1_holds_what_fits_and_loses_what_does_not(counts):
         assert c[f"l1_miss_sectors_{size}"] == N * 4 // 32
     c = only(counts["sweep_twice_big"])  # 64 KiB (513 lines unless 128-byte aligned)
     sectors = 16384 * 4 // 32
-    assert c["l1_miss_sectors_16k"] == c["l1_miss_sectors_32k"] == 2 * sectors  # a cyclic sweep past LRU's reach
+    assert c["l1_miss_sectors_8k"] == c["l1_miss_sectors_16k"] == c["l1_miss_sectors_32k"] == 2 * sectors  # a
+    # cyclic sweep past LRU's reach
     assert c["l1_miss_sectors_128k"] == sectors
     assert sectors <= c["l1_miss_sectors_64k"] <= 2 * sectors
 
@@ -203,9 +204,15 @@ def test_ptxas_report_parse():
 
 def test_occupancy_by_hand():
     launch = {"block": [256, 1, 1], "shared_bytes": 0}
-    # 80 registers: 2,560 per warp, 20,480 per block of 8 warps: 3 blocks in 65,536
+    # 80 registers: 2,560 per warp, 6 warps in each of the 4 sub-partitions of 16,384: 3 blocks
     occ = gpu_model.occupancy({"registers": 80, "static_shared_bytes": 0}, launch)
     assert (occ["blocks_per_sm"], occ["limited_by"], occ["occupancy"]) == (3, "registers", 24 / 64)
+    # 48 registers: 1,536 per warp, 10 per sub-partition (not 65,536 / 1,536 = 42 per SM): 5 blocks of 8 warps
+    occ = gpu_model.occupancy({"registers": 48, "static_shared_bytes": 0}, launch)
+    assert occ["warps_per_sm"] == 40 and occ["blocks_per_sm"] == 5
+    # blocks of 64 threads at 48 registers: 40 warps, 20 blocks (42 warps would give 21)
+    occ = gpu_model.occupancy({"registers": 48, "static_shared_bytes": 0}, dict(launch, block=[64, 1, 1]))
+    assert occ["blocks_per_sm"] == 20
     # 92 KiB of dynamic shared memory: 2 blocks in 228 KiB (1 KiB reserved each)
     occ = gpu_model.occupancy({"registers": 32, "static_shared_bytes": 64}, dict(launch, shared_bytes=92 * 1024))
     assert (occ["blocks_per_sm"], occ["limited_by"]) == (2, "shared memory")
@@ -213,7 +220,7 @@ def test_occupancy_by_hand():
 
 def test_l1_share_by_hand():
     launch = {"block": [256, 1, 1], "shared_bytes": 0, "global_load_sectors": 1000, "global_store_sectors": 10,
-              "global_atomic_sectors": 1, "l1_miss_sectors_16k": 400, "l1_miss_sectors_32k": 300,
+              "global_atomic_sectors": 1, "l1_miss_sectors_8k": 450, "l1_miss_sectors_16k": 400, "l1_miss_sectors_32k": 300,
               "l1_miss_sectors_64k": 200, "l1_miss_sectors_128k": 100}
     # 3 blocks, 3 KiB of shared memory reserved: the 8 KiB carveout, 248 KiB of L1, 82 KiB each
     occ = gpu_model.occupancy({"registers": 80, "static_shared_bytes": 0}, launch)
@@ -227,6 +234,9 @@ def test_l1_share_by_hand():
     # counts without L1 figures: every load sector from the L2
     plain = {k: v for k, v in launch.items() if not k.startswith("l1_")}
     assert gpu_model.l1_key(occ, plain) is None
+    # 32 blocks of 64 threads: 224 KiB of L1 after the 32 KiB carveout, 7 KiB each: no L1 fits
+    occ = gpu_model.occupancy({"registers": 32, "static_shared_bytes": 0}, dict(launch, block=[64, 1, 1]))
+    assert occ["blocks_per_sm"] == 32 and gpu_model.l1_key(occ, launch) is None
 
 
 def test_model_of_a_copy_is_its_floor():

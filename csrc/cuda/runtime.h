@@ -59,8 +59,8 @@ inline int multiprocessor_count() {
 }
 inline size_t max_shared_memory_per_block() { return emu::kMaxDynamicSharedOptin; }
 
-// Blocks of a kernel one multiprocessor holds at once, with sm_90's limits (65,536
-// registers allocated per warp in units of 256, 2048 threads, 32 blocks, 228 KiB of shared
+// Blocks of a kernel one multiprocessor holds at once, with sm_90's limits (4 register-file
+// sub-partitions of 16,384, allocated per warp in units of 256; 2048 threads, 32 blocks, 228 KiB of shared
 // memory of which 1 KiB is reserved per block). The emulation cannot know the kernel's
 // registers: the caller states them (`registers`, per thread, as ptxas's report has them; a
 // test holds the statement to the report), or they are not counted (0).
@@ -69,7 +69,7 @@ int resident_blocks(void (*)(Params...), int threads, size_t shared_bytes, int r
   const int warps = (threads + 31) / 32;
   const int by_threads = 2048 / threads;
   const int by_shared = static_cast<int>((228 * 1024) / (shared_bytes + 1024));
-  const int by_registers = registers > 0 ? 65536 / (((registers * 32 + 255) / 256) * 256 * warps) : 32;
+  const int by_registers = registers > 0 ? 4 * (16384 / (((registers * 32 + 255) / 256) * 256)) / warps : 32;
   return std::max(1, std::min({32, by_threads, by_shared, by_registers}));
 }
 

@@ -137,8 +137,8 @@ __global__ void __launch_bounds__(kThreads)
     T acc = T(0);
     for (int64_t j = i; j < total && keys[j] == key; ++j) {
       const int64_t e = order[j];
-      int64_t nd, pos[NDIM];
-      thread_point(P, (e % pairs) % points, points, &nd, pos);
+      int64_t nd, pos[NDIM];  // (nd unused: n is the key's)
+      thread_point(P, e, points, &nd, pos);  // pairs is a multiple of points
       acc += weights[e] * static_cast<T>(grad_out[n * P.out_stride_n + c * P.out_stride_c +
                                                   spatial_offset(pos, P.out_stride)]);
     }

@@ -66,7 +66,7 @@ std::string end() {
     FIELD(shared_atomic_requests); FIELD(shared_atomic_ops); FIELD(shuffles);
     FIELD(dram_read_sectors); FIELD(dram_write_sectors);
 #undef FIELD
-    for (size_t k = 0; k < 4; ++k)
+    for (size_t k = 0; k < 5; ++k)
       out << ",\"l1_miss_sectors_" << count::kL1Bytes[k] / 1024 << "k\":" << c.l1_miss_sectors[k];
     out << "}";
     first = false;

@@ -37,15 +37,15 @@
 // (the others do nothing at all, so outputs are garbage); the counts are of the blocks run,
 // and blocks_run says how many, for the caller to scale. Halos shared across the edge of
 // a run count twice in the DRAM figure: runs should span several planes of the volume.
-// The L1: each block's global loads also run through simulated L1 caches of 16, 32, 64 and
-// 128 KiB (the model picks the one that matches the block's share of the SM's L1; Note [GPU
+// The L1: each block's global loads also run through simulated L1 caches of 8, 16, 32, 64
+// and 128 KiB (the model picks the one that matches the block's share of the SM's L1; Note [GPU
 // cost model]), and the sectors that miss are what the L2 serves. The caches: 128-byte lines
 // of four 32-byte sectors filled on demand, 8 ways, an xor-folded set index (the hardware's
 // hash is not public; a plain modulo would alias planes a power of two apart), least recently
 // used replacement. Loads allocate; stores write through and do not allocate; atomics bypass the
 // L1 (as on sm_90). Each block starts cold (blocks that share an SM share its L1 in
 // hardware: the hits between them are missed here). Requests run through it in their
-// warp's program order (the earliest lane's), warp after warp between two barriers: the
+// warp's program order (the latest lane's), warp after warp between two barriers: the
 // interleaving of warps on the SM is not modeled.
 // What it does not model: the L2 (a re-read of a sector within a launch counts once in the
 // DRAM figure), instruction issue, latency, register pressure (see the occupancy report of
@@ -90,11 +90,11 @@ struct LaunchCounts {
   uint64_t shared_atomic_requests = 0, shared_atomic_ops = 0;
   uint64_t shuffles = 0;  // warp-wide 32-bit shuffle instructions
   uint64_t dram_read_sectors = 0, dram_write_sectors = 0;
-  uint64_t l1_miss_sectors[4] = {};  // global load sectors that miss the L1 of each size in kL1Bytes
+  uint64_t l1_miss_sectors[5] = {};  // global load sectors that miss the L1 of each size in kL1Bytes
 };
 
-// The simulated L1 sizes (bytes per block); JSON keys l1_miss_sectors_16k ... _128k.
-inline constexpr uint64_t kL1Bytes[4] = {16 * 1024, 32 * 1024, 64 * 1024, 128 * 1024};
+// The simulated L1 sizes (bytes per block); JSON keys l1_miss_sectors_8k ... _128k.
+inline constexpr uint64_t kL1Bytes[5] = {8 * 1024, 16 * 1024, 32 * 1024, 64 * 1024, 128 * 1024};
 
 // One block's L1 (Note [Counting the emulated launch]).
 class L1Cache {
@@ -113,10 +113,11 @@ class L1Cache {
   FASTWARP_EMU_INTERNAL bool load(uintptr_t sector) {
     const uint64_t line_index = sector >> 2, tag = line_index + 1;  // tag 0: an empty way
     const uint8_t bit = static_cast<uint8_t>(1u << (sector & 3));
-    // the set: the line's low bits xor its next higher ones, so that lines a power of two
-    // apart spread, and an aligned run of sets_ lines still fills each set once
-    const uint64_t index = (line_index ^ (line_index >> bits_) ^ (line_index >> (2 * bits_))) & (sets_ - 1);
-    Line* set = &lines_[index * kWays];
+    // the set: the xor of all the line index's bits_-wide digits, so that lines a power of
+    // two apart spread, and an aligned run of sets_ lines still fills each set once
+    uint64_t index = 0;
+    for (uint64_t digits = line_index; digits != 0; digits >>= bits_) index ^= digits;
+    Line* set = &lines_[(index & (sets_ - 1)) * kWays];
     ++clock_;
     Line* victim = set;
     for (int w = 0; w < kWays; ++w) {
@@ -297,7 +298,8 @@ class Counter {
   };
 
   struct Request {
-    uint32_t seq;  // the earliest lane's place in its log: the warp's program order
+    uint32_t seq;  // the latest lane's place in its log: the warp's program order (after
+                   // lanes that ran a branch or loop longer reconverge)
     size_t begin, end;
   };
 
@@ -321,7 +323,7 @@ class Counter {
       uint32_t seq = keyed_[i].seq;
       while (j < keyed_.size() && keyed_[j].pc == keyed_[i].pc && keyed_[j].occurrence == keyed_[i].occurrence &&
              keyed_[j].kind == keyed_[i].kind)
-        seq = std::min(seq, keyed_[j++].seq);
+        seq = std::max(seq, keyed_[j++].seq);
       requests_.push_back(Request{seq, i, j});
       i = j;
     }
@@ -395,7 +397,7 @@ class Counter {
   SectorSet reads_, writes_;
   std::vector<Keyed> keyed_;
   std::vector<Request> requests_;
-  std::array<L1Cache, 4> l1_;
+  std::array<L1Cache, 5> l1_;
   std::unordered_map<uintptr_t, uint32_t> occurrences_;
   std::vector<uintptr_t> words_, sectors_;
 };

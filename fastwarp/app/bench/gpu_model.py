@@ -22,8 +22,8 @@ A kernel is bound by the slowest of three pipes, then slowed by too little memor
     touch: the working sets here are far above the 50 MB L2). L2 bytes: the sectors of the
     global requests (coalescing: a warp reading 32 scattered floats moves 32 sectors) that the
     L1 does not serve, atomics twice. The L1: the counting build runs each block's loads
-    through simulated L1s of 16-128 KiB (Note [Counting the emulated launch]); the model takes
-    the largest that fits the block's share of the SM's: (256 KiB - the shared-memory carveout)
+    through simulated L1s of 8-128 KiB (Note [Counting the emulated launch]); the model takes
+    the largest that fits the block's share of the SM's (none below 8 KiB): (256 KiB - the shared-memory carveout)
     / resident blocks, the carveout being the smallest of sm_90's (0, 8, 16, 32, 64, 100, 132,
     164, 196, 228 KiB) that holds the resident blocks' shared memory. Blocks sharing an SM
     share its L1 in hardware, which the per-block simulation misses; the report also gives
@@ -35,7 +35,7 @@ A kernel is bound by the slowest of three pipes, then slowed by too little memor
     loads a warp can have in flight at once, at most 4 (we assume the compiler hoists that
     many independent loads; the first GPU run checks this).
   * Occupancy (resident warps per SM) from ptxas's registers (allocated per warp in units of
-    256), static plus dynamic shared memory (plus 1 KiB reserved per block) and the thread
+    256, in one of the SM's 4 register-file sub-partitions), static plus dynamic shared memory (plus 1 KiB reserved per block) and the thread
     count, against sm_90's 65,536 registers, 228 KiB of shared memory, 2,048 threads and 32
     blocks per SM. Without ptxas's report, the latency term is left out (occupancy null).
   * waves: blocks / (SMs * blocks per SM); a last partial wave costs a whole one.
@@ -78,6 +78,7 @@ DEVICES = (Device("h100", 3.0e12), Device("h200", 4.3e12))
 
 # sm_90's per-SM limits.
 REGISTERS_PER_SM = 65536
+SUB_PARTITIONS = 4
 SHARED_PER_SM = 228 * 1024
 SHARED_RESERVED_PER_BLOCK = 1024
 THREADS_PER_SM = 2048
@@ -85,7 +86,7 @@ BLOCKS_PER_SM = 32
 MAX_LOADS_IN_FLIGHT = 4
 L1_SHARED_PER_SM = 256 * 1024  # the unified L1 / shared memory
 SHARED_CARVEOUTS_KIB = (0, 8, 16, 32, 64, 100, 132, 164, 196, 228)
-L1_SIMULATED = ((16, "l1_miss_sectors_16k"), (32, "l1_miss_sectors_32k"), (64, "l1_miss_sectors_64k"),
+L1_SIMULATED = ((8, "l1_miss_sectors_8k"), (16, "l1_miss_sectors_16k"), (32, "l1_miss_sectors_32k"), (64, "l1_miss_sectors_64k"),
                 (128, "l1_miss_sectors_128k"))  # KiB per block, the counting build's keys
 
 # The issue's names of the kernels (a prefix of the emulated kernel's name -> name).
@@ -221,8 +222,10 @@ def occupancy(resources: dict | None, launch: dict) -> dict | None:
     warps = math.ceil(threads / 32)
     regs_per_warp = math.ceil(resources["registers"] * 32 / 256) * 256
     shared = resources["static_shared_bytes"] + launch["shared_bytes"] + SHARED_RESERVED_PER_BLOCK
+    # the register file is 4 sub-partitions of 16,384; a warp's registers live in one
+    warps_by_registers = SUB_PARTITIONS * (REGISTERS_PER_SM // SUB_PARTITIONS // regs_per_warp)
     limits = {
-        "registers": REGISTERS_PER_SM // (regs_per_warp * warps),
+        "registers": warps_by_registers // warps,
         "shared memory": SHARED_PER_SM // shared,
         "threads": THREADS_PER_SM // threads,
         "blocks": BLOCKS_PER_SM,
@@ -235,12 +238,12 @@ def occupancy(resources: dict | None, launch: dict) -> dict | None:
 
 
 def l1_key(occ: dict | None, launch: dict) -> str | None:
-    """The counting build's L1-miss key for the simulated L1 that fits the block's share (the
-    smallest when none fits); None without an occupancy or L1 counts (no L1 modeled)."""
+    """The counting build's L1-miss key for the largest simulated L1 that fits the block's
+    share; None (no L1 modeled) without an occupancy, without L1 counts, or when none fits."""
     if occ is None or L1_SIMULATED[0][1] not in launch:
         return None
     fitting = [key for kib, key in L1_SIMULATED if kib * 1024 <= occ["l1_bytes_per_block"]]
-    return fitting[-1] if fitting else L1_SIMULATED[0][1]
+    return fitting[-1] if fitting else None
 
 
 def l2_sectors(launch: dict, key: str | None) -> float:
