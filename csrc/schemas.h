@@ -53,6 +53,19 @@ inline void define_schemas(torch::Library& m) {
   m.def(
       "ncc_backward(Tensor grad_output, Tensor a, Tensor b, int[] window, float eps, "
       "int reduction, bool[2] output_mask) -> (Tensor, Tensor)");
+
+  // Parzen joint histogram for the mutual information (csrc/common/mi.h, Note [Parzen joint
+  // histogram]): H (N, C, bins, bins), float64 for float64 inputs and float32 otherwise, of
+  // the voxels where mask (bool or uint8, the inputs' shape) is set; range (N, C, 2, 2) in
+  // H's dtype is [image a, b][lo, hi]; kernel 0 cubic B-spline, 1 Gaussian of sigma bins.
+  // The backward returns (grad_a, grad_b), an empty tensor for a gradient whose mask entry
+  // is false; nothing flows to the range.
+  m.def(
+      "mi_histogram(Tensor a, Tensor b, Tensor? mask, Tensor range, int bins, int kernel, "
+      "float sigma) -> Tensor");
+  m.def(
+      "mi_histogram_backward(Tensor grad, Tensor a, Tensor b, Tensor? mask, Tensor range, int bins, "
+      "int kernel, float sigma, bool[2] output_mask) -> (Tensor, Tensor)");
 }
 
 }  // namespace fastwarp

@@ -1,6 +1,6 @@
 """fastwarp: fast warp and similarity kernels for deep-learning image registration.
 
-The op layer (``warp``, ``grid_sample``, ``ncc``, ``integrate``, ``nn``, ``losses``) needs only torch.
+The op layer (``warp``, ``grid_sample``, ``ncc``, ``mi``, ``integrate``, ``nn``, ``losses``) needs only torch.
 """
 
 import torch  # noqa: F401  (torch's own operators must be loaded before ours)
@@ -19,9 +19,10 @@ from . import _ops  # noqa: F401,E402  (fake kernels and autograd for the operat
 from . import losses, nn  # noqa: E402
 from ._ops import has_cuda_kernels  # noqa: E402
 from .integrate import integrate_velocity  # noqa: E402
+from .mi import mi  # noqa: E402
 from .ncc import ncc  # noqa: E402
 from .warp import grid_sample, warp  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["warp", "grid_sample", "ncc", "integrate_velocity", "nn", "losses", "has_cuda_kernels", "__version__"]
+__all__ = ["warp", "grid_sample", "ncc", "mi", "integrate_velocity", "nn", "losses", "has_cuda_kernels", "__version__"]

@@ -19,6 +19,7 @@ INTERP = {"linear": 0, "bilinear": 0, "trilinear": 0, "nearest": 1}
 PADDING = {"zeros": 0, "border": 1, "reflection": 2}
 NCC_REDUCTION = {"none": 0, "mean": 1, "batch": 2}  # csrc/common/ncc_host.h
 COORD_KIND = {"displacement": 0, "grid": 1}  # csrc/common/sample_host.h
+PARZEN_KERNEL = {"bspline": 0, "gaussian": 1}  # csrc/common/mi.h
 LINEAR = INTERP["linear"]
 NEAREST = INTERP["nearest"]
 
@@ -104,6 +105,18 @@ def _ncc_fake(a, b, window, eps, reduction=0):
 
 
 def _ncc_backward_fake(grad_output, a, b, window, eps, reduction, output_mask):
+    return (
+        a.new_empty(a.shape) if output_mask[0] else a.new_empty(0),
+        b.new_empty(b.shape) if output_mask[1] else b.new_empty(0),
+    )
+
+
+def _mi_histogram_fake(a, b, mask, range, bins, kernel, sigma):
+    dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
+    return a.new_empty((a.shape[0], a.shape[1], bins, bins), dtype=dtype)
+
+
+def _mi_histogram_backward_fake(grad, a, b, mask, range, bins, kernel, sigma, output_mask):
     return (
         a.new_empty(a.shape) if output_mask[0] else a.new_empty(0),
         b.new_empty(b.shape) if output_mask[1] else b.new_empty(0),
@@ -539,12 +552,50 @@ def _ncc_jvp(ctx, a_t, b_t, *_):
     return dot.sum() if ctx.reduction == NCC_REDUCTION["mean"] else dot.flatten(2).sum(2)
 
 
-def _ncc_bw_setup(namespace, ctx, inputs, output):
+def _save_nothing(namespace, ctx, inputs, output):
     pass
 
 
 def _refuse(ctx, *_):
     raise RuntimeError(NCC_NO_SECOND_DERIVATIVE)
+
+
+# --------------------------------------------------------------------------- mi_histogram
+#
+# The joint histogram's backward needs the inputs, the mask and the ranges (csrc/common/mi.h,
+# Note [Parzen joint histogram]); the MI itself is formed from the histogram by torch ops in
+# fastwarp/mi.py, whose autograd gives this op its upstream gradient. Forward mode and second
+# derivatives raise.
+
+MI_NO_SECOND_DERIVATIVE = (
+    "fastwarp.mi has no second derivative: differentiating its gradient again (double "
+    "backward, a Hessian, or forward mode over its gradient) is not implemented"
+)
+
+
+def _mi_setup(namespace, ctx, inputs, output):
+    a, b, mask, range_, bins, kernel, sigma = inputs
+    ctx.backward_op = getattr(torch.ops, namespace).mi_histogram_backward.default
+    ctx.bins, ctx.kernel, ctx.sigma = bins, kernel, sigma
+    ctx.save_for_backward(a, b, mask, range_)
+
+
+def _mi_backward(ctx, grad):
+    a, b, mask, range_ = ctx.saved_tensors
+    want = [ctx.needs_input_grad[0], ctx.needs_input_grad[1]]
+    ga, gb = ctx.backward_op(grad, a, b, mask, range_, ctx.bins, ctx.kernel, ctx.sigma, want)
+    return ga if want[0] else None, gb if want[1] else None, None, None, None, None, None
+
+
+def _mi_jvp(ctx, *_):
+    raise RuntimeError(
+        "fastwarp.mi: forward-mode AD (jvp, jacfwd) is not implemented; use reverse mode "
+        "(backward, torch.func.grad, vjp or jacrev)"
+    )
+
+
+def _mi_refuse(ctx, *_):
+    raise RuntimeError(MI_NO_SECOND_DERIVATIVE)
 
 
 def _functions(namespace):
@@ -567,8 +618,13 @@ def _functions(namespace):
                                                 _derivative_setup, _splat_derivative_backward,
                                                 _splat_derivative_jvp, namespace, True),
         ops.ncc.default: _function("NccFunction", ops.ncc.default, _ncc_setup, _ncc_backward, _ncc_jvp, namespace),
-        ops.ncc_backward.default: _function("NccBackwardFunction", ops.ncc_backward.default, _ncc_bw_setup,
+        ops.ncc_backward.default: _function("NccBackwardFunction", ops.ncc_backward.default, _save_nothing,
                                             _refuse, _refuse, namespace),
+        ops.mi_histogram.default: _function("MiHistogramFunction", ops.mi_histogram.default, _mi_setup,
+                                            _mi_backward, _mi_jvp, namespace),
+        ops.mi_histogram_backward.default: _function("MiHistogramBackwardFunction",
+                                                     ops.mi_histogram_backward.default, _save_nothing,
+                                                     _mi_refuse, _mi_refuse, namespace),
     }
 
 
@@ -729,6 +785,31 @@ def _ncc_vmap_rules(namespace):
     return {ops.ncc.default: forward_rule, ops.ncc_backward.default: backward_rule}
 
 
+def _mi_vmap_rules(namespace):
+    ops = getattr(torch.ops, namespace)
+
+    def folded(t, dim, size):
+        return None if t is None else _fold(_vmapped(t, dim, size))
+
+    def forward_rule(info, in_dims, a, b, mask, range_, bins, kernel, sigma):
+        size = info.batch_size
+        x, y = folded(a, in_dims[0], size), folded(b, in_dims[1], size)
+        m, r = folded(mask, in_dims[2], size), folded(range_, in_dims[3], size)
+        return _unfold(ops.mi_histogram.default(x, y, m, r, bins, kernel, sigma), size), 0
+
+    def backward_rule(info, in_dims, grad, a, b, mask, range_, bins, kernel, sigma, want):
+        size = info.batch_size
+        g, x, y = (folded(t, d, size) for t, d in zip((grad, a, b), in_dims[:3]))
+        m, r = folded(mask, in_dims[3], size), folded(range_, in_dims[4], size)
+        ga, gb = ops.mi_histogram_backward.default(g, x, y, m, r, bins, kernel, sigma, want)
+        return (_unfold(ga, size) if want[0] else ga, _unfold(gb, size) if want[1] else gb), (
+            0 if want[0] else None,
+            0 if want[1] else None,
+        )
+
+    return {ops.mi_histogram.default: forward_rule, ops.mi_histogram_backward.default: backward_rule}
+
+
 def _register_vmap(op, rule):
     schema = op._schema
 
@@ -809,11 +890,14 @@ def register(namespace):
         ("splat_derivative", _splat_derivative_fake),
         ("ncc", _ncc_fake),
         ("ncc_backward", _ncc_backward_fake),
+        ("mi_histogram", _mi_histogram_fake),
+        ("mi_histogram_backward", _mi_histogram_backward_fake),
     ):
         torch.library.register_fake(f"{namespace}::{name}", fake)
     for op, function in _functions(namespace).items():
         _library(namespace).impl(op._opname, _autograd_kernel(op, function), "Autograd", with_keyset=True)
-    for op, rule in {**_sampling_vmap_rules(namespace), **_ncc_vmap_rules(namespace)}.items():
+    rules = {**_sampling_vmap_rules(namespace), **_ncc_vmap_rules(namespace), **_mi_vmap_rules(namespace)}
+    for op, rule in rules.items():
         _register_vmap(op, rule)
     for name in _AUTOCAST:
         _register_autocast(namespace, name)

@@ -1,5 +1,5 @@
-"""Registration losses: windowed NCC on fastwarp's kernels, MSE, and VoxelMorph's gradient
-smoothness penalty."""
+"""Registration losses: windowed NCC and mutual information on fastwarp's kernels, MSE, and
+VoxelMorph's gradient smoothness penalty."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from collections.abc import Sequence
 
 import torch
 
+from .mi import mi
 from .ncc import ncc
 
-__all__ = ["NCC", "MSE", "Grad"]
+__all__ = ["NCC", "MI", "MSE", "Grad"]
 
 
 class NCC(torch.nn.Module):
@@ -25,6 +26,25 @@ class NCC(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"window={self.window}, eps={self.eps}"
+
+
+class MI(torch.nn.Module):
+    """Loss ``-mean(mi)`` of the global mutual information (:func:`fastwarp.mi`), for images
+    of different contrasts: ``MI(bins=32)(a, b)``, or ``MI(...)(a, b, mask=m)``. With
+    ``normalized=True``, ``-mean(nmi)``. The keyword arguments are :func:`fastwarp.mi`'s."""
+
+    def __init__(self, bins: int = 32, kernel: str = "bspline", sigma: float = 0.5, normalized: bool = False,
+                 range_a=None, range_b=None):
+        super().__init__()
+        self.bins, self.kernel, self.sigma, self.normalized = bins, kernel, sigma, normalized
+        self.range_a, self.range_b = range_a, range_b
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return -mi(a, b, self.bins, self.kernel, sigma=self.sigma, range_a=self.range_a, range_b=self.range_b,
+                   mask=mask, normalized=self.normalized)
+
+    def extra_repr(self) -> str:
+        return f"bins={self.bins}, kernel={self.kernel!r}, sigma={self.sigma}, normalized={self.normalized}"
 
 
 class MSE(torch.nn.Module):

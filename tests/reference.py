@@ -3,7 +3,8 @@
 ``warp_reference`` gathers the interpolation corners explicitly (no grid_sample), so it
 checks the voxel-unit convention on its own; ``voxelmorph_warp`` is VoxelMorph's
 SpatialTransformer (identity grid + flow, normalized, grid_sample with align_corners=True), the
-path fastwarp.warp replaces; ``ncc_reference`` is the conv (box-filter) NCC. The grid and the
+path fastwarp.warp replaces; ``ncc_reference`` is the conv (box-filter) NCC; ``mi_reference``
+the mutual information from dense (voxels x bins) Parzen weights. The grid and the
 smooth random fields are the package's plain-PyTorch ones (fastwarp.app.fields), shared with
 the benchmarks' baselines and the augmentation.
 """
@@ -97,3 +98,47 @@ def ncc_reference(a, b, window, eps=1e-5, box_sum=conv_box_sum):
     var_a = sii - si * si / n
     var_b = sjj - sj * sj / n
     return cross * cross / (var_a * var_b + eps)
+
+
+def parzen_weights_reference(x, lo, hi, bins, kernel, sigma):
+    """(V,) intensities -> (V, bins) Parzen weights, dense, by the definition of
+    fastwarp.mi's docstring (plain torch; differentiable in x, the range constant)."""
+    k = torch.arange(bins, dtype=x.dtype)
+    lo, hi = float(lo), float(hi)
+    if kernel == "bspline":
+        u = (1 + (x - lo) * (bins - 3) / (hi - lo)).clamp(1, bins - 2)
+        d = (u[:, None] - k).abs()
+        inner = (4 - 6 * d**2 + 3 * d**3) / 6
+        outer = (2 - d).clamp_min(0) ** 3 / 6
+        return torch.where(d < 1, inner, outer)
+    u = ((x - lo) * (bins - 1) / (hi - lo)).clamp(0, bins - 1)
+    d = u[:, None] - k
+    g = torch.exp(-(d**2) / (2 * sigma**2)) * (d.abs() <= 6 * sigma)
+    return g / g.sum(1, keepdim=True)
+
+
+def mi_reference(a, b, bins=32, kernel="bspline", sigma=0.5, range_a=None, range_b=None, mask=None,
+                 normalized=False):
+    """fastwarp.mi's definition in float64 plain torch, per (n, c): (N, C)."""
+    rows = []
+    for n in range(a.shape[0]):
+        row = []
+        for c in range(a.shape[1]):
+            x, y = a[n, c].reshape(-1).double(), b[n, c].reshape(-1).double()
+            if mask is not None:
+                keep = mask.expand(a.shape)[n, c].reshape(-1)
+                x, y = x[keep], y[keep]
+            ra = range_a if range_a is not None else (x.detach().min(), x.detach().max())
+            rb = range_b if range_b is not None else (y.detach().min(), y.detach().max())
+            wa = parzen_weights_reference(x, *ra, bins, kernel, sigma)
+            wb = parzen_weights_reference(y, *rb, bins, kernel, sigma)
+            p = wa.T @ wb
+            p = p / p.sum()
+
+            def entropy(q):
+                return -(q * torch.log(torch.where(q > 0, q, 1.0))).sum()
+
+            ha, hb, hab = entropy(p.sum(1)), entropy(p.sum(0)), entropy(p)
+            row.append((ha + hb) / hab if normalized else ha + hb - hab)
+        rows.append(torch.stack(row))
+    return torch.stack(rows)
