@@ -37,7 +37,8 @@ def test_histogram_counts_every_voxel_once(gen):
 def test_values_match_reference(kernel, shape, masked, gen):
     a, b = pair(shape, gen)
     mask = torch.rand(shape, generator=gen) < 0.7 if masked else None
-    for bins, sigma in ((8, 0.5), (32, 0.5), (17, 1.3)):
+    # sigmas whose supports hold up to 8 bins (0.66) or 9 (0.67): Note [Fixed-width Parzen loops]
+    for bins, sigma in ((8, 0.5), (32, 0.5), (17, 1.3), (21, 0.66), (21, 0.67), (40, 2.5)):
         for normalized in (False, True):
             got = fastwarp.mi(a, b, bins, kernel, sigma=sigma, mask=mask, normalized=normalized, reduction="none")
             want = mi_reference(a, b, bins, kernel, sigma, mask=mask, normalized=normalized)

@@ -34,7 +34,7 @@ def mean_dice(a, b):
 
 
 @pytest.mark.parametrize("nd", [2, 3])
-@pytest.mark.parametrize("similarity", ["ncc", "mse"])
+@pytest.mark.parametrize("similarity", ["ncc", "mse", "mi"])
 def test_refinement_aligns_a_synthetic_pair(nd, similarity):
     shape = (48, 44) if nd == 2 else (24, 26, 22)
     moving, fixed, ml, fl = phantom(shape, seed=nd, max_disp=2.0)
@@ -81,7 +81,7 @@ def test_smoothness_is_grad_l2(shape):
     (dict(levels=()), "levels must be positive"),
     (dict(levels=(2, 1), iterations=(1, 2, 3)), "iterations: one value or one per level"),
     (dict(window=4), "window must be positive odd"),
-    (dict(similarity="cc"), "similarity must be 'ncc' or 'mse'"),
+    (dict(similarity="cc"), "similarity must be one of 'ncc', 'mse', 'mi'"),
     (dict(patience=0), "patience >= 1"),
 ])
 def test_refine_config_refuses_bad_values(kwargs, match):

@@ -29,9 +29,29 @@ Axes volume_axes(const double* range, ParzenKernel kernel, int64_t bins) {
           BinAxis<double>::make(kernel, bins, range[2], range[3])};
 }
 
-template <typename scalar_t, ParzenKernel K>
+// Note [Fixed-width Parzen loops]
+// ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+// The loops run over a fixed number W of bins per voxel and image, known at compile time,
+// so that they unroll and vectorize: 4 for the B-spline, and for the Gaussian the smallest of
+// 8, 16, 32 that holds its floor(12 s) + 1 bins, the weights past a voxel's own count set to
+// 0. Those may address up to W - 1 bins past the last, so the histograms (and the upstream
+// gradient, in the backward) are laid out with rows and columns of S = bins + W, the margin
+// cropped at the end (it holds only zeros).
+template <ParzenKernel K, int W>
+inline void fixed_width_weights(const Parzen<double>& pz, double u, bool slopes, ParzenWeights<double>& w) {
+  parzen_weights(pz, u, slopes, w);
+  if constexpr (K == ParzenKernel::Gaussian) {
+    for (int t = w.count; t < W; ++t) {
+      w.w[t] = 0.0;
+      w.dw[t] = 0.0;
+    }
+  }
+}
+
+template <typename scalar_t, ParzenKernel K, int W>
 void histogram_run(const scalar_t* a, const scalar_t* b, const uint8_t* mask, int64_t v0, int64_t v1,
-                   const Axes& ax, int64_t bins, double sigma, double* h) {
+                   const Axes& ax, const Parzen<double>& pz, double* h) {
+  const int64_t S = pz.bins + W;
   ParzenWeights<double> wa, wb;
   for (int64_t v = v0; v < v1; ++v) {
     if (mask != nullptr && mask[v] == 0) continue;
@@ -40,21 +60,23 @@ void histogram_run(const scalar_t* a, const scalar_t* b, const uint8_t* mask, in
       h[0] += std::numeric_limits<double>::quiet_NaN();
       continue;
     }
-    parzen_weights(K, bins, sigma, ua, false, wa);
-    parzen_weights(K, bins, sigma, ub, false, wb);
-    for (int i = 0; i < wa.count; ++i) {
-      double* row = h + (wa.first + i) * bins + wb.first;
+    fixed_width_weights<K, W>(pz, ua, false, wa);
+    fixed_width_weights<K, W>(pz, ub, false, wb);
+    double* corner = h + wa.first * S + wb.first;
+    for (int i = 0; i < W; ++i) {
+      double* row = corner + i * S;
       const double wi = wa.w[i];
-      for (int j = 0; j < wb.count; ++j) row[j] += wi * wb.w[j];
+      for (int j = 0; j < W; ++j) row[j] += wi * wb.w[j];
     }
   }
 }
 
-template <typename scalar_t, ParzenKernel K>
+template <typename scalar_t, ParzenKernel K, int W>
 void gradient_run(const scalar_t* a, const scalar_t* b, const uint8_t* mask, const double* g, int64_t v0,
-                  int64_t v1, const Axes& ax, int64_t bins, double sigma, scalar_t* ga, scalar_t* gb) {
+                  int64_t v1, const Axes& ax, const Parzen<double>& pz, scalar_t* ga, scalar_t* gb) {
+  const int64_t S = pz.bins + W;
   ParzenWeights<double> wa, wb;
-  double ta[kMaxParzenTaps], tb[kMaxParzenTaps];
+  double ta[W], tb[W];
   for (int64_t v = v0; v < v1; ++v) {
     if (mask != nullptr && mask[v] == 0) {
       if (ga) ga[v] = scalar_t(0);
@@ -67,14 +89,15 @@ void gradient_run(const scalar_t* a, const scalar_t* b, const uint8_t* mask, con
       if (gb) gb[v] = std::numeric_limits<scalar_t>::quiet_NaN();
       continue;
     }
-    parzen_weights(K, bins, sigma, ua, ga != nullptr, wa);
-    parzen_weights(K, bins, sigma, ub, gb != nullptr, wb);
+    fixed_width_weights<K, W>(pz, ua, ga != nullptr, wa);
+    fixed_width_weights<K, W>(pz, ub, gb != nullptr, wb);
     // ta[i] = sum_j G[i][j] w_j(u_b), tb[j] = sum_i G[i][j] w_i(u_a)
-    for (int j = 0; j < wb.count; ++j) tb[j] = 0.0;
-    for (int i = 0; i < wa.count; ++i) {
-      const double* row = g + (wa.first + i) * bins + wb.first;
+    const double* corner = g + wa.first * S + wb.first;
+    for (int j = 0; j < W; ++j) tb[j] = 0.0;
+    for (int i = 0; i < W; ++i) {
+      const double* row = corner + i * S;
       double t = 0.0;
-      for (int j = 0; j < wb.count; ++j) {
+      for (int j = 0; j < W; ++j) {
         t += row[j] * wb.w[j];
         tb[j] += row[j] * wa.w[i];
       }
@@ -82,24 +105,39 @@ void gradient_run(const scalar_t* a, const scalar_t* b, const uint8_t* mask, con
     }
     if (ga) {
       double s = 0.0;
-      for (int i = 0; i < wa.count; ++i) s += wa.dw[i] * ta[i];
+      for (int i = 0; i < W; ++i) s += wa.dw[i] * ta[i];
       ga[v] = static_cast<scalar_t>(s * dua);
     }
     if (gb) {
       double s = 0.0;
-      for (int j = 0; j < wb.count; ++j) s += wb.dw[j] * tb[j];
+      for (int j = 0; j < W; ++j) s += wb.dw[j] * tb[j];
       gb[v] = static_cast<scalar_t>(s * dub);
     }
   }
 }
 
+// f(kernel, width) with both as compile-time constants (Note [Fixed-width Parzen loops]).
 template <typename F>
-void with_kernel(ParzenKernel k, const F& f) {
-  if (k == ParzenKernel::BSpline) {
-    f(std::integral_constant<ParzenKernel, ParzenKernel::BSpline>{});
-  } else {
-    f(std::integral_constant<ParzenKernel, ParzenKernel::Gaussian>{});
+void with_kernel(ParzenKernel k, double sigma, const F& f) {
+  using KC = ParzenKernel;
+  if (k == KC::BSpline) {
+    f(std::integral_constant<KC, KC::BSpline>{}, std::integral_constant<int, 4>{});
+    return;
   }
+  const int count = static_cast<int>(std::floor(2 * kGaussianTruncation * sigma)) + 1;  // the most bins in 12 s
+  if (count <= 8) {
+    f(std::integral_constant<KC, KC::Gaussian>{}, std::integral_constant<int, 8>{});
+  } else if (count <= 16) {
+    f(std::integral_constant<KC, KC::Gaussian>{}, std::integral_constant<int, 16>{});
+  } else {
+    f(std::integral_constant<KC, KC::Gaussian>{}, std::integral_constant<int, kMaxParzenTaps>{});
+  }
+}
+
+int64_t fixed_width(ParzenKernel k, double sigma) {
+  int64_t width = 0;
+  with_kernel(k, sigma, [&](auto, auto w) { width = decltype(w)::value; });
+  return width;
 }
 
 const uint8_t* mask_data(const std::optional<at::Tensor>& mask, at::Tensor& keep) {
@@ -113,6 +151,7 @@ at::Tensor mi_histogram_cpu(const at::Tensor& a_in, const at::Tensor& b_in, cons
                             const at::Tensor& range, int64_t bins, int64_t kernel, double sigma) {
   check_mi_args("fastwarp::mi_histogram", a_in, b_in, mask, range, bins, kernel, sigma);
   const ParzenKernel k = to_parzen_kernel(kernel);
+  const Parzen<double> pz = Parzen<double>::make(k, bins, sigma);
   const at::Tensor a = a_in.contiguous(), b = b_in.contiguous();
   at::Tensor mask_keep;
   const uint8_t* pm = mask_data(mask, mask_keep);
@@ -121,26 +160,27 @@ at::Tensor mi_histogram_cpu(const at::Tensor& a_in, const at::Tensor& b_in, cons
   const int64_t runs = std::max<int64_t>(1, (voxels + kVoxelsPerTask - 1) / kVoxelsPerTask);
   const at::Tensor ranges = range.to(at::kDouble).contiguous();
   const double* pr = ranges.const_data_ptr<double>();
-  // one histogram per (volume, run), added in run order below
-  at::Tensor partial = at::zeros({volumes, runs, bins, bins}, a.options().dtype(at::kDouble));
+  // one histogram per (volume, run), added in run order below; rows and columns of S
+  const int64_t S = bins + fixed_width(k, sigma);
+  at::Tensor partial = at::zeros({volumes, runs, S, S}, a.options().dtype(at::kDouble));
   double* pp = partial.mutable_data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "fastwarp_mi_histogram", [&] {
     const scalar_t* pa = a.const_data_ptr<scalar_t>();
     const scalar_t* pb = b.const_data_ptr<scalar_t>();
-    with_kernel(k, [&](auto kc) {
+    with_kernel(k, sigma, [&](auto kc, auto wc) {
       at::parallel_for(0, volumes * runs, 1, [&](int64_t begin, int64_t end) {
         for (int64_t t = begin; t < end; ++t) {
           const int64_t m = t / runs, r = t % runs;
           const int64_t v0 = r * kVoxelsPerTask, v1 = std::min(voxels, v0 + kVoxelsPerTask);
           const int64_t base = m * voxels;
-          histogram_run<scalar_t, decltype(kc)::value>(pa + base, pb + base, pm ? pm + base : nullptr, v0, v1,
-                                                       volume_axes(pr + 4 * m, k, bins), bins, sigma,
-                                                       pp + t * bins * bins);
+          histogram_run<scalar_t, decltype(kc)::value, decltype(wc)::value>(
+              pa + base, pb + base, pm ? pm + base : nullptr, v0, v1, volume_axes(pr + 4 * m, k, bins), pz, pp + t * S * S);
         }
       });
     });
   });
-  return partial.sum(1).view(mi_histogram_shape(a, bins)).to(mi_histogram_dtype(a.scalar_type()));
+  const at::Tensor h = partial.sum(1).narrow(1, 0, bins).narrow(2, 0, bins);
+  return h.reshape(mi_histogram_shape(a, bins)).to(mi_histogram_dtype(a.scalar_type())).contiguous();
 }
 
 std::tuple<at::Tensor, at::Tensor> mi_histogram_backward_cpu(const at::Tensor& grad, const at::Tensor& a_in,
@@ -152,13 +192,16 @@ std::tuple<at::Tensor, at::Tensor> mi_histogram_backward_cpu(const at::Tensor& g
   TORCH_CHECK(grad.sizes() == at::IntArrayRef(mi_histogram_shape(a_in, bins)),
               "fastwarp::mi_histogram_backward: grad must be (N, C, bins, bins), got ", grad.sizes());
   const ParzenKernel k = to_parzen_kernel(kernel);
+  const Parzen<double> pz = Parzen<double>::make(k, bins, sigma);
   at::Tensor grad_a = at::empty(output_mask[0] ? a_in.sizes() : at::IntArrayRef{0}, a_in.options());
   at::Tensor grad_b = at::empty(output_mask[1] ? b_in.sizes() : at::IntArrayRef{0}, b_in.options());
   if ((!output_mask[0] && !output_mask[1]) || a_in.numel() == 0) return {grad_a, grad_b};
   const at::Tensor a = a_in.contiguous(), b = b_in.contiguous();
   at::Tensor mask_keep;
   const uint8_t* pm = mask_data(mask, mask_keep);
-  const at::Tensor g = grad.to(at::kDouble).contiguous();
+  const int64_t S = bins + fixed_width(k, sigma);  // G laid out as the histograms are
+  const at::Tensor g = at::zeros({a.size(0) * a.size(1), S, S}, a.options().dtype(at::kDouble));
+  g.narrow(1, 0, bins).narrow(2, 0, bins).copy_(grad.reshape({-1, bins, bins}));
   const at::Tensor ranges = range.to(at::kDouble).contiguous();
   const double* pg = g.const_data_ptr<double>();
   const double* pr = ranges.const_data_ptr<double>();
@@ -168,14 +211,14 @@ std::tuple<at::Tensor, at::Tensor> mi_histogram_backward_cpu(const at::Tensor& g
     const scalar_t* pb = b.const_data_ptr<scalar_t>();
     scalar_t* pga = output_mask[0] ? grad_a.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* pgb = output_mask[1] ? grad_b.mutable_data_ptr<scalar_t>() : nullptr;
-    with_kernel(k, [&](auto kc) {
+    with_kernel(k, sigma, [&](auto kc, auto wc) {
       at::parallel_for(0, volumes * voxels, 1 << 14, [&](int64_t begin, int64_t end) {
         while (begin < end) {  // the volumes that [begin, end) overlaps
           const int64_t m = begin / voxels, base = m * voxels;
           const int64_t stop = std::min(end, base + voxels);
-          gradient_run<scalar_t, decltype(kc)::value>(
-              pa + base, pb + base, pm ? pm + base : nullptr, pg + m * bins * bins, begin - base, stop - base,
-              volume_axes(pr + 4 * m, k, bins), bins, sigma, pga ? pga + base : nullptr, pgb ? pgb + base : nullptr);
+          gradient_run<scalar_t, decltype(kc)::value, decltype(wc)::value>(
+              pa + base, pb + base, pm ? pm + base : nullptr, pg + m * S * S, begin - base, stop - base,
+              volume_axes(pr + 4 * m, k, bins), pz, pga ? pga + base : nullptr, pgb ? pgb + base : nullptr);
           begin = stop;
         }
       });

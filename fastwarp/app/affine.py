@@ -43,16 +43,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..ncc import ncc
 from ..warp import grid_sample
 from .fields import voxel_grid
 from .optimize import Adam, Steps
 from .pyramid import reduce, reduced_affine
+from .similarity import SIMILARITIES, mi_ranges, similarity_loss
 from .transforms import as_affine
 
 __all__ = ["AffineConfig", "AffineResult", "affine_register", "affine_coords", "resample"]
 
-SIMILARITIES = ("ncc", "mse")
 # The smallest a level's reduced fixed image may be along any axis; coarser levels but the last are skipped.
 _MIN_LEVEL_SIZE = 8
 
@@ -74,7 +73,9 @@ class AffineConfig:
     where the search starts). Local rather than global: it ignores slow intensity changes
     (bias fields) and contrast differences between the scans, as ANTs' CC metric does, and it
     registers two different brains more consistently (below). ``"mse"`` is the mean squared
-    difference, for images of one modality and one intensity scale. Windowed NCC is blind to
+    difference, for images of one modality and one intensity scale. ``"mi"`` is the global
+    mutual information of :func:`fastwarp.mi` (32 bins, cubic B-spline Parzen windows, ANTs'
+    Mattes metric), for images of different contrasts (T1 to T2, MR to CT). Windowed NCC is blind to
     contrast, so faint smooth structure counts as much as anatomy: the background should be
     exactly 0 (skull-stripped or masked scans, as the embedded brains are).
 
@@ -295,12 +296,6 @@ class _Frame:
         return torch.cat([torch.cat([lin, shift[:, None]], dim=1), self.bottom])
 
 
-def _similarity_loss(warped: torch.Tensor, fixed: torch.Tensor, config: AffineConfig) -> torch.Tensor:
-    if config.similarity == "ncc":
-        return -ncc(warped, fixed, config.window)
-    return (warped - fixed).square().mean()
-
-
 def affine_register(
     moving: torch.Tensor,
     fixed: torch.Tensor,
@@ -377,11 +372,13 @@ def _optimize(frame, plan, fixed, moving, fixed_affine, moving_affine, config: A
     nd, device = fixed.dim() - 2, fixed.device
     params = torch.zeros(nd * nd + nd, dtype=torch.float64, device=device, requires_grad=True)
     counter = Steps(sum(i for *_, i in plan), "affine", config.tol, config.patience, progress)
+    ranges = mi_ranges(moving, fixed) if config.similarity == "mi" else None
 
     def level_loss(moving_k, fixed_k, left, right):
         theta = (left @ frame.matrix(params) @ right)[:nd].float()
         grid = F.affine_grid(theta[None], list(fixed_k.shape), align_corners=True)
-        return _similarity_loss(grid_sample(moving_k, grid, align_corners=True), fixed_k, config)
+        warped = grid_sample(moving_k, grid, align_corners=True)
+        return similarity_loss(config.similarity, warped, fixed_k, config.window, ranges)
 
     first, steps = plan[0][0], []
     for factor, moving_factor, iters in plan:

@@ -23,6 +23,7 @@ import sys
 from collections.abc import Sequence
 
 from .config import RegisterConfig, TrainConfig
+from .similarity import SIMILARITIES
 
 __all__ = ["main", "train_main", "register_main", "train_parser", "register_parser", "train_config", "register_config"]
 
@@ -68,10 +69,11 @@ def train_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, help="optimizer steps per epoch (default 50)")
     t.add_argument("--batch-size", type=int, help="global batch size (default 1)")
     t.add_argument("--lr", type=float)
-    t.add_argument("--similarity", choices=["ncc", "mse"])
+    t.add_argument("--similarity", choices=SIMILARITIES,
+                   help="ncc (default), mse, or mi (mutual information, for pairs of different contrasts)")
     t.add_argument("--window", type=int, help="NCC window (odd, default 9)")
     t.add_argument("--lambda", dest="lam", type=float,
-                   help="smoothness weight (default 1 for ncc, 0.01 for mse, VoxelMorph's)")
+                   help="smoothness weight (default 1 for ncc and mi, 0.01 for mse, VoxelMorph's)")
     t.add_argument("--seed", type=int)
     t.add_argument("--device", help="auto (cuda when present), cpu, cuda, cuda:N")
     t.add_argument("--bf16", action="store_true", help="bf16 autocast for the network (warp and loss stay fp32)")
@@ -126,7 +128,9 @@ def register_parser() -> argparse.ArgumentParser:
                    help="with --refine: a stationary velocity field, integrated by scaling and squaring: the "
                         "continuous map is invertible; the discrete Jacobian may still fold a handful of voxels "
                         "(measured: at most a few in 10^5)")
-    p.add_argument("--similarity", choices=("ncc", "mse"), help="of --affine and --refine (default ncc)")
+    p.add_argument("--similarity", choices=SIMILARITIES,
+                   help="of --affine and --refine: ncc (default), mse, or mi (mutual information: images of "
+                        "different contrasts, e.g. T1 to T2)")
     p.add_argument("--output", "-o", required=True, help="warped moving image (.nii or .nii.gz)")
     p.add_argument("--flow", help="also write the deformable field (X, Y, Z, 3) in voxels of the fixed grid")
     p.add_argument("--labels", help="label map of the moving image: warped (nearest) and used for Dice")

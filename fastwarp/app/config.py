@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .data.nifti import NIFTI_SUFFIXES, nifti_stem
+from .similarity import SIMILARITIES
 
 __all__ = ["TrainConfig", "RegisterConfig", "FIGURE_SUFFIXES"]
 
@@ -40,9 +41,9 @@ class TrainConfig:
     steps: int = 50  # optimizer steps per epoch
     batch_size: int = 1  # the global batch, split over the processes
     lr: float = 1e-4
-    similarity: str = "ncc"  # "ncc" or "mse"
+    similarity: str = "ncc"  # "ncc", "mse" or "mi"
     window: int = 9  # NCC window
-    lam: float | None = None  # smoothness weight; None: 1 for ncc, 0.01 for mse (VoxelMorph's)
+    lam: float | None = None  # smoothness weight; None: 1 for ncc and mi, 0.01 for mse (VoxelMorph's)
     seed: int = 0
     device: str = "auto"  # auto (cuda when present), cpu, cuda, cuda:N
     bf16: bool = False  # bf16 autocast for the network (the warp and the loss stay float32)
@@ -53,7 +54,7 @@ class TrainConfig:
 
     def __post_init__(self):
         for option, value, choices in (("pairing", self.pairing, (None, "subject", "atlas", "self")),
-                                       ("ndim", self.ndim, (2, 3)), ("similarity", self.similarity, ("ncc", "mse"))):
+                                       ("ndim", self.ndim, (2, 3)), ("similarity", self.similarity, SIMILARITIES)):
             if value not in choices:
                 raise ValueError(f"--{option} must be one of {[c for c in choices if c is not None]}, got {value!r}")
         if self.window < 1 or self.window % 2 == 0:
@@ -66,7 +67,7 @@ class TrainConfig:
         """``lam``, or VoxelMorph's default for the similarity."""
         if self.lam is not None:
             return self.lam
-        return 1.0 if self.similarity == "ncc" else 0.01
+        return 0.01 if self.similarity == "mse" else 1.0
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class RegisterConfig:
     matrix: str | None = None  # where the affine goes; None: <output stem>_affine.txt with --affine
     refine: int | None = None  # refine for this pair: None no, 0 the default schedule, N steps per level
     diffeomorphic: bool = False  # refine a stationary velocity field (an invertible map; see --help)
-    similarity: str = "ncc"  # of the affine and the refinement: "ncc" or "mse"
+    similarity: str = "ncc"  # of the affine and the refinement: "ncc", "mse" or "mi"
     device: str = "auto"
     quiet: bool = False  # no progress bar
 
@@ -104,8 +105,8 @@ class RegisterConfig:
             raise ValueError(f"--refine takes a number of steps per level >= 0, got {self.refine}")
         if self.diffeomorphic and self.refine is None:
             raise ValueError("--diffeomorphic applies to --refine: give both")
-        if self.similarity not in ("ncc", "mse"):
-            raise ValueError(f"--similarity must be one of ['ncc', 'mse'], got {self.similarity!r}")
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"--similarity must be one of {list(SIMILARITIES)}, got {self.similarity!r}")
         for option, path in (("output", self.output), ("flow", self.flow), ("labels-output", self.warped_labels)):
             if path and not path.endswith(NIFTI_SUFFIXES):
                 raise ValueError(f"--{option}: {path} must end in .nii or .nii.gz")

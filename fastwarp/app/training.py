@@ -24,13 +24,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..losses import MSE, NCC, Grad
+from ..losses import MI, MSE, NCC, Grad
 from . import data
 from .checkpoints import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .metrics import evaluate
 from .models import RegUNet
 from .runtime import Processes, resolve_device, start_processes
+from .similarity import MI_BINS
 
 __all__ = ["train", "train_step", "Objective"]
 
@@ -48,10 +49,10 @@ class Objective:
 
     @classmethod
     def from_config(cls, config: TrainConfig, model: RegUNet) -> Objective:
-        """The run's loss: NCC(window) or MSE, plus VoxelMorph's ``Grad("l2")`` of the
+        """The run's loss: NCC(window), MSE or MI, plus VoxelMorph's ``Grad("l2")`` of the
         displacement (scaled by the integration's downsizing in the diffeomorphic mode),
         weighted by ``config.smoothness_weight``."""
-        similarity = NCC(config.window) if config.similarity == "ncc" else MSE()
+        similarity = {"ncc": lambda: NCC(config.window), "mse": MSE, "mi": lambda: MI(MI_BINS)}[config.similarity]()
         smoothness = Grad("l2", loss_mult=float(model.int_downsize) if model.diffeomorphic else None)
         return cls(similarity, smoothness, config.smoothness_weight)
 
