@@ -1,8 +1,6 @@
 """fastwarp.mi: the Parzen joint histogram and the mutual information against the float64
-definition (tests/reference.py), its gradients, invariances, and its errors.
-
-The CPU kernels only, for now: the CUDA kernel of fastwarp::mi_histogram is not written yet
-(issue 21), so there is no "cuda_emu" parameter here."""
+definition (tests/reference.py), its gradients, invariances, and its errors; on the CPU, the
+GPU and the emulated CUDA launch (the ``device`` fixture)."""
 
 import pytest
 import torch
@@ -22,54 +20,80 @@ def pair(shape, gen, dtype=torch.float64):
     return a.to(dtype), b.to(dtype)
 
 
-def test_histogram_counts_every_voxel_once(gen):
+@pytest.mark.sanitize
+def test_histogram_counts_every_voxel_once(device, gen):
     a, b = pair((2, 3, 7, 9), gen)
+    a, b = a.to(device), b.to(device)
     for kernel in KERNELS:
-        h = joint_histogram(a, b, 12, kernel)
+        h = joint_histogram(a, b, 12, kernel).cpu()
         assert h.shape == (2, 3, 12, 12) and h.dtype == torch.float64
         torch.testing.assert_close(h.sum((-2, -1)), torch.full((2, 3), 63.0, dtype=torch.float64))
         assert (h >= 0).all()
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("shape", [(2, 1, 13, 17), (1, 2, 7, 11, 9), (2, 1, 5, 6, 13)])
+# (1, 1, 17, 19, 23): several GPU blocks per volume (Note [MI on the GPU])
+@pytest.mark.parametrize("shape", [(2, 1, 13, 17), (1, 2, 7, 11, 9), (2, 1, 5, 6, 13), (1, 1, 17, 19, 23)])
 @pytest.mark.parametrize("masked", [False, True])
-def test_values_match_reference(kernel, shape, masked, gen):
+def test_values_match_reference(kernel, shape, masked, device, gen):
     a, b = pair(shape, gen)
     mask = torch.rand(shape, generator=gen) < 0.7 if masked else None
-    # sigmas whose supports hold up to 8 bins (0.66) or 9 (0.67): Note [Fixed-width Parzen loops]
-    for bins, sigma in ((8, 0.5), (32, 0.5), (17, 1.3), (21, 0.66), (21, 0.67), (40, 2.5)):
+    on = [t.to(device) if t is not None else None for t in (a, b, mask)]
+    # sigmas whose supports hold up to 8 bins (0.66) or 9 (0.67): Note [Fixed-width Parzen loops];
+    # 120 bins: a histogram too large for the GPU's shared memory (Note [MI on the GPU])
+    for bins, sigma in ((8, 0.5), (32, 0.5), (17, 1.3), (21, 0.66), (21, 0.67), (40, 2.5), (120, 0.5)):
         for normalized in (False, True):
-            got = fastwarp.mi(a, b, bins, kernel, sigma=sigma, mask=mask, normalized=normalized, reduction="none")
+            got = fastwarp.mi(on[0], on[1], bins, kernel, sigma=sigma, mask=on[2], normalized=normalized,
+                              reduction="none")
             want = mi_reference(a, b, bins, kernel, sigma, mask=mask, normalized=normalized)
-            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
-    assert fastwarp.mi(a, b, 16, kernel, mask=mask).shape == ()
+            torch.testing.assert_close(got.cpu(), want, rtol=1e-9, atol=1e-12)
+    assert fastwarp.mi(on[0], on[1], 16, kernel, mask=on[2]).shape == ()
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("shape", [(2, 1, 11, 14), (1, 2, 6, 9, 7)])
-def test_gradients_match_autograd_through_reference(kernel, shape, gen):
+def test_gradients_match_autograd_through_reference(kernel, shape, device, gen):
     a, b = pair(shape, gen)
     mask = torch.rand(shape, generator=gen) < 0.8
     ra, rb = (-50.0, 170.0), (-110.0, 110.0)  # given ranges: the reference's autograd sees them as constants too
     for normalized in (False, True):
-        xa, xb = a.clone().requires_grad_(), b.clone().requires_grad_()
+        xa, xb = a.clone().to(device).requires_grad_(), b.clone().to(device).requires_grad_()
         ya, yb = a.clone().requires_grad_(), b.clone().requires_grad_()
         w = torch.rand(shape[:2], generator=gen, dtype=torch.float64)
-        got = fastwarp.mi(xa, xb, 16, kernel, range_a=ra, range_b=rb, mask=mask, normalized=normalized, reduction="none")
+        got = fastwarp.mi(xa, xb, 16, kernel, range_a=ra, range_b=rb, mask=mask.to(device), normalized=normalized,
+                          reduction="none")
         want = mi_reference(ya, yb, 16, kernel, range_a=ra, range_b=rb, mask=mask, normalized=normalized)
-        (got * w).sum().backward()
+        (got * w.to(device)).sum().backward()
         (want * w).sum().backward()
-        scale = ya.grad.abs().max()
-        torch.testing.assert_close(xa.grad, ya.grad, rtol=1e-7, atol=1e-9 * scale)
-        torch.testing.assert_close(xb.grad, yb.grad, rtol=1e-7, atol=1e-9 * yb.grad.abs().max())
-        assert (xa.grad[~mask] == 0).all() and (xb.grad[~mask] == 0).all()
+        ga, gb = xa.grad.cpu(), xb.grad.cpu()
+        torch.testing.assert_close(ga, ya.grad, rtol=1e-7, atol=1e-9 * ya.grad.abs().max())
+        torch.testing.assert_close(gb, yb.grad, rtol=1e-7, atol=1e-9 * yb.grad.abs().max())
+        assert (ga[~mask] == 0).all() and (gb[~mask] == 0).all()
+
+
+@pytest.mark.sanitize
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_histograms_too_large_for_shared_memory(kernel, dtype, device, gen):
+    """150 bins: a float32 histogram of 88 KiB, which the GPU keeps in global memory (Note [MI
+    on the GPU]), for the forward and for the backward's staged gradient; several blocks."""
+    a, b = pair((1, 1, 17, 19, 23), gen)
+    x = a.detach().to(device, dtype).clone().requires_grad_()
+    got = fastwarp.mi(x, b.to(device, dtype), 150, kernel, range_a=(-41, 161), range_b=(-106, 106))
+    want = mi_reference(a, b, 150, kernel, range_a=(-41, 161), range_b=(-106, 106))
+    torch.testing.assert_close(got.cpu().double(), want[0, 0], rtol=1e-5 if dtype == torch.float32 else 1e-10, atol=0)
+    got.backward()
+    y = a.detach().clone().requires_grad_()
+    mi_reference(y, b, 150, kernel, range_a=(-41, 161), range_b=(-106, 106)).sum().backward()
+    tol = (1e-4 if dtype == torch.float32 else 1e-9) * y.grad.abs().max()
+    torch.testing.assert_close(x.grad.cpu().double(), y.grad, rtol=0, atol=tol)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_gradcheck(kernel, gen):
+def test_gradcheck(kernel, device, gen):
     a, b = pair((2, 1, 5, 4, 3), gen)
-    a, b = a.requires_grad_(), b.requires_grad_()
+    a, b = a.to(device).requires_grad_(), b.to(device).requires_grad_()
     for reduction in ("mean", "batch"):
         assert torch.autograd.gradcheck(
             lambda x, y: fastwarp.mi(x, y, 7, kernel, range_a=(-45, 165), range_b=(-105, 105), reduction=reduction),
@@ -90,23 +114,28 @@ def test_default_range_is_a_constant(gen):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_float32_against_float64(kernel, gen):
+def test_float32_against_float64(kernel, device, gen):
     a, b = pair((2, 1, 21, 18, 17), gen)
     want = mi_reference(a, b, 32, kernel)
-    got = fastwarp.mi(a.float(), b.float(), 32, kernel, reduction="none")
+    got = fastwarp.mi(a.float().to(device), b.float().to(device), 32, kernel, reduction="none")
     assert got.dtype == torch.float32
-    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.cpu().double(), want, rtol=1e-5, atol=1e-6)
+    # and the gradient against float64's
+    x, y = a.clone().requires_grad_(), a.float().to(device).requires_grad_()
+    fastwarp.mi(x, b, 32, kernel, range_a=(-41, 161), range_b=(-106, 106)).backward()
+    fastwarp.mi(y, b.float().to(device), 32, kernel, range_a=(-41, 161), range_b=(-106, 106)).backward()
+    torch.testing.assert_close(y.grad.cpu().double(), x.grad, rtol=0, atol=1e-4 * x.grad.abs().max())
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_low_precision_accumulates_in_float32(dtype, gen):
+def test_low_precision_accumulates_in_float32(dtype, device, gen):
     a, b = pair((1, 2, 15, 16, 9), gen, dtype)
-    x = a.clone().requires_grad_()
-    got = fastwarp.mi(x, b, 24, reduction="none")
+    x = a.clone().to(device).requires_grad_()
+    got = fastwarp.mi(x, b.to(device), 24, reduction="none")
     assert got.dtype == torch.float32
-    # the same values in float64: only the histogram's float32 rounding differs
+    # the same values in float64: only the float32 arithmetic differs
     want = mi_reference(a.double(), b.double(), 24)
-    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.cpu().double(), want, rtol=1e-5, atol=1e-6)
     got.sum().backward()
     assert x.grad.dtype == dtype and torch.isfinite(x.grad).all() and x.grad.abs().max() > 0
 
@@ -128,11 +157,11 @@ def test_invariances(gen):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_constant_image(kernel, gen):
+def test_constant_image(kernel, device, gen):
     a, b = pair((2, 1, 9, 8, 7), gen)
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
-        x = torch.full(a.shape, 3.5, dtype=dtype, requires_grad=True)
-        y = b.detach().to(dtype).requires_grad_()
+        x = torch.full(a.shape, 3.5, dtype=dtype, device=device, requires_grad=True)
+        y = b.detach().to(device, dtype).requires_grad_()
         v = fastwarp.mi(x, y, 16, kernel)
         assert abs(v.item()) < tol
         v.backward()
@@ -140,8 +169,10 @@ def test_constant_image(kernel, gen):
         assert torch.isfinite(y.grad).all() and y.grad.abs().max() < tol
 
 
-def test_non_finite_input_gives_nan_not_a_crash(gen):
+@pytest.mark.sanitize
+def test_non_finite_input_gives_nan_not_a_crash(device, gen):
     a, b = pair((2, 1, 9, 8, 7), gen)
+    a, b = a.to(device), b.to(device)
     for bad in (float("nan"), float("inf"), -float("inf")):
         x = a.clone()
         x[1, 0, 4, 4, 4] = bad
@@ -155,9 +186,10 @@ def test_non_finite_input_gives_nan_not_a_crash(gen):
         assert torch.isfinite(v[0]).all() and torch.isnan(v[1]).all()
 
 
-def test_mask_selects_the_voxels(gen):
+def test_mask_selects_the_voxels(device, gen):
     a, b = pair((1, 1, 12, 13, 11), gen)
-    mask = torch.zeros(a.shape[2:], dtype=torch.bool)
+    a, b = a.to(device), b.to(device)
+    mask = torch.zeros(a.shape[2:], dtype=torch.bool, device=device)
     mask[2:9, 3:11, 1:8] = True
     got = fastwarp.mi(a, b, 16, mask=mask)
     want = fastwarp.mi(a[..., 2:9, 3:11, 1:8].contiguous(), b[..., 2:9, 3:11, 1:8].contiguous(), 16)
@@ -170,19 +202,19 @@ def test_mask_selects_the_voxels(gen):
     torch.testing.assert_close(fastwarp.mi(a, b, 16, mask=mask[None, None].to(torch.uint8)), got, rtol=0, atol=0)
 
 
-def test_non_contiguous_and_empty(gen):
+def test_non_contiguous_and_empty(device, gen):
     a, b = pair((2, 3, 8, 9, 10), gen)
-    at, bt = a.transpose(2, 4), b.transpose(2, 4)
+    at, bt = a.to(device).transpose(2, 4), b.to(device).transpose(2, 4)
     torch.testing.assert_close(
         fastwarp.mi(at, bt, 16, reduction="none"),
         fastwarp.mi(at.contiguous(), bt.contiguous(), 16, reduction="none"),
         rtol=0,
         atol=0,
     )
-    e = torch.empty(0, 1, 4, 5)
+    e = torch.empty(0, 1, 4, 5, device=device)
     assert fastwarp.mi(e, e, 8, reduction="none").shape == (0, 1)
     assert torch.isnan(fastwarp.mi(e, e, 8))
-    e = torch.empty(2, 1, 0, 5)
+    e = torch.empty(2, 1, 0, 5, device=device)
     assert torch.isnan(fastwarp.mi(e, e, 8, reduction="none")).all()
 
 
@@ -224,16 +256,16 @@ def test_second_order_and_forward_mode_raise(gen):
         torch.func.jvp(lambda t: fastwarp.mi(t, b, 8), (a,), (torch.ones_like(a),))
 
 
-def test_opcheck(gen):
+def test_opcheck(device, gen):
     a, b = pair((2, 2, 6, 7, 5), gen)
     for dtype in (torch.float64, torch.float32):
-        x, y = a.to(dtype).requires_grad_(), b.to(dtype)
-        r = torch.tensor([[-45.0, 165.0], [-105.0, 105.0]], dtype=dtype).expand(2, 2, 2, 2).contiguous()
-        mask = torch.rand(a.shape, generator=gen) < 0.5
+        x, y = a.to(device, dtype).requires_grad_(), b.to(device, dtype)
+        r = torch.tensor([[-45.0, 165.0], [-105.0, 105.0]], dtype=dtype).expand(2, 2, 2, 2).contiguous().to(device)
+        mask = (torch.rand(a.shape, generator=gen) < 0.5).to(device)
         for m in (None, mask):
             for kernel, bins in ((0, 9), (1, 6)):
                 torch.library.opcheck(torch.ops.fastwarp.mi_histogram.default, (x, y, m, r, bins, kernel, 0.7))
-                g = torch.rand(2, 2, bins, bins, generator=gen, dtype=torch.float64).to(dtype)
+                g = torch.rand(2, 2, bins, bins, generator=gen, dtype=torch.float64).to(device, dtype)
                 for want in ([True, True], [True, False], [False, True]):
                     args = (g, x.detach(), y, m, r, bins, kernel, 0.7, want)
                     torch.library.opcheck(torch.ops.fastwarp.mi_histogram_backward.default, args)

@@ -1,6 +1,6 @@
 // CPU loops of fastwarp::mi_histogram and its backward (Note [Parzen joint histogram] in
 // csrc/common/mi.h, which has all the math). The forward gives each fixed run of voxels its
-// own histogram, in double, and adds them up in order afterwards: no lock or atomic in the
+// own histogram, in double (the weights in the histogram's dtype), and adds them up in order afterwards: no lock or atomic in the
 // voxel loop, and the same result whatever the number of threads. The backward is one
 // independent pass over the voxels.
 #include <ATen/Parallel.h>
@@ -8,9 +8,11 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../common/mi_host.h"
+#include "clones.h"
 
 namespace fastwarp {
 namespace {
@@ -20,13 +22,20 @@ namespace {
 // and add.
 constexpr int64_t kVoxelsPerTask = 1 << 16;
 
+// The arithmetic of the weights: float for float, half and bfloat16 inputs (whose histogram is
+// float32), double for double; the histograms add up in double either way.
+template <typename scalar_t>
+using weight_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+template <typename T>
 struct Axes {
-  BinAxis<double> a, b;
+  BinAxis<T> a, b;
 };
 
-Axes volume_axes(const double* range, ParzenKernel kernel, int64_t bins) {
-  return {BinAxis<double>::make(kernel, bins, range[0], range[1]),
-          BinAxis<double>::make(kernel, bins, range[2], range[3])};
+template <typename T>
+Axes<T> volume_axes(const double* range, ParzenKernel kernel, int64_t bins) {
+  return {BinAxis<T>::make(kernel, bins, static_cast<T>(range[0]), static_cast<T>(range[1])),
+          BinAxis<T>::make(kernel, bins, static_cast<T>(range[2]), static_cast<T>(range[3]))};
 }
 
 // Note [Fixed-width Parzen loops]
@@ -36,27 +45,28 @@ Axes volume_axes(const double* range, ParzenKernel kernel, int64_t bins) {
 // 8, 16, 32 that holds its floor(12 s) + 1 bins, the weights past a voxel's own count set to
 // 0. Those may address up to W - 1 bins past the last, so the histograms (and the upstream
 // gradient, in the backward) are laid out with rows and columns of S = bins + W, the margin
-// cropped at the end (it holds only zeros).
-template <ParzenKernel K, int W>
-inline void fixed_width_weights(const Parzen<double>& pz, double u, bool slopes, ParzenWeights<double>& w) {
+// cropped at the end (it holds only zeros). Both loops are FASTWARP_CPU_CLONES (Note [CPU loop
+// clones]): the Parzen weights inlined, the bins' loops on the CPU's widest vectors.
+template <ParzenKernel K, int W, typename T>
+inline void fixed_width_weights(const Parzen<T>& pz, T u, bool slopes, ParzenWeights<T>& w) {
   parzen_weights(pz, u, slopes, w);
   if constexpr (K == ParzenKernel::Gaussian) {
     for (int t = w.count; t < W; ++t) {
-      w.w[t] = 0.0;
-      w.dw[t] = 0.0;
+      w.w[t] = T(0);
+      w.dw[t] = T(0);
     }
   }
 }
 
-template <typename scalar_t, ParzenKernel K, int W>
-void histogram_run(const scalar_t* a, const scalar_t* b, const uint8_t* mask, int64_t v0, int64_t v1,
-                   const Axes& ax, const Parzen<double>& pz, double* h) {
+template <typename scalar_t, ParzenKernel K, int W, typename T = weight_t<scalar_t>>
+FASTWARP_CPU_CLONES void histogram_run(const scalar_t* a, const scalar_t* b, const uint8_t* mask, int64_t v0, int64_t v1,
+                   const Axes<T>& ax, const Parzen<T>& pz, double* h) {
   const int64_t S = pz.bins + W;
-  ParzenWeights<double> wa, wb;
+  ParzenWeights<T> wa, wb;
   for (int64_t v = v0; v < v1; ++v) {
     if (mask != nullptr && mask[v] == 0) continue;
-    double ua, dua, ub, dub;
-    if (!ax.a.position(static_cast<double>(a[v]), ua, dua) || !ax.b.position(static_cast<double>(b[v]), ub, dub)) {
+    T ua, dua, ub, dub;
+    if (!ax.a.position(static_cast<T>(a[v]), ua, dua) || !ax.b.position(static_cast<T>(b[v]), ub, dub)) {
       h[0] += std::numeric_limits<double>::quiet_NaN();
       continue;
     }
@@ -65,26 +75,26 @@ void histogram_run(const scalar_t* a, const scalar_t* b, const uint8_t* mask, in
     double* corner = h + wa.first * S + wb.first;
     for (int i = 0; i < W; ++i) {
       double* row = corner + i * S;
-      const double wi = wa.w[i];
-      for (int j = 0; j < W; ++j) row[j] += wi * wb.w[j];
+      const T wi = wa.w[i];
+      for (int j = 0; j < W; ++j) row[j] += static_cast<double>(wi * wb.w[j]);
     }
   }
 }
 
-template <typename scalar_t, ParzenKernel K, int W>
-void gradient_run(const scalar_t* a, const scalar_t* b, const uint8_t* mask, const double* g, int64_t v0,
-                  int64_t v1, const Axes& ax, const Parzen<double>& pz, scalar_t* ga, scalar_t* gb) {
+template <typename scalar_t, ParzenKernel K, int W, typename T = weight_t<scalar_t>>
+FASTWARP_CPU_CLONES void gradient_run(const scalar_t* a, const scalar_t* b, const uint8_t* mask, const T* g, int64_t v0,
+                  int64_t v1, const Axes<T>& ax, const Parzen<T>& pz, scalar_t* ga, scalar_t* gb) {
   const int64_t S = pz.bins + W;
-  ParzenWeights<double> wa, wb;
-  double ta[W], tb[W];
+  ParzenWeights<T> wa, wb;
+  T ta[W], tb[W];
   for (int64_t v = v0; v < v1; ++v) {
     if (mask != nullptr && mask[v] == 0) {
       if (ga) ga[v] = scalar_t(0);
       if (gb) gb[v] = scalar_t(0);
       continue;
     }
-    double ua, dua, ub, dub;
-    if (!ax.a.position(static_cast<double>(a[v]), ua, dua) || !ax.b.position(static_cast<double>(b[v]), ub, dub)) {
+    T ua, dua, ub, dub;
+    if (!ax.a.position(static_cast<T>(a[v]), ua, dua) || !ax.b.position(static_cast<T>(b[v]), ub, dub)) {
       if (ga) ga[v] = std::numeric_limits<scalar_t>::quiet_NaN();
       if (gb) gb[v] = std::numeric_limits<scalar_t>::quiet_NaN();
       continue;
@@ -92,11 +102,11 @@ void gradient_run(const scalar_t* a, const scalar_t* b, const uint8_t* mask, con
     fixed_width_weights<K, W>(pz, ua, ga != nullptr, wa);
     fixed_width_weights<K, W>(pz, ub, gb != nullptr, wb);
     // ta[i] = sum_j G[i][j] w_j(u_b), tb[j] = sum_i G[i][j] w_i(u_a)
-    const double* corner = g + wa.first * S + wb.first;
-    for (int j = 0; j < W; ++j) tb[j] = 0.0;
+    const T* corner = g + wa.first * S + wb.first;
+    for (int j = 0; j < W; ++j) tb[j] = T(0);
     for (int i = 0; i < W; ++i) {
-      const double* row = corner + i * S;
-      double t = 0.0;
+      const T* row = corner + i * S;
+      T t = T(0);
       for (int j = 0; j < W; ++j) {
         t += row[j] * wb.w[j];
         tb[j] += row[j] * wa.w[i];
@@ -104,12 +114,12 @@ void gradient_run(const scalar_t* a, const scalar_t* b, const uint8_t* mask, con
       ta[i] = t;
     }
     if (ga) {
-      double s = 0.0;
+      T s = T(0);
       for (int i = 0; i < W; ++i) s += wa.dw[i] * ta[i];
       ga[v] = static_cast<scalar_t>(s * dua);
     }
     if (gb) {
-      double s = 0.0;
+      T s = T(0);
       for (int j = 0; j < W; ++j) s += wb.dw[j] * tb[j];
       gb[v] = static_cast<scalar_t>(s * dub);
     }
@@ -151,7 +161,6 @@ at::Tensor mi_histogram_cpu(const at::Tensor& a_in, const at::Tensor& b_in, cons
                             const at::Tensor& range, int64_t bins, int64_t kernel, double sigma) {
   check_mi_args("fastwarp::mi_histogram", a_in, b_in, mask, range, bins, kernel, sigma);
   const ParzenKernel k = to_parzen_kernel(kernel);
-  const Parzen<double> pz = Parzen<double>::make(k, bins, sigma);
   const at::Tensor a = a_in.contiguous(), b = b_in.contiguous();
   at::Tensor mask_keep;
   const uint8_t* pm = mask_data(mask, mask_keep);
@@ -165,6 +174,8 @@ at::Tensor mi_histogram_cpu(const at::Tensor& a_in, const at::Tensor& b_in, cons
   at::Tensor partial = at::zeros({volumes, runs, S, S}, a.options().dtype(at::kDouble));
   double* pp = partial.mutable_data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "fastwarp_mi_histogram", [&] {
+    using T = weight_t<scalar_t>;
+    const Parzen<T> pz = Parzen<T>::make(k, bins, static_cast<T>(sigma));
     const scalar_t* pa = a.const_data_ptr<scalar_t>();
     const scalar_t* pb = b.const_data_ptr<scalar_t>();
     with_kernel(k, sigma, [&](auto kc, auto wc) {
@@ -174,7 +185,7 @@ at::Tensor mi_histogram_cpu(const at::Tensor& a_in, const at::Tensor& b_in, cons
           const int64_t v0 = r * kVoxelsPerTask, v1 = std::min(voxels, v0 + kVoxelsPerTask);
           const int64_t base = m * voxels;
           histogram_run<scalar_t, decltype(kc)::value, decltype(wc)::value>(
-              pa + base, pb + base, pm ? pm + base : nullptr, v0, v1, volume_axes(pr + 4 * m, k, bins), pz, pp + t * S * S);
+              pa + base, pb + base, pm ? pm + base : nullptr, v0, v1, volume_axes<T>(pr + 4 * m, k, bins), pz, pp + t * S * S);
         }
       });
     });
@@ -192,7 +203,6 @@ std::tuple<at::Tensor, at::Tensor> mi_histogram_backward_cpu(const at::Tensor& g
   TORCH_CHECK(grad.sizes() == at::IntArrayRef(mi_histogram_shape(a_in, bins)),
               "fastwarp::mi_histogram_backward: grad must be (N, C, bins, bins), got ", grad.sizes());
   const ParzenKernel k = to_parzen_kernel(kernel);
-  const Parzen<double> pz = Parzen<double>::make(k, bins, sigma);
   at::Tensor grad_a = at::empty(output_mask[0] ? a_in.sizes() : at::IntArrayRef{0}, a_in.options());
   at::Tensor grad_b = at::empty(output_mask[1] ? b_in.sizes() : at::IntArrayRef{0}, b_in.options());
   if ((!output_mask[0] && !output_mask[1]) || a_in.numel() == 0) return {grad_a, grad_b};
@@ -200,13 +210,15 @@ std::tuple<at::Tensor, at::Tensor> mi_histogram_backward_cpu(const at::Tensor& g
   at::Tensor mask_keep;
   const uint8_t* pm = mask_data(mask, mask_keep);
   const int64_t S = bins + fixed_width(k, sigma);  // G laid out as the histograms are
-  const at::Tensor g = at::zeros({a.size(0) * a.size(1), S, S}, a.options().dtype(at::kDouble));
+  const at::Tensor g = at::zeros({a.size(0) * a.size(1), S, S}, a.options().dtype(range.scalar_type()));
   g.narrow(1, 0, bins).narrow(2, 0, bins).copy_(grad.reshape({-1, bins, bins}));
   const at::Tensor ranges = range.to(at::kDouble).contiguous();
-  const double* pg = g.const_data_ptr<double>();
   const double* pr = ranges.const_data_ptr<double>();
   const int64_t volumes = a.size(0) * a.size(1), voxels = a.numel() / volumes;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "fastwarp_mi_histogram_backward", [&] {
+    using T = weight_t<scalar_t>;
+    const Parzen<T> pz = Parzen<T>::make(k, bins, static_cast<T>(sigma));
+    const T* pg = g.const_data_ptr<T>();  // the histogram's dtype, T's
     const scalar_t* pa = a.const_data_ptr<scalar_t>();
     const scalar_t* pb = b.const_data_ptr<scalar_t>();
     scalar_t* pga = output_mask[0] ? grad_a.mutable_data_ptr<scalar_t>() : nullptr;
@@ -218,7 +230,7 @@ std::tuple<at::Tensor, at::Tensor> mi_histogram_backward_cpu(const at::Tensor& g
           const int64_t stop = std::min(end, base + voxels);
           gradient_run<scalar_t, decltype(kc)::value, decltype(wc)::value>(
               pa + base, pb + base, pm ? pm + base : nullptr, pg + m * S * S, begin - base, stop - base,
-              volume_axes(pr + 4 * m, k, bins), pz, pga ? pga + base : nullptr, pgb ? pgb + base : nullptr);
+              volume_axes<T>(pr + 4 * m, k, bins), pz, pga ? pga + base : nullptr, pgb ? pgb + base : nullptr);
           begin = stop;
         }
       });

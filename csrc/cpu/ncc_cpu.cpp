@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../common/ncc_host.h"
+#include "clones.h"
 
 namespace fastwarp {
 namespace {
@@ -34,24 +35,7 @@ struct Shape {
   int64_t plane() const { return H * W; }
 };
 
-// Note [NCC loops on the CPU's vector units]
-// ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
-// The loops below are elementwise over a plane (or a row of planes) and vectorize as they
-// are written. The extension is built for baseline x86-64 (two doubles per SSE2
-// instruction); FASTWARP_CPU_CLONES compiles each loop function also for AVX2 and AVX-512,
-// and the loader picks the widest one the CPU has (GCC/Clang function multiversioning: an
-// ifunc resolved once). Only the function itself is cloned: what it calls and does not
-// inline is the one ordinary copy, so nothing built for a wider target can reach a caller
-// on a CPU without it. The clones compute the same values bit for bit: the operations are
-// elementwise (no reassociated sums) and the build has -ffp-contract=off (no fused
-// multiply-add), so a lane does in its vector exactly what the scalar code does. Unlike the
-// warp's lanes (Note [CPU SIMD level]), the choice does not follow ATEN_CPU_CAPABILITY: it
-// is made by the loader, and no result depends on it.
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
-#define FASTWARP_CPU_CLONES __attribute__((target_clones("default", "avx2", "avx512f"), flatten))
-#else
-#define FASTWARP_CPU_CLONES
-#endif
+// The loops below are FASTWARP_CPU_CLONES (Note [CPU loop clones] in clones.h).
 // (flatten: the NCC algebra of ncc.h is inlined into each clone, as on the GPU, so that the
 // loop around it vectorizes. A lambda is a function of its own and is not cloned: the cloned
 // loops are written without them.)

@@ -27,6 +27,15 @@ NCC loss (:data:`NCC_IMPLS`, each ``factory(nd, window, device, dtype) -> NccImp
 - ``fused_lncc`` (CUDA, 3-D, window 3..9, gradient to ``pred`` only): PyPI ``fused-lncc``.
 - ``fireants`` (CUDA, 3-D): FireANTs' ``FusedLocalNormalizedCrossCorrelationLoss``.
 
+Mutual information (:data:`MI_IMPLS`, each ``factory(kernel, bins, device, dtype) -> MiImpl``;
+``kernel`` "bspline" or "gaussian"):
+
+- ``fastwarp``: ``fastwarp.losses.MI(bins, kernel)(a, b)``, i.e. ``-fastwarp.mi(a, b, bins, kernel)``.
+- ``monai``: ``monai.losses.GlobalMutualInformationLoss(kernel_type, num_bins=bins)`` ("gaussian",
+  or "b-spline": a box kernel for its target image, so not quite fastwarp's definition).
+- ``neurite``: not applicable: neurite's PyTorch backend (``neurite.nn.functional``) has no
+  mutual information (its MI is TensorFlow's).
+
 The peers are imported inside the factories only, never when this module is imported. A
 factory whose package is not importable raises :class:`BaselineUnavailable` (an
 ``ImportError``); one that does not apply (the fused NCCs off CUDA, in 2-D, or at another
@@ -48,7 +57,7 @@ import torch
 import torch.nn.functional as F
 
 import fastwarp
-from fastwarp.losses import NCC
+from fastwarp.losses import MI, NCC
 
 from ..fields import normalized_grid, voxel_grid, voxelmorph_grid
 
@@ -63,6 +72,8 @@ __all__ = [
     "WARP_BASELINES",
     "NCC_IMPLS",
     "NCC_BASELINES",
+    "MiImpl",
+    "MI_IMPLS",
     "VoxelMorphVecInt",
     "VecIntImpl",
     "VECINT_IMPLS",
@@ -398,3 +409,37 @@ NCC_IMPLS = {
     "fireants": _ncc_fireants,
 }
 NCC_BASELINES = [name for name in NCC_IMPLS if name != "fastwarp"]
+
+
+class MiImpl(NamedTuple):
+    """One way to compute the MI loss: ``loss(a, b)`` is a scalar tensor, ``-MI``."""
+
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    version: str
+
+
+def _mi_fastwarp(kernel, bins, device, dtype):
+    return MiImpl(MI(bins, kernel), fastwarp.__version__)
+
+
+def _mi_monai(kernel, bins, device, dtype):
+    monai = _import("monai", "monai")
+    from monai.losses import GlobalMutualInformationLoss
+
+    kind = {"bspline": "b-spline", "gaussian": "gaussian"}[kernel]
+    return MiImpl(GlobalMutualInformationLoss(kernel_type=kind, num_bins=bins).to(device), monai.__version__)
+
+
+def _mi_neurite(kernel, bins, device, dtype):
+    os.environ.setdefault("NEURITE_BACKEND", "pytorch")
+    nef = _import("neurite", "neurite.nn.functional")
+    if not any(hasattr(nef, name) for name in ("mutual_information", "mi", "MutualInformation")):
+        raise BaselineNotApplicable("neurite", "no mutual information in neurite's PyTorch backend")
+    raise BaselineNotApplicable("neurite", "neurite's PyTorch MI is not wired into this benchmark yet")
+
+
+MI_IMPLS = {
+    "fastwarp": _mi_fastwarp,
+    "monai": _mi_monai,
+    "neurite": _mi_neurite,
+}

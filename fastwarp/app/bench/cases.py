@@ -85,6 +85,15 @@ NCC_MODES = ("fwd", "fwdbwd", "fwdbwd-both")
 # respect to both inputs takes 8-15 s a call on a CPU, and the 2-D case already shows the cost.
 NCC_NO_BOTH = {("3d", "cpu")}
 
+# Mutual information (3-D), forward+backward with the gradient to the moving image: shape by
+# preset and device type, bins, and the Parzen kernels timed (each against the peers' same one).
+MI_SHAPES = {
+    "full": {"cpu": (1, 1, 96, 112, 128), "cuda": (1, 1, 160, 192, 224)},
+    "tiny": {"cpu": (1, 1, 8, 9, 10), "cuda": (1, 1, 8, 9, 10)},
+}
+MI_BINS = 32
+MI_KERNELS = ("bspline", "gaussian")
+
 # Training step of RegUNet(3), batch 1: spatial size by preset and device type. The GPU size is
 # VoxelMorph's usual one; on a CPU a reduced one (VoxelMorph's conv NCC backward alone takes
 # seconds there at the warp's 96x112x128). Multiples of 16 (RegUNet's four poolings).
@@ -212,7 +221,8 @@ def ncc_inputs(shape: Sequence[int], device: torch.device, mode: str) -> list[tu
 
 
 def ncc_call(impl, inputs: Sequence[tuple], mode: str) -> Callable[[], object]:
-    """The timed NCC loss of ``impl`` (a :class:`~fastwarp.app.bench.baselines.NccImpl`) and,
+    """The timed loss of ``impl`` (a :class:`~fastwarp.app.bench.baselines.NccImpl`, or a
+    :class:`~fastwarp.app.bench.baselines.MiImpl`: the MI cases take the same inputs) and,
     after ``mode``, its gradients."""
     grad_a, grad_b = NCC_GRADS[mode]
     sets = cycle(inputs)

@@ -13,6 +13,10 @@ Cases (float32, batch 1; sizes from :mod:`fastwarp.app.bench.cases`):
 - ``ncc-3d-w<window>-fwd`` / ``-fwdbwd``: the windowed NCC loss, and with its gradient to the
   moving image. Against VoxelMorph's conv NCC in plain PyTorch, neurite's, MONAI's, and (CUDA)
   fused_lncc's and FireANTs'.
+- ``mi-3d-<kernel>-b<bins>-fwdbwd``: the global mutual information loss with its gradient to the
+  moving image, with the cubic B-spline and the Gaussian Parzen kernels. Against MONAI's
+  ``GlobalMutualInformationLoss`` with the same kernel and bins (and neurite's, which has none in
+  PyTorch).
 - ``train-3d``: one training step of :class:`fastwarp.app.models.RegUNet` (forward, backward, Adam)
   on fastwarp's warp and NCC against the same network on VoxelMorph's
   (:mod:`fastwarp.app.bench.train_step`).
@@ -44,13 +48,13 @@ import torch
 import fastwarp
 
 from . import cases as C
-from .baselines import NCC_IMPLS, VECINT_IMPLS, WARP_IMPLS, BaselineNotApplicable, BaselineUnavailable
+from .baselines import MI_IMPLS, NCC_IMPLS, VECINT_IMPLS, WARP_IMPLS, BaselineNotApplicable, BaselineUnavailable
 from .measure import copy_bandwidth, describe, ncc_bytes_moved, peak_extra_memory, time_calls, warp_bytes_moved
 from .train_step import TRAIN_VARIANTS, TrainStep
 
 __all__ = ["main", "build_parser", "run", "format_markdown"]
 
-CASE_GROUPS = ("warp", "vecint", "ncc", "train")
+CASE_GROUPS = ("warp", "vecint", "ncc", "mi", "train")
 PROG = "fastwarp bench"
 _MIB = 1 << 20
 
@@ -61,12 +65,15 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                                                  for d in ("cpu", "cuda")) for size in C.SIZES)
 
     ncc = {size: {d: C.NCC_CASES[size]["3d"].shapes[d][2:] for d in ("cpu", "cuda")} for size in C.SIZES}
+    mi = {size: {d: C.MI_SHAPES[size][d][2:] for d in ("cpu", "cuda")} for size in C.SIZES}
     epilog = (f"cases (batch 1): warp forward, forward+backward with the gradient to the displacement, and "
               f"to both [3-D {sizes(C.WARP_SHAPES, lambda d: (3, d))}; 2-D {sizes(C.WARP_SHAPES, lambda d: (2, d))}]; "
               f"scaling and squaring, {C.VECINT_STEPS} steps, forward+backward [{sizes(C.VECINT_SHAPES)}]; "
               f"NCC loss (3-D), window "
               f"{C.NCC_CASES['full']['3d'].window} (tiny: {C.NCC_CASES['tiny']['3d'].window}), forward, and "
-              f"forward+backward (gradient to the moving image) [{sizes(ncc)}]; one training step of "
+              f"forward+backward (gradient to the moving image) [{sizes(ncc)}]; mutual information, "
+              f"{C.MI_BINS} bins, {' and '.join(C.MI_KERNELS)} kernels, forward+backward "
+              f"[{sizes(mi)}]; one training step of "
               f"RegUNet(3) on fastwarp's ops and on VoxelMorph's [{sizes(C.TRAIN_SHAPES)}].")
     p = argparse.ArgumentParser(
         prog=prog,
@@ -204,6 +211,22 @@ def _ncc_case(backward: bool, size: str, device: torch.device, repeats, report) 
     rows = _run_impls(name, shape, list(NCC_IMPLS), build, device, repeats, report)
     return dict(case=name, kind=f"ncc-{mode}", shape=list(shape), window=window, input_sets=len(inputs),
                 description="NCC loss -mean(cc)" + (", gradient to the moving image" if backward else ""),
+                rows=rows)
+
+
+def _mi_case(kernel: str, size: str, device: torch.device, repeats, report) -> dict:
+    shape, bins, mode = C.MI_SHAPES[size][device.type], C.MI_BINS, "fwdbwd"
+    name = f"mi-3d-{kernel}-b{bins}-{mode}"
+    inputs = C.ncc_inputs(shape, device, mode)
+    moved = ncc_bytes_moved(inputs[0][0], mode)  # as the NCC's: both read twice, one gradient written
+
+    def build(impl_name):
+        impl = MI_IMPLS[impl_name](kernel, bins, device, C.DTYPE)
+        return impl.version, C.ncc_call(impl, inputs, mode), moved
+
+    rows = _run_impls(name, shape, list(MI_IMPLS), build, device, repeats, report)
+    return dict(case=name, kind=f"mi-{mode}", shape=list(shape), window=None, input_sets=len(inputs),
+                description=f"MI loss -mi, {bins} bins, {kernel} Parzen kernel, gradient to the moving image",
                 rows=rows)
 
 
@@ -403,6 +426,9 @@ def run(args: argparse.Namespace, command: str, out=None) -> dict:
             elif group == "ncc":
                 results.append(_ncc_case(False, args.size, device, args.repeats, report))
                 results.append(_ncc_case(True, args.size, device, args.repeats, report))
+            elif group == "mi":
+                for kernel in C.MI_KERNELS:
+                    results.append(_mi_case(kernel, args.size, device, args.repeats, report))
             else:
                 results.append(_train_case(args.size, device, args.repeats, report))
         meta["peers"] = {row["impl"]: row["version"] for case in results for row in case["rows"]
