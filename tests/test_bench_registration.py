@@ -184,3 +184,29 @@ def test_make_data_grid_at_2_and_1_mm():
     assert shape == (160, 192, 176)
     np.testing.assert_allclose(affine[:3, 3], [-80.0, -113.0, -82.0])
     assert np.all(affine[:3, 3] == np.round(affine[:3, 3]))  # voxel centres on the sources' integer mm
+
+
+def test_multimodal_case_registers_a_t2_like_moving_image_with_mi(tmp_path):
+    js = tmp_path / "r.json"
+    assert R.main(["--quick", "--methods", "identity,refine", "--directions", "colin27-to-mni152",
+                   "--contrast", "t2", "--similarity", "mi", "--json", str(js)]) == 0
+    result = json.loads(js.read_text())
+    assert result["meta"]["contrast"] == "t2" and result["meta"]["similarity"] == "mi"
+    refine = result["rows"][1]
+    assert refine["status"] == "ok" and refine["settings"]["refine"]["similarity"] == "mi"
+    assert "moving images' contrast: t2" in R.format_markdown(result)
+
+
+def test_t2_like_is_another_contrast_of_the_same_brain():
+    from fastwarp.app.data import embedded_pairs, t2_like
+
+    pair = embedded_pairs(directions=["colin27-to-mni152"])[0]
+    t1, labels = pair.moving, pair.moving_labels
+    t2 = t2_like(t1, seed=0)
+    assert t2.dtype == np.float32 and t2.shape == t1.shape and t2.max() == 1.0
+    np.testing.assert_array_equal(t2[t1 == 0], 0)  # the background stays 0
+    np.testing.assert_array_equal(t2_like(t1, seed=0), t2)  # deterministic
+    median = {k: float(np.median(t2[labels == k])) for k in (1, 2, 3)}  # CSF, GM, WM
+    assert median[1] > median[2] > median[3]  # the tissue order of T1 reversed...
+    rim = (t1 > 0) & (t1 < 0.15)
+    assert float(np.median(t2[rim])) < median[2]  # ...but not a monotonic map: the dim rim stays dark

@@ -118,12 +118,12 @@ FASTWARP_HD int64_t bspline_weights(T u, int64_t bins, T* w, T* dw) {
   w[1] = (T(3) * f3 - T(6) * f2 + T(4)) * sixth;
   w[2] = (T(-3) * f3 + T(3) * f2 + T(3) * f + T(1)) * sixth;
   w[3] = f3 * sixth;
-  if (dw != nullptr) {
-    dw[0] = T(-0.5) * g * g;
-    dw[1] = T(1.5) * f2 - T(2) * f;
-    dw[2] = T(-1.5) * f2 + f + T(0.5);
-    dw[3] = T(0.5) * f2;
-  }
+  // The slopes cost four multiply-adds; computing them always keeps both arrays in registers
+  // on the GPU (a pointer chosen at run time would put them in local memory).
+  dw[0] = T(-0.5) * g * g;
+  dw[1] = T(1.5) * f2 - T(2) * f;
+  dw[2] = T(-1.5) * f2 + f + T(0.5);
+  dw[3] = T(0.5) * f2;
   return i - 1;
 }
 
@@ -145,7 +145,7 @@ template <typename T>
 FASTWARP_HD void parzen_weights(const Parzen<T>& pz, T u, bool want_slopes, ParzenWeights<T>& pw) {
   const int64_t bins = pz.bins;
   if (pz.kernel == ParzenKernel::BSpline) {  // bins >= 4
-    pw.first = bspline_weights(u, bins, pw.w, want_slopes ? pw.dw : nullptr);
+    pw.first = bspline_weights(u, bins, pw.w, pw.dw);
     pw.count = 4;
     return;
   }

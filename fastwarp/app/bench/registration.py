@@ -53,8 +53,10 @@ import torch
 
 import fastwarp
 
+from ..data.contrast import t2_like
 from ..data.subjects import EMBEDDED_DIRECTIONS, RegistrationPair, embedded_pairs
 from ..metrics import dice, jacobian_determinant
+from ..similarity import SIMILARITIES
 from .baselines import BaselineUnavailable, _dist_version
 from .peers import ants_syn, sitk_demons, warp_check
 
@@ -97,12 +99,13 @@ METHODS = {m.name: m for m in [
 ]}
 
 
-def _refine_config(method: Method, quick: bool, voxel_mm: float):
+def _refine_config(method: Method, quick: bool, voxel_mm: float, similarity: str = "ncc"):
     from ..refine import RefineConfig, refine_defaults
 
     if quick:
-        return RefineConfig(levels=(2, 1), iterations=(3, 2), diffeomorphic=method.diffeomorphic)
-    return refine_defaults(voxel_mm, diffeomorphic=method.diffeomorphic)  # what fastwarp register runs
+        return RefineConfig(levels=(2, 1), iterations=(3, 2), diffeomorphic=method.diffeomorphic, similarity=similarity)
+    # what fastwarp register runs
+    return refine_defaults(voxel_mm, diffeomorphic=method.diffeomorphic, similarity=similarity)
 
 
 # --------------------------------------------------------------------------- one run
@@ -172,7 +175,7 @@ def _run_fastwarp(pair: RegistrationPair, method: Method, models: dict, settings
         # a network sees the resolution it was trained at: downsample the finer data to it
         downsample = max(1, round(ckpt_downsample * trained_mm / pair.resolution))
         used.update(model=ckpt_path, downsample=downsample)
-    refine = _refine_config(method, settings["quick"], pair.resolution) if method.refine else None
+    refine = _refine_config(method, settings["quick"], pair.resolution, settings["similarity"]) if method.refine else None
     if refine is not None:
         used["refine"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(refine).items()}
     res = register_pair(pair.moving, pair.fixed, model=model, downsample=downsample, refine=refine,
@@ -222,13 +225,21 @@ def _warm_up(methods: Sequence[Method]) -> None:
 
 def run(pairs: Sequence[RegistrationPair], methods: Sequence[str] = tuple(METHODS), threads: int = 2, seed: int = 0,
         model: str | None = None, model_diffeo: str | None = None, quick: bool = False,
-        ants_transform: str = "SyNOnly", repeats: int = 1, command: str = PROG, out=None) -> dict:
+        ants_transform: str = "SyNOnly", repeats: int = 1, command: str = PROG, out=None,
+        similarity: str = "ncc", contrast: str = "t1") -> dict:
     """Every method on every pair, in this process, printing each row as it comes (``repeats``
     times each: the seconds are the median, the results must be the same every time); returns
     ``{"meta": ..., "rows": [...]}``. ``model`` / ``model_diffeo``: the network methods'
     checkpoints (None: those methods are skipped). A peer that is not installed or fails becomes
-    a row saying so; fastwarp's own failure propagates."""
+    a row saying so; fastwarp's own failure propagates. ``similarity``: fastwarp's refinement's
+    (ANTs SyN uses Mattes MI, demons intensity differences after histogram matching);
+    ``contrast="t2"``: each moving image replaced by a T2-like version of it
+    (:func:`~fastwarp.app.data.contrast.t2_like`, seed 0), the multi-modal case."""
     out = sys.stdout if out is None else out
+    if contrast == "t2":
+        pairs = [dataclasses.replace(p, moving=t2_like(p.moving, seed=0)) for p in pairs]
+    elif contrast != "t1":
+        raise ValueError(f"contrast must be 't1' or 't2', got {contrast!r}")
     chosen = [METHODS[name] for name in methods]
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -241,13 +252,15 @@ def run(pairs: Sequence[RegistrationPair], methods: Sequence[str] = tuple(METHOD
                     repeats=repeats,
                     torch=torch.__version__, fastwarp=fastwarp.__version__, git_commit=_git_commit(),
                     python=platform.python_version(), ants_transform=ants_transform,
+                    similarity=similarity, contrast=contrast,
                     peers={"antspyx": _dist_version("antspyx"), "SimpleITK": _dist_version("SimpleITK", "simpleitk")},
                     loadavg_start=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
                     methods={m.name: m.description for m in chosen})
         models = _load_models(chosen, model, model_diffeo, out)
         _warm_up(chosen)
         print(format_table([], header=True), file=out, flush=True)
-        settings = dict(threads=threads, seed=seed, quick=quick, ants_transform=ants_transform, repeats=repeats)
+        settings = dict(threads=threads, seed=seed, quick=quick, ants_transform=ants_transform, repeats=repeats,
+                        similarity=similarity)
         rows = []
         for pair in pairs:
             for method in chosen:
@@ -313,6 +326,9 @@ def format_markdown(result: dict) -> str:
 
         lines.append(f"- Load average (1, 5, 15 min) at the start: {loads('loadavg_start')}"
                      + (f"; at the end: {loads('loadavg_end')}" if meta.get("loadavg_end") else ""))
+    if meta.get("contrast", "t1") != "t1" or meta.get("similarity", "ncc") != "ncc":
+        lines.append(f"- moving images' contrast: {meta.get('contrast', 't1')} (fixed: T1); fastwarp's similarity: "
+                     f"{meta.get('similarity', 'ncc')}")
     lines.append(f"- ANTs transform: {meta['ants_transform']}; seed {meta['seed']}"
                  + (f"; seconds: the median of {meta['repeats']} runs of each registration (same results each time)"
                     if meta.get("repeats", 1) > 1 else "")
@@ -356,6 +372,11 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ants-transform", default="SyNOnly", choices=("SyNOnly", "SyN"),
                    help="SyNOnly (default; the pair is already on one MNI grid) or SyN (an affine stage first)")
+    p.add_argument("--similarity", default="ncc", choices=SIMILARITIES,
+                   help="of fastwarp's refinement (default ncc; ANTs SyN uses Mattes MI, demons intensity differences)")
+    p.add_argument("--contrast", default="t1", choices=("t1", "t2"),
+                   help="t2: register a T2-like version of each moving image (fastwarp.app.data.contrast.t2_like: a "
+                        "non-monotonic intensity map, a bias field, noise) to the T1 fixed one, the multi-modal case")
     p.add_argument("--repeats", type=int, default=1,
                    help="run each registration this many times and report the median seconds (default 1)")
     p.add_argument("--quick", action="store_true", help="a smoke run: every method with a few iterations")
@@ -384,7 +405,8 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
         return 2
     command = " ".join([prog, shlex.join(argv)]).strip()
     result = run(pairs, methods, args.threads, args.seed, args.model, args.model_diffeo,
-                 args.quick, args.ants_transform, args.repeats, command)
+                 args.quick, args.ants_transform, args.repeats, command, similarity=args.similarity,
+                 contrast=args.contrast)
     for row in result["rows"]:
         if row["status"] == "error":
             print(f"{prog}: warning: {row['method']} {row['direction']} failed: {row['reason']}", file=sys.stderr)

@@ -9,9 +9,12 @@
   :func:`pad_to_multiple`, :func:`to_model_grid`).
 - :mod:`~fastwarp.app.data.augment`: random smooth deformations and intensity changes.
 - :mod:`~fastwarp.app.data.pairs`: training pairs (:class:`PairDataset`) and validation pairs.
+- :mod:`~fastwarp.app.data.contrast`: another contrast of a brain (:func:`t2_like`), for the
+  multi-modal benchmark.
 """
 
 from .augment import random_deformation
+from .contrast import t2_like
 from .nifti import Volume, load_volume, normalize_intensity, save_nifti
 from .pairs import PairDataset, validation_pairs
 from .preprocess import downsample, pad_to_multiple, to_model_grid
@@ -21,5 +24,5 @@ __all__ = [
     "Volume", "VolumeSpec", "load_volume", "save_nifti", "find_volumes", "embedded", "embedded_1mm", "EMBEDDED_DIR",
     "RegistrationPair", "embedded_pairs",
     "normalize_intensity", "pad_to_multiple", "downsample", "to_model_grid", "random_deformation",
-    "PairDataset", "validation_pairs",
+    "PairDataset", "validation_pairs", "t2_like",
 ]
