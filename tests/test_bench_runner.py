@@ -29,11 +29,13 @@ def test_bench_command_tiny(tmp_path):
     warp = ["fastwarp", "grid_sample", "voxelmorph"]
     plain = {f"warp-{nd}d-{mode}": warp for nd in (2, 3) for mode in ("fwd", "fwdbwd", "fwdbwd-both", "fwd-nearest")}
     plain.update({"vecint-3d": ["fastwarp", "voxelmorph"], "ncc-3d-w3-fwd": ["fastwarp", "voxelmorph-classic"],
-                  "ncc-3d-w3-fwdbwd": ["fastwarp", "voxelmorph-classic"], "train-3d": ["fastwarp", "voxelmorph"]})
+                  "ncc-3d-w3-fwdbwd": ["fastwarp", "voxelmorph-classic"], "train-3d": ["fastwarp", "voxelmorph"],
+                  "mi-3d-bspline-b32-fwdbwd": ["fastwarp"], "mi-3d-gaussian-b32-fwdbwd": ["fastwarp"]})
     assert set(cases) == set(plain)
     installed = {name: [("voxelmorph-pkg", "voxelmorph"), ("monai", "monai")] for name in plain
                  if name.startswith(("warp", "vecint"))}
     installed.update({name: [("neurite", "neurite"), ("monai", "monai")] for name in plain if name.startswith("ncc")})
+    installed.update({name: [("monai", "monai")] for name in plain if name.startswith("mi")})
     for name, case in cases.items():
         rows = {row["impl"]: row for row in case["rows"]}
         expected = plain[name] + [impl for impl, mod in installed.get(name, []) if importlib.util.find_spec(mod)]
