@@ -46,3 +46,32 @@ def test_rescale_field_follows_the_grids():
     # coarse voxel i sits at fine 2i + 0.5, where u = 2i + 0.5, in coarse voxels half that
     torch.testing.assert_close(coarse[0, 0, :3, 0], (2 * torch.arange(3.0, dtype=torch.float64) + 0.5) / 2)
     assert coarse[0, 0, 3, 0] == 6 / 2  # beyond the last centre: the edge value
+
+
+def _np_rescale(field, ratio, size):
+    """Reference: per axis, linear interpolation at (i + 0.5) / ratio - 0.5 of the old grid
+    (np.interp holds the edge values beyond the end voxels), then the vectors scaled."""
+    out = np.asarray(field, dtype=np.float64)
+    for axis, n_new in enumerate(size):
+        dim = axis + 2
+        pos = (np.arange(n_new) + 0.5) / ratio - 0.5
+        out = np.apply_along_axis(lambda line: np.interp(pos, np.arange(line.size), line), dim, out)
+    return out * ratio
+
+
+@pytest.mark.parametrize("src, size, ratio", [
+    ((9, 7, 5), (18, 14, 10), 2),   # exact multiples
+    ((9, 7, 5), (17, 13, 9), 2),    # odd full sizes: the last voxel dropped
+    ((5, 4, 3), (19, 13, 12), 4),
+    ((7, 5), (13, 9), 2),           # 2-D
+    ((5, 6), (15, 17), 3),
+    ((6, 5, 4), (3, 3, 2), 0.5),    # downsampling (the general path)
+    ((6, 5, 4), (9, 8, 6), 1.5),
+])
+def test_rescale_field_matches_a_reference_and_gradcheck(src, size, ratio, gen):
+    field = torch.randn(1, len(src), *src, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(rescale_field(field, ratio, size),
+                               torch.from_numpy(_np_rescale(field.numpy(), ratio, size)))
+    small = field[..., :4, :3] if len(src) == 2 else field[..., :3, :3, :2]
+    small_size = tuple(max(1, int(s * ratio)) for s in small.shape[2:])
+    torch.autograd.gradcheck(lambda f: rescale_field(f, ratio, small_size), (small.clone().requires_grad_(True),))

@@ -63,6 +63,18 @@ def rescale_field(disp: torch.Tensor, ratio: float, size: Sequence[int]) -> torc
     size = tuple(int(s) for s in size)
     if ratio == 1 and tuple(disp.shape[2:]) == size:
         return disp
+    if ratio > 1 and float(ratio).is_integer() and disp.dim() in (4, 5) and all(
+            n_new <= n_old * int(ratio) for n_new, n_old in zip(size, disp.shape[2:])):
+        # An integer upsampling (a diffeomorphic refinement's every step): interpolate's linear
+        # modes place voxel i at (i + 0.5) / ratio - 0.5 of the old grid, clamped to its edge
+        # voxels, as below, in one pass forward and one backward (below: index_select and its
+        # scatter, per axis, 1.7x the time). The vectors are scaled before, on the smaller grid.
+        mode = "bilinear" if disp.dim() == 4 else "trilinear"
+        up = F.interpolate(disp * ratio, scale_factor=float(ratio), mode=mode, align_corners=False,
+                           recompute_scale_factor=False)
+        if tuple(up.shape[2:]) != size:  # (a narrow's backward zero-fills and copies: only where needed)
+            up = up[(..., *(slice(0, n) for n in size))]
+        return up
     out = disp
     for axis, n_new in enumerate(size):
         dim = axis + 2
