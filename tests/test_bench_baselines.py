@@ -142,3 +142,21 @@ def test_fused_ncc_baselines(device, impl_name):
         cosine = F.cosine_similarity(grad.flatten().double(), expected_grad.flatten().double(), dim=0)
         assert cosine > 0.9999, cosine
         torch.testing.assert_close(grad, expected_grad, rtol=1e-2, atol=1e-3 * expected_grad.abs().max().item())
+
+
+@pytest.mark.parametrize("device", [CUDA], indirect=True)
+@pytest.mark.parametrize("kernel", ["bspline", "gaussian"])
+def test_fireants_mi_baseline_runs(device, kernel):
+    """FireANTs' fused MI (CUDA): its definition differs from fastwarp's (it smooths the
+    histograms after its pass), so only what a timed baseline needs: a finite negative scalar
+    (-MI of a pair that shares structure) and a finite gradient to the first image."""
+    from fastwarp.app.bench.baselines import MI_IMPLS
+
+    impl = build_or_skip(MI_IMPLS["fireants"], kernel, 32, device, torch.float32)
+    g = torch.Generator().manual_seed(5)
+    a, b = make_pair((1, 1, 20, 21, 22), g, torch.float32)
+    a, b = a.to(device).requires_grad_(), b.to(device)
+    loss = impl.loss(a, b)
+    (grad,) = torch.autograd.grad(loss, a)
+    assert loss.dim() == 0 and float(loss) < 0
+    assert bool(torch.isfinite(grad).all()) and float(grad.abs().max()) > 0

@@ -51,6 +51,8 @@ def test_bench_command_tiny(tmp_path):
             assert all(rows[impl]["gbps"] > 0 for impl in expected)
     for name in ("fused_lncc", "fireants"):  # CUDA-only peers, listed rather than run
         assert {row["impl"]: row for row in cases["ncc-3d-w3-fwd"]["rows"]}[name]["status"] == "not applicable"
+    assert {row["impl"]: row for row in cases["mi-3d-bspline-b32-fwdbwd"]["rows"]}["fireants"]["status"] == \
+        "not applicable"
 
     train = {row["impl"]: row for row in cases["train-3d"]["rows"]}
     assert all(train[v]["steps_per_s"] > 0 for v in ("fastwarp", "voxelmorph"))

@@ -35,6 +35,9 @@ Mutual information (:data:`MI_IMPLS`, each ``factory(kernel, bins, device, dtype
   or "b-spline": a box kernel for its target image, so not quite fastwarp's definition).
 - ``neurite``: not applicable: neurite's PyTorch backend (``neurite.nn.functional``) has no
   mutual information (its MI is TensorFlow's).
+- ``fireants`` (CUDA): FireANTs' fused ``FusedGlobalMutualInformationLoss(kernel_type, num_bins=bins)``
+  ("gaussian" or "b-spline"; its other defaults, which smooth the histograms after the fused
+  pass, so its values differ from fastwarp's and MONAI's).
 
 The peers are imported inside the factories only, never when this module is imported. A
 factory whose package is not importable raises :class:`BaselineUnavailable` (an
@@ -438,8 +441,20 @@ def _mi_neurite(kernel, bins, device, dtype):
     raise BaselineNotApplicable("neurite", "neurite's PyTorch MI is not wired into this benchmark yet")
 
 
+def _mi_fireants(kernel, bins, device, dtype):
+    name = "fireants"
+    if device.type != "cuda":
+        raise BaselineNotApplicable(name, "CUDA only")
+    module = _import(name, "fireants.losses.fusedmi").FusedGlobalMutualInformationLoss
+    kind = {"bspline": "b-spline", "gaussian": "gaussian"}[kernel]
+    # its defaults otherwise: sigma_ratio 1, the histograms smoothed after the fused pass
+    # ("approximate_reduction"), so its values are not fastwarp's or MONAI's; timed as it ships
+    return MiImpl(module(kernel_type=kind, num_bins=bins).to(device), _dist_version("fireants", "FireANTs"))
+
+
 MI_IMPLS = {
     "fastwarp": _mi_fastwarp,
     "monai": _mi_monai,
     "neurite": _mi_neurite,
+    "fireants": _mi_fireants,
 }
