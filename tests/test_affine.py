@@ -181,6 +181,36 @@ def test_mi_recovers_a_known_affine_between_contrasts():
     assert coords_error(result, truth, FIXED_SHAPE, MOVING_GRID, FIXED_GRID, fixed > 0) < 0.5
 
 
+def test_register_similarity_mi_recovers_a_known_affine_between_contrasts(tmp_path, capsys):
+    """``fastwarp register --affine --refine --similarity mi`` on NIfTI files of two contrasts:
+    the affine it writes is the known one, and the refinement after it keeps the overlap."""
+    import nibabel as nib
+
+    from fastwarp.app import cli
+    from fastwarp.app.transforms import load_matrix
+
+    truth = random_affine(5)
+    fixed = phantom(world_points(FIXED_SHAPE, FIXED_GRID), HEAD_MM)
+    moving = moved_phantom(truth, MOVING_SHAPE, MOVING_GRID, HEAD_MM)
+    moving = torch.where(moving > 0, 0.2 + torch.sin(3.0 * moving) ** 2, moving)
+    paths = {}
+    for name, image, grid in (("moving", moving, MOVING_GRID), ("fixed", fixed, FIXED_GRID)):
+        paths[name] = str(tmp_path / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(image.numpy().astype(np.float32), grid), paths[name])
+    out, js = tmp_path / "w.nii.gz", tmp_path / "m.json"
+    rc = cli.main(["register", paths["moving"], paths["fixed"], "--affine", "--refine", "5", "--diffeomorphic",
+                   "--similarity", "mi", "--output", str(out), "--json", str(js), "--device", "cpu", "-q"])
+    assert rc == 0, capsys.readouterr()
+    matrix = load_matrix(tmp_path / "w_affine.txt")
+    np.testing.assert_allclose(matrix[:3, :3], truth[:3, :3], atol=0.02)
+    np.testing.assert_allclose(matrix[:3, 3], truth[:3, 3], atol=0.5)  # mm
+    warped = torch.as_tensor(np.asarray(nib.load(out).dataobj))
+    assert warped.shape == fixed.shape and bool(torch.isfinite(warped).all())
+    # the warped moving image covers the fixed head (the contrasts differ, the support does not)
+    inside, covered = fixed > 0, warped > 0.05
+    assert float((inside & covered).sum()) / float(inside.sum()) > 0.95
+
+
 def test_recovers_a_known_affine_in_2d():
     fixed_grid = grid_affine((1.0, 1.2), (-40.0, -50.0))
     moving_grid = grid_affine((1.5, -1.1), (-45.0, 60.0))
@@ -311,6 +341,7 @@ def test_bad_input(moving, fixed, kwargs, error, match):
     ({"iterations": -1}, "iterations must be"),
     ({"lr": 0.0}, "lr must be positive"),
     ({"patience": 0}, "patience a positive integer"),
+    ({"mi_bins": 2000}, r"mi_bins must be an integer in \[4, 1024\], got 2000"),
 ])
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -16,6 +16,7 @@ import fastwarp
 from fastwarp.app.bench import peers as P
 from fastwarp.app.bench import registration as R
 from fastwarp.app.data import RegistrationPair, normalize_intensity
+from fastwarp.app.data.contrast import t2_like
 from fastwarp.app.data.subjects import embedded_1mm, embedded_pairs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -210,3 +211,23 @@ def test_t2_like_is_another_contrast_of_the_same_brain():
     assert median[1] > median[2] > median[3]  # the tissue order of T1 reversed...
     rim = (t1 > 0) & (t1 < 0.15)
     assert float(np.median(t2[rim])) < median[2]  # ...but not a monotonic map: the dim rim stays dark
+
+
+def test_multimodal_pair_script_writes_what_the_benchmark_registers(tmp_path):
+    """scripts/multimodal_pair.py: the files that `fastwarp register` reads for the measured
+    command, the same images as the benchmark's pair, on the embedded grid."""
+    import nibabel as nib
+
+    spec = importlib.util.spec_from_file_location("multimodal_pair", REPO / "scripts" / "multimodal_pair.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([str(tmp_path)]) == 0
+    (pair,) = embedded_pairs(directions=["mni152-to-colin27"])
+    names = ("moving_t1", "moving_t2", "fixed", "moving_labels", "fixed_labels")
+    files = {n: nib.load(str(tmp_path / f"mni152-to-colin27_{n}.nii.gz")) for n in names}
+    assert len(list(tmp_path.iterdir())) == 2 * len(names)
+    for img in files.values():
+        np.testing.assert_allclose(img.affine, pair.affine)
+    np.testing.assert_array_equal(np.asarray(files["moving_t1"].dataobj), pair.moving.astype(np.float32))
+    np.testing.assert_array_equal(np.asarray(files["moving_t2"].dataobj), t2_like(pair.moving, 0))
+    np.testing.assert_array_equal(np.asarray(files["fixed_labels"].dataobj), pair.fixed_labels)

@@ -161,7 +161,8 @@ def register_pair(
     zero = torch.zeros(1, nd, *fixed.shape, device=device)
     start = PairResult(zero, fixed, {}, 0.0, world, V)  # the affine part alone
     aligned = start.apply(moving.to(device)) if V is not None else moving.to(device)
-    disp = _deformable(aligned, fixed, model, downsample, refine, device, progress, stages)
+    disp = _deformable(aligned, fixed, model, downsample, refine, device, progress, stages,
+                       moving=moving.to(device), voxel_matrix=V)
     result = PairResult(disp, fixed, {}, time.perf_counter() - t0, world, V, stages)
     result.warped = result.apply(moving.to(device))
     before = PairResult(zero, fixed, {}, 0.0, None, None if same_grid else _voxel_matrix(moving_affine, fixed_affine, None, nd))
@@ -173,9 +174,13 @@ def _as_image(x) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x, dtype=np.float32) if not isinstance(x, torch.Tensor) else x).float()
 
 
-def _deformable(aligned, fixed, model, downsample, refine, device, progress, stages) -> torch.Tensor:
-    """The deformable part on the fixed grid: the network's prediction, then the refinement from
-    it (or from the identity); each stage's seconds into ``stages``, timed to its end on a GPU."""
+def _deformable(aligned, fixed, model, downsample, refine, device, progress, stages, moving=None,
+                voxel_matrix=None) -> torch.Tensor:
+    """The deformable part on the fixed grid: the network's prediction (from ``aligned``, the
+    moving image resampled onto the fixed grid), then the refinement from it (or from the
+    identity), which samples ``moving`` on its own grid through ``voxel_matrix`` when there is
+    one (one interpolation per step: Note [Composed sampling]); each stage's seconds into
+    ``stages``, timed to its end on a GPU."""
     disp = torch.zeros(1, fixed.dim(), *fixed.shape, device=device)
     if model is not None:
         t = time.perf_counter()
@@ -185,7 +190,10 @@ def _deformable(aligned, fixed, model, downsample, refine, device, progress, sta
         stages["network"] = time.perf_counter() - t
     if refine is not None:
         t = time.perf_counter()
-        disp = refine_field(aligned, fixed.to(device), None if model is None else disp, refine, progress)
+        composed = voxel_matrix is not None and moving is not None
+        disp = refine_field(moving[None, None] if composed else aligned, fixed.to(device),
+                            None if model is None else disp, refine, progress,
+                            voxel_matrix=voxel_matrix if composed else None)
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # (the kernels run asynchronously: time them done)
         stages["refine"] = time.perf_counter() - t

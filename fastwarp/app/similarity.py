@@ -12,7 +12,8 @@ __all__ = ["SIMILARITIES", "MI_BINS", "mi_ranges", "similarity_loss"]
 
 SIMILARITIES = ("ncc", "mse", "mi")
 
-# Bins of the MI (cubic B-spline Parzen windows, fastwarp.mi): ANTs' Mattes default is 32.
+# Bins of the MI (cubic B-spline Parzen windows, fastwarp.mi) where a caller gives none: ANTs'
+# Mattes default. The refinement's default is its own (RefineConfig.mi_bins).
 MI_BINS = 32
 
 
@@ -26,14 +27,14 @@ def mi_ranges(moving: torch.Tensor, fixed: torch.Tensor) -> tuple[tuple[float, f
 
 
 def similarity_loss(name: str, moved: torch.Tensor, fixed: torch.Tensor, window: int = 9,
-                    ranges: tuple | None = None) -> torch.Tensor:
-    """The loss to minimize: ``-ncc`` (window), the mean squared error, or ``-mi`` (with
-    ``ranges`` from :func:`mi_ranges`, or each image's own)."""
+                    ranges: tuple | None = None, bins: int = MI_BINS) -> torch.Tensor:
+    """The loss to minimize: ``-ncc`` (window), the mean squared error, or ``-mi`` (``bins``
+    bins, with ``ranges`` from :func:`mi_ranges`, or each image's own)."""
     if name == "ncc":
         return -ncc(moved, fixed, window)
     if name == "mi":
         ra, rb = ranges if ranges is not None else (None, None)
-        return -mi(moved, fixed, MI_BINS, range_a=ra, range_b=rb)
+        return -mi(moved, fixed, bins, range_a=ra, range_b=rb)
     if name == "mse":
         return (moved - fixed).square().mean()
     raise ValueError(f"similarity must be one of {', '.join(map(repr, SIMILARITIES))}, got {name!r}")
