@@ -7,7 +7,8 @@ import math
 import torch
 
 from ._errors import ArgumentError, ArgumentTypeError
-from ._ops import PARZEN_KERNEL, has_cuda_kernels
+from ._inputs import check_image_pair
+from ._ops import PARZEN_KERNEL
 
 __all__ = ["mi", "joint_histogram"]
 
@@ -15,25 +16,8 @@ REDUCTIONS = ("mean", "none", "batch")
 
 
 def _check_inputs(a, b):
-    for name, t in (("a", a), ("b", b)):
-        if not isinstance(t, torch.Tensor):
-            raise ArgumentTypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if a.dim() not in (4, 5):
-        raise ArgumentError(f"a must be (N, C, H, W) or (N, C, D, H, W), got a {a.dim()}-D tensor of shape {tuple(a.shape)}")
-    if b.shape != a.shape:
-        raise ArgumentError(f"b must have the shape of a {tuple(a.shape)}, got {tuple(b.shape)}")
-    if not a.is_floating_point() or not b.is_floating_point():
-        raise ArgumentTypeError(f"a and b must be floating point, got {a.dtype} and {b.dtype}")
-    if a.device != b.device:
-        raise ArgumentError(f"b is on {b.device} but a is on {a.device}; they must share a device")
-    if a.device.type == "cuda" and not has_cuda_kernels():
-        raise RuntimeError("fastwarp was built without CUDA kernels, so it cannot run on cuda tensors (see README.md)")
-    if a.dtype != b.dtype:
-        if not torch.is_autocast_enabled(a.device.type):
-            raise ArgumentTypeError(
-                f"a and b must share a dtype, got {a.dtype} and {b.dtype}; convert one, or run under "
-                "torch.autocast, which promotes them to the wider dtype"
-            )
+    check_image_pair(a, b)
+    if a.dtype != b.dtype:  # (under autocast) the wider dtype, as autocast does for two
         dtype = torch.promote_types(a.dtype, b.dtype)
         a, b = a.to(dtype), b.to(dtype)
     return a, b

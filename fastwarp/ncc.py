@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ._errors import ArgumentError, ArgumentTypeError
-from ._ops import NCC_REDUCTION, has_cuda_kernels
+from ._errors import ArgumentError
+from ._inputs import check_image_pair
+from ._ops import NCC_REDUCTION
 
 __all__ = ["ncc"]
 
@@ -63,24 +64,7 @@ def ncc(
     that large intensities (CT's air beside tissue) do not cancel, reduce "mean" and "batch" as they go
     without writing the cc map, and need no scratch beyond one value per thread block.
     """
-    for name, t in (("a", a), ("b", b)):
-        if not isinstance(t, torch.Tensor):
-            raise ArgumentTypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if a.dim() not in (4, 5):
-        raise ArgumentError(f"a must be (N, C, H, W) or (N, C, D, H, W), got a {a.dim()}-D tensor of shape {tuple(a.shape)}")
-    if b.shape != a.shape:
-        raise ArgumentError(f"b must have the shape of a {tuple(a.shape)}, got {tuple(b.shape)}")
-    if not a.is_floating_point() or not b.is_floating_point():
-        raise ArgumentTypeError(f"a and b must be floating point, got {a.dtype} and {b.dtype}")
-    if a.dtype != b.dtype and not torch.is_autocast_enabled(a.device.type):
-        raise ArgumentTypeError(
-            f"a and b must share a dtype, got {a.dtype} and {b.dtype}; convert one, or run under "
-            "torch.autocast, which promotes them to the wider dtype"
-        )
-    if a.device != b.device:
-        raise ArgumentError(f"b is on {b.device} but a is on {a.device}; they must share a device")
-    if a.device.type == "cuda" and not has_cuda_kernels():
-        raise RuntimeError("fastwarp was built without CUDA kernels, so it cannot run on cuda tensors (see README.md)")
+    check_image_pair(a, b)
     if reduction not in REDUCTIONS:
         raise ArgumentError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}, got {reduction!r}")
     sizes = _window(window, a.dim() - 2)

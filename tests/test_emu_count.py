@@ -272,6 +272,11 @@ def test_model_of_a_copy_is_its_floor():
     "det_reduce_kernel<float, int, 3>",
     "ncc_gradient_kernel<float, 1>",
     "ncc_gradient_kernel<float, 3>",
+    # the MI's B-spline and its Gaussian at the default sigma (0.5: 8 taps), float
+    "mi_histogram_kernel<float, float, (fastwarp::ParzenKernel)0, 4>",
+    "mi_gradient_kernel<float, float, (fastwarp::ParzenKernel)0, 4>",
+    "mi_histogram_kernel<float, float, (fastwarp::ParzenKernel)1, 8>",
+    "mi_gradient_kernel<float, float, (fastwarp::ParzenKernel)1, 8>",
 ])
 def test_hot_kernels_have_no_spills_or_stack(kernel):
     k = kernel_resources.load()[kernel]

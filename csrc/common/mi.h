@@ -5,6 +5,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
+#include <type_traits>
 
 #include "macros.h"
 
@@ -141,45 +143,166 @@ struct Parzen {
   }
 };
 
-template <typename T>
-FASTWARP_HD void parzen_weights(const Parzen<T>& pz, T u, bool want_slopes, ParzenWeights<T>& pw) {
-  const int64_t bins = pz.bins;
-  if (pz.kernel == ParzenKernel::BSpline) {  // bins >= 4
-    pw.first = bspline_weights(u, bins, pw.w, pw.dw);
+// Note [Fixed-width Parzen loops]
+// ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+// The per-voxel loops below run over a fixed number W of bins per voxel and image, known at
+// compile time, so that they unroll (and vectorize on the CPU): 4 for the B-spline, and for the
+// Gaussian the smallest of 8, 16, 32 that holds its floor(12 s) + 1 bins (parzen_width), the
+// weights past a voxel's own count set to 0. Those may address up to W - 1 bins past the last,
+// so every backend lays the histograms (and the upstream gradient G, in the backward) out with
+// rows and columns of S = bins + W, the margin cropped at the end (it holds only zeros). The
+// CPU (csrc/cpu/mi_cpu.cpp) and CUDA (csrc/cuda/mi_cuda.cu) kernels differ only in where a
+// voxel's W x W products go (a run's own histogram; a block's shared one, by atomics) and in how
+// voxels are split among threads.
+
+// W for a kernel (the Gaussian's for its sigma, in bins).
+inline int parzen_width(ParzenKernel k, double sigma) {
+  if (k == ParzenKernel::BSpline) return 4;
+  const int count = static_cast<int>(std::floor(2 * kGaussianTruncation * sigma)) + 1;  // the most bins in 12 s
+  return count <= 8 ? 8 : count <= 16 ? 16 : kMaxParzenTaps;
+}
+
+// f(kernel, width) with both as compile-time constants (std::integral_constant).
+template <typename F>
+void with_parzen_width(ParzenKernel k, double sigma, const F& f) {
+  using KC = ParzenKernel;
+  switch (parzen_width(k, sigma)) {
+    case 4:
+      f(std::integral_constant<KC, KC::BSpline>{}, std::integral_constant<int, 4>{});
+      return;
+    case 8:
+      f(std::integral_constant<KC, KC::Gaussian>{}, std::integral_constant<int, 8>{});
+      return;
+    case 16:
+      f(std::integral_constant<KC, KC::Gaussian>{}, std::integral_constant<int, 16>{});
+      return;
+    default:
+      f(std::integral_constant<KC, KC::Gaussian>{}, std::integral_constant<int, kMaxParzenTaps>{});
+  }
+}
+
+// The Parzen weights of position u and their slopes in u (when ``slopes``; the B-spline's
+// always) on exactly W entries, bins first .. first + W - 1, those past the voxel's own count
+// 0. The Gaussian's loop
+// runs over all W with the count as a predicate (its recurrence stops there, so nothing
+// underflows to subnormals), so that every index is a constant once unrolled: on the GPU the
+// weights stay in registers rather than local memory.
+template <ParzenKernel K, int W, typename T>
+FASTWARP_HD void fixed_width_weights(const Parzen<T>& pz, T u, bool slopes, ParzenWeights<T>& pw) {
+  static_assert(W <= kMaxParzenTaps, "W is at most kMaxParzenTaps");
+  if constexpr (K == ParzenKernel::BSpline) {
+    static_assert(W == 4, "the B-spline covers 4 bins");
+    pw.first = bspline_weights(u, pz.bins, pw.w, pw.dw);
     pw.count = 4;
+  } else {
+    const T radius = pz.radius;
+    int64_t k0 = static_cast<int64_t>(std::ceil(u - radius));
+    int64_t k1 = static_cast<int64_t>(std::floor(u + radius));
+    if (k0 < 0) k0 = 0;
+    if (k1 > pz.bins - 1) k1 = pz.bins - 1;
+    int n = static_cast<int>(k1 - k0 + 1);
+    if (n > W) n = W;  // unreachable: W holds floor(12 s) + 1 (parzen_width)
+    pw.first = k0;
+    pw.count = n;
+    // the bins within 6 s of u; g_t = exp(-d_t^2 c), d_t = u - k0 - t, c = 1 / (2 s^2), by the
+    // recurrence g_{t+1} = g_t q_t, q_t = exp((2 d_t - 1) c), q_{t+1} = q_t exp(-2 c): two
+    // exponentials per voxel instead of one per bin (exp(-2 c) is the call's), every factor
+    // within [e^-18, e^18] on the support
+    const T c = pz.c, step = pz.step;
+    const T d0 = u - static_cast<T>(k0);
+    T g = std::exp(-d0 * d0 * c), q = std::exp((T(2) * d0 - T(1)) * c);
+    T sum = T(0), dsum = T(0);
+    for (int t = 0; t < W; ++t) {
+      const bool in = t < n;
+      const T gt = in ? g : T(0);
+      const T dgt = T(-2) * (d0 - static_cast<T>(t)) * c * gt;
+      pw.w[t] = gt;
+      pw.dw[t] = dgt;
+      sum += gt;
+      dsum += dgt;
+      if (in) {
+        g *= q;
+        q *= step;
+      }
+    }
+    const T inv = T(1) / sum;
+    for (int t = 0; t < W; ++t) {
+      pw.w[t] *= inv;
+      if (slopes) pw.dw[t] = (pw.dw[t] - pw.w[t] * dsum) * inv;
+    }
+  }
+}
+
+// The two images' bin axes of one (batch, channel) pair, from its range [lo_a, hi_a, lo_b, hi_b].
+template <typename T>
+struct PairAxes {
+  BinAxis<T> a, b;
+
+  template <typename R>
+  FASTWARP_HD static PairAxes make(const R* range, ParzenKernel kernel, int64_t bins) {
+    return {BinAxis<T>::make(kernel, bins, static_cast<T>(range[0]), static_cast<T>(range[1])),
+            BinAxis<T>::make(kernel, bins, static_cast<T>(range[2]), static_cast<T>(range[3]))};
+  }
+};
+
+// One voxel of the forward: add(cell, value) for its W x W products w_i(u_a) w_j(u_b), cell
+// the offset in a histogram of rows of S (Note [Fixed-width Parzen loops]). A voxel whose
+// position is not finite adds NaN to cell 0 instead (Note [Parzen joint histogram]). wa and wb
+// are scratch, the caller's (kept out of its voxel loop).
+FASTWARP_EXEC_CHECK_DISABLE
+template <ParzenKernel K, int W, typename T, typename Add>
+FASTWARP_HD void add_voxel(const Parzen<T>& pz, const PairAxes<T>& ax, T a, T b, int64_t S, ParzenWeights<T>& wa,
+                           ParzenWeights<T>& wb, Add&& add) {
+  T ua, dua, ub, dub;
+  if (!ax.a.position(a, ua, dua) || !ax.b.position(b, ub, dub)) {
+    add(int64_t(0), std::numeric_limits<T>::quiet_NaN());
     return;
   }
-  // the bins within 6 s of u
-  const T radius = pz.radius;
-  int64_t k0 = static_cast<int64_t>(std::ceil(u - radius));
-  int64_t k1 = static_cast<int64_t>(std::floor(u + radius));
-  if (k0 < 0) k0 = 0;
-  if (k1 > bins - 1) k1 = bins - 1;
-  int n = static_cast<int>(k1 - k0 + 1);
-  if (n > kMaxParzenTaps) n = kMaxParzenTaps;  // unreachable for sigma <= kMaxGaussianSigma
-  pw.first = k0;
-  pw.count = n;
-  // g_t = exp(-d_t^2 c), d_t = u - k0 - t, c = 1 / (2 s^2), by the recurrence
-  // g_{t+1} = g_t q_t, q_t = exp((2 d_t - 1) c), q_{t+1} = q_t exp(-2 c): three exponentials
-  // per voxel instead of one per bin (two: exp(-2 c) is the call's) (every factor is within [e^-18, e^18] on the support).
-  const T c = pz.c, step = pz.step;
-  const T d0 = u - static_cast<T>(k0);
-  T g = std::exp(-d0 * d0 * c), q = std::exp((T(2) * d0 - T(1)) * c);
-  T sum = T(0), dsum = T(0);
-  for (int t = 0; t < n; ++t) {
-    const T d = d0 - static_cast<T>(t);
-    pw.w[t] = g;
-    pw.dw[t] = T(-2) * d * c * g;
-    sum += g;
-    dsum += pw.dw[t];
-    g *= q;
-    q *= step;
+  fixed_width_weights<K, W>(pz, ua, false, wa);
+  fixed_width_weights<K, W>(pz, ub, false, wb);
+  const int64_t corner = wa.first * S + wb.first;
+  for (int i = 0; i < W; ++i) {
+    const T wi = wa.w[i];
+    for (int j = 0; j < W; ++j) add(corner + i * S + j, wi * wb.w[j]);
   }
-  const T inv = T(1) / sum;
-  for (int t = 0; t < n; ++t) {
-    pw.w[t] *= inv;
-    if (want_slopes) pw.dw[t] = (pw.dw[t] - pw.w[t] * dsum) * inv;
+}
+
+// One voxel of the backward: dL/da and dL/db from G (rows of S), as wanted:
+//   dL/da = du_a/da sum_i w_i'(u_a) t_a[i],  t_a[i] = sum_j G[i][j] w_j(u_b)
+// and symmetrically (Note [Parzen joint histogram]); NaN for a position that is not finite.
+// wa and wb are scratch, as in add_voxel.
+template <ParzenKernel K, int W, typename T>
+FASTWARP_HD void voxel_gradient(const Parzen<T>& pz, const PairAxes<T>& ax, T a, T b, const T* g, int64_t S,
+                                bool want_a, bool want_b, ParzenWeights<T>& wa, ParzenWeights<T>& wb, T& da,
+                                T& db) {
+  T ua, dua, ub, dub;
+  if (!ax.a.position(a, ua, dua) || !ax.b.position(b, ub, dub)) {
+    da = db = std::numeric_limits<T>::quiet_NaN();
+    return;
   }
+  fixed_width_weights<K, W>(pz, ua, want_a, wa);
+  fixed_width_weights<K, W>(pz, ub, want_b, wb);
+  T ta[W], tb[W];
+  const T* corner = g + wa.first * S + wb.first;
+  for (int j = 0; j < W; ++j) tb[j] = T(0);
+  for (int i = 0; i < W; ++i) {
+    const T* row = corner + i * S;
+    T t = T(0);
+    for (int j = 0; j < W; ++j) {
+      t += row[j] * wb.w[j];
+      tb[j] += row[j] * wa.w[i];
+    }
+    ta[i] = t;
+  }
+  T sa = T(0), sb = T(0);
+  if (want_a) {
+    for (int i = 0; i < W; ++i) sa += wa.dw[i] * ta[i];
+  }
+  if (want_b) {
+    for (int j = 0; j < W; ++j) sb += wb.dw[j] * tb[j];
+  }
+  da = sa * dua;
+  db = sb * dub;
 }
 
 }  // namespace fastwarp

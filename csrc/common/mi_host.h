@@ -1,6 +1,6 @@
 // Host side of fastwarp::mi_histogram shared by the backends: the argument checks and the
-// histogram's shape and dtype. The Parzen math is csrc/common/mi.h; the loops are
-// csrc/cpu/mi_cpu.cpp.
+// histogram's shape, dtype and padded layout. The Parzen math and the per-voxel loops are
+// csrc/common/mi.h.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -59,6 +59,23 @@ inline void check_mi_args(const char* op, const at::Tensor& a, const at::Tensor&
 
 inline std::vector<int64_t> mi_histogram_shape(const at::Tensor& a, int64_t bins) {
   return {a.size(0), a.size(1), bins, bins};
+}
+
+// The mask's bytes (nullptr: none), a bool mask viewed as uint8; ``keep`` holds the
+// contiguous tensor they are in.
+inline const uint8_t* mi_mask_data(const std::optional<at::Tensor>& mask, at::Tensor& keep) {
+  if (!mask.has_value()) return nullptr;
+  keep = mask->contiguous();
+  if (keep.scalar_type() == at::kBool) keep = keep.view(at::kByte);
+  return keep.const_data_ptr<uint8_t>();
+}
+
+// The upstream gradient (N, C, bins, bins) laid out as the loops read it, (N C, S, S) in
+// ``dtype`` with a zero margin (Note [Fixed-width Parzen loops]).
+inline at::Tensor mi_padded_gradient(const at::Tensor& grad, int64_t bins, int64_t S, at::ScalarType dtype) {
+  const at::Tensor g = at::zeros({grad.size(0) * grad.size(1), S, S}, grad.options().dtype(dtype));
+  g.narrow(1, 0, bins).narrow(2, 0, bins).copy_(grad.reshape({-1, bins, bins}));
+  return g;
 }
 
 }  // namespace fastwarp

@@ -15,13 +15,15 @@ namespace {
 // striding over its volume's voxels, and as few blocks per volume as fill the GPU about four
 // times over (MiGrid), so that what each block does once (clear and flush a histogram, stage
 // the upstream gradient) is small beside its voxels.
-// - Forward: each block accumulates its voxels' weights into a histogram of bins^2 values in
-//   shared memory with shared atomics (float; double for float64 inputs), then adds it once
-//   to the volume's float64 histogram in global memory with global atomics. bins^2 values
-//   that do not fit in 48 KiB (more than 110 bins in float) go straight to the global one.
-// - Backward: each block stages the volume's upstream gradient G (bins^2) in shared memory
-//   when it fits, then each thread forms its voxels' gradients from G and its weights; no
-//   atomics, every voxel written once.
+// - Forward: each block accumulates its voxels' weights into a histogram of S^2 values
+//   (S = bins + W, Note [Fixed-width Parzen loops]) in shared memory with shared atomics
+//   (float; double for float64 inputs; none for a Gaussian's zero weights past its count),
+//   then adds it once to the volume's float64 histogram in global memory with global
+//   atomics. S^2 values that do not fit in 48 KiB (S over 110 in float) go straight to the
+//   global one.
+// - Backward: each block stages the volume's upstream gradient G (S^2, zero margin) in shared
+//   memory when it fits, then each thread forms its voxels' gradients from G and its weights;
+//   no atomics, every voxel written once.
 // The global atomics' order varies from run to run, so the last bits of the histogram may
 // too (the CPU's is the same on any number of threads).
 
@@ -33,155 +35,85 @@ struct MiGrid {
   size_t shared_bytes;  // 0: the histogram (or G) stays in global memory
 };
 
-MiGrid mi_grid(int64_t volumes, int64_t voxels, int64_t bins, size_t value_bytes) {
+MiGrid mi_grid(int64_t volumes, int64_t voxels, int64_t S, size_t value_bytes) {
   TORCH_CHECK(volumes <= 65535, "fastwarp::mi_histogram on the GPU: at most 65535 (batch x channel) images, got ",
               volumes);
   const int64_t fill = 4 * static_cast<int64_t>(cuda::multiprocessor_count());
   const int64_t wanted = (voxels + 4 * kThreads - 1) / (4 * kThreads);  // at least 4 voxels a thread
   const int64_t per_volume = std::max<int64_t>(1, std::min(wanted, (fill + volumes - 1) / volumes));
-  const size_t bytes = static_cast<size_t>(bins * bins) * value_bytes;
+  const size_t bytes = static_cast<size_t>(S * S) * value_bytes;
   return {dim3(static_cast<unsigned>(per_volume), static_cast<unsigned>(volumes)),
           bytes <= kMaxSharedHistogram ? bytes : 0};
 }
 
-template <typename acc_t>
-struct MiVolume {
-  BinAxis<acc_t> a, b;
-};
-
-template <typename acc_t>
-__device__ __forceinline__ MiVolume<acc_t> mi_volume(const acc_t* range, int64_t m, const Parzen<acc_t>& pz) {
-  const acc_t* r = range + 4 * m;
-  return {BinAxis<acc_t>::make(pz.kernel, pz.bins, r[0], r[1]), BinAxis<acc_t>::make(pz.kernel, pz.bins, r[2], r[3])};
-}
-
-// The bins a voxel's weights cover: 4 for the B-spline (a constant, so the loops unroll).
-template <ParzenKernel K, typename acc_t>
-__device__ __forceinline__ int taps(const ParzenWeights<acc_t>& w) {
-  return K == ParzenKernel::BSpline ? 4 : w.count;
-}
-
-template <typename scalar_t, typename acc_t, ParzenKernel K>
+// The kernels' per-voxel steps are csrc/common/mi.h's (Note [Fixed-width Parzen loops]): W
+// taps per image, histograms and G with rows of S = bins + W.
+template <typename scalar_t, typename acc_t, ParzenKernel K, int W>
 __global__ void mi_histogram_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
                                     const uint8_t* __restrict__ mask, const acc_t* __restrict__ range,
                                     int64_t voxels, Parzen<acc_t> pz, bool in_shared, double* __restrict__ hist) {
   FASTWARP_DYNAMIC_SHARED(acc_t, local);
-  const int64_t bins = pz.bins, bb = bins * bins;
+  const int64_t S = pz.bins + W, cells = S * S;
   const int64_t m = blockIdx.y;
-  double* global = hist + m * bb;
+  double* global = hist + m * cells;
   if (in_shared) {
-    for (int64_t i = threadIdx.x; i < bb; i += blockDim.x) local[i] = acc_t(0);
+    for (int64_t i = threadIdx.x; i < cells; i += blockDim.x) local[i] = acc_t(0);
     __syncthreads();
   }
-  auto add = [&](int64_t i, acc_t value) {
+  // (a Gaussian's weights past its count are 0: no atomic for them)
+  auto add = [&](int64_t cell, acc_t value) {
+    if (K == ParzenKernel::Gaussian && value == acc_t(0)) return;
     if (in_shared) {
-      atomicAdd(local + i, value);
+      atomicAdd(local + cell, value);
     } else {
-      atomicAdd(global + i, static_cast<double>(value));
+      atomicAdd(global + cell, static_cast<double>(value));
     }
   };
-  const MiVolume<acc_t> vol = mi_volume(range, m, pz);
+  const PairAxes<acc_t> ax = PairAxes<acc_t>::make(range + 4 * m, pz.kernel, pz.bins);
   const int64_t base = m * voxels;
   ParzenWeights<acc_t> wa, wb;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t v = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; v < voxels; v += stride) {
     if (mask != nullptr && mask[base + v] == 0) continue;
-    acc_t ua, dua, ub, dub;
-    if (!vol.a.position(static_cast<acc_t>(a[base + v]), ua, dua) ||
-        !vol.b.position(static_cast<acc_t>(b[base + v]), ub, dub)) {
-      add(0, std::numeric_limits<acc_t>::quiet_NaN());
-      continue;
-    }
-    parzen_weights(pz, ua, false, wa);
-    parzen_weights(pz, ub, false, wb);
-    const int na = taps<K>(wa), nb = taps<K>(wb);
-    for (int i = 0; i < na; ++i) {
-      const int64_t row = (wa.first + i) * bins + wb.first;
-      for (int j = 0; j < nb; ++j) add(row + j, wa.w[i] * wb.w[j]);
-    }
+    add_voxel<K, W>(pz, ax, static_cast<acc_t>(a[base + v]), static_cast<acc_t>(b[base + v]), S, wa, wb, add);
   }
   if (in_shared) {
     __syncthreads();
-    for (int64_t i = threadIdx.x; i < bb; i += blockDim.x) {
+    for (int64_t i = threadIdx.x; i < cells; i += blockDim.x) {
       const acc_t value = local[i];
       if (value != acc_t(0)) atomicAdd(global + i, static_cast<double>(value));  // NaN too
     }
   }
 }
 
-template <typename scalar_t, typename acc_t, ParzenKernel K>
+template <typename scalar_t, typename acc_t, ParzenKernel K, int W>
 __global__ void mi_gradient_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
                                    const uint8_t* __restrict__ mask, const acc_t* __restrict__ range,
                                    const acc_t* __restrict__ grad, int64_t voxels, Parzen<acc_t> pz,
                                    bool in_shared, scalar_t* __restrict__ ga, scalar_t* __restrict__ gb) {
   FASTWARP_DYNAMIC_SHARED(acc_t, staged);
-  const int64_t bins = pz.bins, bb = bins * bins;
+  const int64_t S = pz.bins + W, cells = S * S;
   const int64_t m = blockIdx.y;
-  const acc_t* g = grad + m * bb;
+  const acc_t* g = grad + m * cells;
   if (in_shared) {
-    for (int64_t i = threadIdx.x; i < bb; i += blockDim.x) staged[i] = g[i];
+    for (int64_t i = threadIdx.x; i < cells; i += blockDim.x) staged[i] = g[i];
     __syncthreads();
     g = staged;
   }
-  const MiVolume<acc_t> vol = mi_volume(range, m, pz);
+  const PairAxes<acc_t> ax = PairAxes<acc_t>::make(range + 4 * m, pz.kernel, pz.bins);
   const int64_t base = m * voxels;
   ParzenWeights<acc_t> wa, wb;
-  acc_t ta[kMaxParzenTaps], tb[kMaxParzenTaps];
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t v = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; v < voxels; v += stride) {
     const int64_t p = base + v;
-    if (mask != nullptr && mask[p] == 0) {
-      if (ga) ga[p] = scalar_t(0);
-      if (gb) gb[p] = scalar_t(0);
-      continue;
+    acc_t da = acc_t(0), db = acc_t(0);
+    if (mask == nullptr || mask[p] != 0) {
+      voxel_gradient<K, W>(pz, ax, static_cast<acc_t>(a[p]), static_cast<acc_t>(b[p]), g, S, ga != nullptr,
+                           gb != nullptr, wa, wb, da, db);
     }
-    acc_t ua, dua, ub, dub;
-    if (!vol.a.position(static_cast<acc_t>(a[p]), ua, dua) || !vol.b.position(static_cast<acc_t>(b[p]), ub, dub)) {
-      if (ga) ga[p] = static_cast<scalar_t>(std::numeric_limits<acc_t>::quiet_NaN());
-      if (gb) gb[p] = static_cast<scalar_t>(std::numeric_limits<acc_t>::quiet_NaN());
-      continue;
-    }
-    parzen_weights(pz, ua, ga != nullptr, wa);
-    parzen_weights(pz, ub, gb != nullptr, wb);
-    const int na = taps<K>(wa), nb = taps<K>(wb);
-    // ta[i] = sum_j G[i][j] w_j(u_b), tb[j] = sum_i G[i][j] w_i(u_a)
-    for (int j = 0; j < nb; ++j) tb[j] = acc_t(0);
-    for (int i = 0; i < na; ++i) {
-      const acc_t* row = g + (wa.first + i) * bins + wb.first;
-      acc_t t = acc_t(0);
-      for (int j = 0; j < nb; ++j) {
-        t += row[j] * wb.w[j];
-        tb[j] += row[j] * wa.w[i];
-      }
-      ta[i] = t;
-    }
-    if (ga) {
-      acc_t s = acc_t(0);
-      for (int i = 0; i < na; ++i) s += wa.dw[i] * ta[i];
-      ga[p] = static_cast<scalar_t>(s * dua);
-    }
-    if (gb) {
-      acc_t s = acc_t(0);
-      for (int j = 0; j < nb; ++j) s += wb.dw[j] * tb[j];
-      gb[p] = static_cast<scalar_t>(s * dub);
-    }
+    if (ga) ga[p] = static_cast<scalar_t>(da);
+    if (gb) gb[p] = static_cast<scalar_t>(db);
   }
-}
-
-template <typename F>
-void with_parzen_kernel(ParzenKernel k, const F& f) {
-  if (k == ParzenKernel::BSpline) {
-    f(std::integral_constant<ParzenKernel, ParzenKernel::BSpline>{});
-  } else {
-    f(std::integral_constant<ParzenKernel, ParzenKernel::Gaussian>{});
-  }
-}
-
-const uint8_t* mask_data(const std::optional<at::Tensor>& mask, at::Tensor& keep) {
-  if (!mask.has_value()) return nullptr;
-  keep = mask->contiguous();
-  if (keep.scalar_type() == at::kBool) keep = keep.view(at::kByte);
-  return keep.const_data_ptr<uint8_t>();
 }
 
 at::Tensor mi_histogram_cuda(const at::Tensor& a_in, const at::Tensor& b_in, const std::optional<at::Tensor>& mask,
@@ -191,25 +123,27 @@ at::Tensor mi_histogram_cuda(const at::Tensor& a_in, const at::Tensor& b_in, con
   const ParzenKernel k = to_parzen_kernel(kernel);
   const at::Tensor a = a_in.contiguous(), b = b_in.contiguous();
   at::Tensor mask_keep;
-  const uint8_t* pm = mask_data(mask, mask_keep);
+  const uint8_t* pm = mi_mask_data(mask, mask_keep);
   const int64_t volumes = a.size(0) * a.size(1);
   const int64_t voxels = volumes == 0 ? 0 : a.numel() / volumes;
-  at::Tensor hist = at::zeros({volumes, bins, bins}, a.options().dtype(at::kDouble));
+  const int64_t S = bins + parzen_width(k, sigma);  // rows of S (Note [Fixed-width Parzen loops])
+  at::Tensor hist = at::zeros({volumes, S, S}, a.options().dtype(at::kDouble));
   if (volumes > 0 && voxels > 0) {
     const at::Tensor r = range.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "fastwarp_mi_histogram_cuda", [&] {
       using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
       const Parzen<acc_t> pz = Parzen<acc_t>::make(k, bins, static_cast<acc_t>(sigma));
-      const MiGrid g = mi_grid(volumes, voxels, bins, sizeof(acc_t));
-      with_parzen_kernel(k, [&](auto kc) {
-        cuda::launch(mi_histogram_kernel<scalar_t, acc_t, decltype(kc)::value>, g.grid, dim3(kThreads),
-                     g.shared_bytes, cuda::current_stream(), a.const_data_ptr<scalar_t>(),
+      const MiGrid g = mi_grid(volumes, voxels, S, sizeof(acc_t));
+      with_parzen_width(k, sigma, [&](auto kc, auto wc) {
+        cuda::launch(mi_histogram_kernel<scalar_t, acc_t, decltype(kc)::value, decltype(wc)::value>, g.grid,
+                     dim3(kThreads), g.shared_bytes, cuda::current_stream(), a.const_data_ptr<scalar_t>(),
                      b.const_data_ptr<scalar_t>(), pm, r.const_data_ptr<acc_t>(), voxels, pz, g.shared_bytes > 0,
                      hist.mutable_data_ptr<double>());
       });
     });
   }
-  return hist.view(mi_histogram_shape(a, bins)).to(mi_histogram_dtype(a.scalar_type()));
+  return hist.narrow(1, 0, bins).narrow(2, 0, bins).reshape(mi_histogram_shape(a, bins))
+      .to(mi_histogram_dtype(a.scalar_type())).contiguous();
 }
 
 std::tuple<at::Tensor, at::Tensor> mi_histogram_backward_cuda(const at::Tensor& grad, const at::Tensor& a_in,
@@ -227,17 +161,19 @@ std::tuple<at::Tensor, at::Tensor> mi_histogram_backward_cuda(const at::Tensor& 
   if ((!output_mask[0] && !output_mask[1]) || a_in.numel() == 0) return {grad_a, grad_b};
   const at::Tensor a = a_in.contiguous(), b = b_in.contiguous();
   at::Tensor mask_keep;
-  const uint8_t* pm = mask_data(mask, mask_keep);
+  const uint8_t* pm = mi_mask_data(mask, mask_keep);
   const int64_t volumes = a.size(0) * a.size(1), voxels = a.numel() / volumes;
   const at::Tensor r = range.contiguous();
-  const at::Tensor g = grad.to(range.scalar_type()).contiguous();
+  const int64_t S = bins + parzen_width(k, sigma);  // G laid out as the histograms are
+  const at::Tensor g = mi_padded_gradient(grad, bins, S, range.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "fastwarp_mi_histogram_backward_cuda",
                                   [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     const Parzen<acc_t> pz = Parzen<acc_t>::make(k, bins, static_cast<acc_t>(sigma));
-    const MiGrid mg = mi_grid(volumes, voxels, bins, sizeof(acc_t));
-    with_parzen_kernel(k, [&](auto kc) {
-      cuda::launch(mi_gradient_kernel<scalar_t, acc_t, decltype(kc)::value>, mg.grid, dim3(kThreads),
+    const MiGrid mg = mi_grid(volumes, voxels, S, sizeof(acc_t));
+    with_parzen_width(k, sigma, [&](auto kc, auto wc) {
+      cuda::launch(mi_gradient_kernel<scalar_t, acc_t, decltype(kc)::value, decltype(wc)::value>, mg.grid,
+                   dim3(kThreads),
                    mg.shared_bytes, cuda::current_stream(), a.const_data_ptr<scalar_t>(),
                    b.const_data_ptr<scalar_t>(), pm, r.const_data_ptr<acc_t>(), g.const_data_ptr<acc_t>(), voxels,
                    pz, mg.shared_bytes > 0, output_mask[0] ? grad_a.mutable_data_ptr<scalar_t>() : nullptr,

@@ -97,7 +97,7 @@ class RefineConfig:
             # than a displacement for the same regularity; at a tenth, 0.0001-0.004 % folded
             # voxels and +0.06 to +0.09 mean Dice over ANTs SyN's long schedule)
             # (MI, measured on the embedded pair with a T2-like moving image, both directions,
-            # diffeomorphic: 3, i.e. 0.3, against 1 and 10: Dice 0.719 / 0.737, no folded voxel;
+            # diffeomorphic, 32 bins: 3, i.e. 0.3, against 1 and 10: Dice 0.719 / 0.737, no folded voxel;
             # at 1, 0.712 / 0.728 and 0.01 % folded; benchmarks/RESULTS.md)
             weight = {"mse": 0.01, "mi": 3.0}.get(self.similarity, 1.0)
             object.__setattr__(self, "smooth", weight * (0.1 if self.diffeomorphic else 1.0))
