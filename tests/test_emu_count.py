@@ -179,7 +179,9 @@ def test_cuda_model_report(tmp_path):
             "spill_bytes", "modeled_seconds_h100", "floor_seconds_h100", "modeled_over_floor_h100"}
     assert rows and all(keys <= set(r) for r in rows)
     kernels = {r["kernel"] for r in rows}
-    assert {"warp_forward", "warp_backward", "ncc_forward", "ncc_backward"} <= kernels
+    assert {"warp_forward", "warp_backward", "ncc_forward", "ncc_backward", "mi_histogram", "mi_gradient"} <= kernels
+    mi = [r for r in rows if r["kernel"] in ("mi_histogram", "mi_gradient")]
+    assert all(r["floor_bytes"] > 0 and r["counted_over_floor"] >= 0.99 for r in mi), mi
     for r in rows:
         assert r["modeled_seconds_h100"] > 0 and r["modeled_seconds_h200"] > 0
     assert "| case | kernel |" in (tmp_path / "m.md").read_text()

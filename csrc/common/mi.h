@@ -150,10 +150,22 @@ struct Parzen {
 // Gaussian the smallest of 8, 16, 32 that holds its floor(12 s) + 1 bins (parzen_width), the
 // weights past a voxel's own count set to 0. Those may address up to W - 1 bins past the last,
 // so every backend lays the histograms (and the upstream gradient G, in the backward) out with
-// rows and columns of S = bins + W, the margin cropped at the end (it holds only zeros). The
+// rows and columns of S >= bins + W (mi_row_stride), the margin cropped at the end (it holds
+// only zeros). The
 // CPU (csrc/cpu/mi_cpu.cpp) and CUDA (csrc/cuda/mi_cuda.cu) kernels differ only in where a
 // voxel's W x W products go (a run's own histogram; a block's shared one, by atomics) and in how
 // voxels are split among threads.
+
+// The rows' length S of the histograms and of G: at least bins + W, and 8 more than a
+// multiple of 32. On the GPU the 32 banks of shared memory then hold the cells of rows r and
+// r + d at columns 8 d apart (mod 32), so the threads of a warp, whose voxels have similar
+// intensities and so read and add at nearby cells (within 3 rows and 6 columns of each other),
+// never meet in one bank at two addresses (with S = bins + W = 36, rows 1 apart and columns 4
+// apart would). The CPU takes the same layout (one copy of it).
+FASTWARP_HD int64_t mi_row_stride(int64_t bins, int W) {
+  const int64_t s = bins + W;
+  return s + ((8 - s % 32) % 32 + 32) % 32;
+}
 
 // W for a kernel (the Gaussian's for its sigma, in bins).
 inline int parzen_width(ParzenKernel k, double sigma) {

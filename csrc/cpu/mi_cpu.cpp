@@ -33,7 +33,7 @@ using weight_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, fl
 template <typename scalar_t, ParzenKernel K, int W, typename T = weight_t<scalar_t>>
 FASTWARP_CPU_CLONES void histogram_run(const scalar_t* a, const scalar_t* b, const uint8_t* mask, int64_t v0,
                                        int64_t v1, const PairAxes<T>& ax, const Parzen<T>& pz, double* h) {
-  const int64_t S = pz.bins + W;
+  const int64_t S = mi_row_stride(pz.bins, W);
   ParzenWeights<T> wa, wb;
   for (int64_t v = v0; v < v1; ++v) {
     if (mask != nullptr && mask[v] == 0) continue;
@@ -46,7 +46,7 @@ template <typename scalar_t, ParzenKernel K, int W, typename T = weight_t<scalar
 FASTWARP_CPU_CLONES void gradient_run(const scalar_t* a, const scalar_t* b, const uint8_t* mask, const T* g,
                                       int64_t v0, int64_t v1, const PairAxes<T>& ax, const Parzen<T>& pz,
                                       scalar_t* ga, scalar_t* gb) {
-  const int64_t S = pz.bins + W;
+  const int64_t S = mi_row_stride(pz.bins, W);
   ParzenWeights<T> wa, wb;
   for (int64_t v = v0; v < v1; ++v) {
     T da = T(0), db = T(0);
@@ -72,7 +72,7 @@ at::Tensor mi_histogram_cpu(const at::Tensor& a_in, const at::Tensor& b_in, cons
   const at::Tensor ranges = range.to(at::kDouble).contiguous();
   const double* pr = ranges.const_data_ptr<double>();
   // one histogram per (volume, run), added in run order below; rows and columns of S
-  const int64_t S = bins + parzen_width(k, sigma);
+  const int64_t S = mi_row_stride(bins, parzen_width(k, sigma));
   at::Tensor partial = at::zeros({volumes, runs, S, S}, a.options().dtype(at::kDouble));
   double* pp = partial.mutable_data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "fastwarp_mi_histogram", [&] {
@@ -111,7 +111,7 @@ std::tuple<at::Tensor, at::Tensor> mi_histogram_backward_cpu(const at::Tensor& g
   const at::Tensor a = a_in.contiguous(), b = b_in.contiguous();
   at::Tensor mask_keep;
   const uint8_t* pm = mi_mask_data(mask, mask_keep);
-  const int64_t S = bins + parzen_width(k, sigma);  // G laid out as the histograms are
+  const int64_t S = mi_row_stride(bins, parzen_width(k, sigma));  // G laid out as the histograms are
   const at::Tensor g = mi_padded_gradient(grad, bins, S, range.scalar_type());
   const at::Tensor ranges = range.to(at::kDouble).contiguous();
   const double* pr = ranges.const_data_ptr<double>();

@@ -16,11 +16,12 @@ namespace {
 // times over (MiGrid), so that what each block does once (clear and flush a histogram, stage
 // the upstream gradient) is small beside its voxels.
 // - Forward: each block accumulates its voxels' weights into a histogram of S^2 values
-//   (S = bins + W, Note [Fixed-width Parzen loops]) in shared memory with shared atomics
+//   (S = mi_row_stride(bins, W) >= bins + W: Note [Fixed-width Parzen loops]; its rows laid
+//   out so that nearby cells fall in distinct banks) in shared memory with shared atomics
 //   (float; double for float64 inputs; none for a Gaussian's zero weights past its count),
 //   then adds it once to the volume's float64 histogram in global memory with global
-//   atomics. S^2 values that do not fit in 48 KiB (S over 110 in float) go straight to the
-//   global one.
+//   atomics. S^2 values that do not fit in 48 KiB (S over 110 in float: over 100 bins for
+//   the B-spline) go straight to the global one.
 // - Backward: each block stages the volume's upstream gradient G (S^2, zero margin) in shared
 //   memory when it fits, then each thread forms its voxels' gradients from G and its weights;
 //   no atomics, every voxel written once.
@@ -47,13 +48,13 @@ MiGrid mi_grid(int64_t volumes, int64_t voxels, int64_t S, size_t value_bytes) {
 }
 
 // The kernels' per-voxel steps are csrc/common/mi.h's (Note [Fixed-width Parzen loops]): W
-// taps per image, histograms and G with rows of S = bins + W.
+// taps per image, histograms and G with rows of S = mi_row_stride(bins, W).
 template <typename scalar_t, typename acc_t, ParzenKernel K, int W>
 __global__ void mi_histogram_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
                                     const uint8_t* __restrict__ mask, const acc_t* __restrict__ range,
                                     int64_t voxels, Parzen<acc_t> pz, bool in_shared, double* __restrict__ hist) {
   FASTWARP_DYNAMIC_SHARED(acc_t, local);
-  const int64_t S = pz.bins + W, cells = S * S;
+  const int64_t S = mi_row_stride(pz.bins, W), cells = S * S;
   const int64_t m = blockIdx.y;
   double* global = hist + m * cells;
   if (in_shared) {
@@ -92,7 +93,7 @@ __global__ void mi_gradient_kernel(const scalar_t* __restrict__ a, const scalar_
                                    const acc_t* __restrict__ grad, int64_t voxels, Parzen<acc_t> pz,
                                    bool in_shared, scalar_t* __restrict__ ga, scalar_t* __restrict__ gb) {
   FASTWARP_DYNAMIC_SHARED(acc_t, staged);
-  const int64_t S = pz.bins + W, cells = S * S;
+  const int64_t S = mi_row_stride(pz.bins, W), cells = S * S;
   const int64_t m = blockIdx.y;
   const acc_t* g = grad + m * cells;
   if (in_shared) {
@@ -126,7 +127,7 @@ at::Tensor mi_histogram_cuda(const at::Tensor& a_in, const at::Tensor& b_in, con
   const uint8_t* pm = mi_mask_data(mask, mask_keep);
   const int64_t volumes = a.size(0) * a.size(1);
   const int64_t voxels = volumes == 0 ? 0 : a.numel() / volumes;
-  const int64_t S = bins + parzen_width(k, sigma);  // rows of S (Note [Fixed-width Parzen loops])
+  const int64_t S = mi_row_stride(bins, parzen_width(k, sigma));  // rows of S (Note [Fixed-width Parzen loops])
   at::Tensor hist = at::zeros({volumes, S, S}, a.options().dtype(at::kDouble));
   if (volumes > 0 && voxels > 0) {
     const at::Tensor r = range.contiguous();
@@ -164,7 +165,7 @@ std::tuple<at::Tensor, at::Tensor> mi_histogram_backward_cuda(const at::Tensor& 
   const uint8_t* pm = mi_mask_data(mask, mask_keep);
   const int64_t volumes = a.size(0) * a.size(1), voxels = a.numel() / volumes;
   const at::Tensor r = range.contiguous();
-  const int64_t S = bins + parzen_width(k, sigma);  // G laid out as the histograms are
+  const int64_t S = mi_row_stride(bins, parzen_width(k, sigma));  // G laid out as the histograms are
   const at::Tensor g = mi_padded_gradient(grad, bins, S, range.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "fastwarp_mi_histogram_backward_cuda",
                                   [&] {

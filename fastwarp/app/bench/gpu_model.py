@@ -100,12 +100,14 @@ KERNEL_NAMES = {
     "ncc_coefficients_kernel": "ncc_backward_coefficients",
     "ncc_gradient_kernel": "ncc_backward_gradient",
     "elementwise_kernel": "ncc_elementwise",
+    "mi_histogram_kernel": "mi_histogram",
+    "mi_gradient_kernel": "mi_gradient",
 }
 
 
 class Case(NamedTuple):
     name: str
-    op: str  # warp-fwd, warp-fwdbwd, warp-fwdbwd-both, warp-bwd-deterministic, ncc-fwd, ncc-fwdbwd
+    op: str  # warp-fwd, warp-fwdbwd, warp-fwdbwd-both, warp-bwd-deterministic, ncc-fwdbwd, mi-fwdbwd
     shape: tuple[int, ...]  # the image's (N, C, *spatial)
     window: int = 9
     # count every s-th run of r consecutive blocks (Note [Counting the emulated launch]):
@@ -134,6 +136,8 @@ def cases(size: str) -> list[Case]:
             Case(f"warp-3d-bwd-deterministic{label} {spatial}", "warp-bwd-deterministic", s, block_stride=ws,
                  block_run=wr),
             Case(f"ncc-3d-w9-fwdbwd{label} {spatial}", "ncc-fwdbwd", s, block_stride=ns, block_run=nr),
+            # (the MI's grid is sized to the SMs too, each block striding over its volume)
+            Case(f"mi-3d-bspline-b32-fwdbwd{label} {spatial}", "mi-fwdbwd", s, block_stride=ns, block_run=nr),
         ]
     return out
 
@@ -159,6 +163,8 @@ def floor_bytes(case: Case, kernel: str, jacobian: bool = False) -> int | None:
         # in the op's floor); the case's "ncc_backward" row adds the two
         "ncc_backward_coefficients": 2 * image,
         "ncc_backward_gradient": image,
+        "mi_histogram": 2 * image,  # a, b -> the histogram (bins^2 per image: nothing beside them)
+        "mi_gradient": 3 * image,  # a, b -> grad a
     }.get(kernel)
 
 
@@ -192,6 +198,11 @@ def _run_case(case: Case) -> list[dict]:
                         out.backward(torch.rand(out.shape, generator=g))
             finally:
                 torch.use_deterministic_algorithms(previous)
+        elif case.op.startswith("mi"):
+            a, b = make_pair(case.shape, g)
+            a.requires_grad_(True)
+            with _emu.counting(case.block_stride, case.block_run) as launches:
+                (-fastwarp.mi(a, b, 32)).backward()
         else:
             a, b = make_pair(case.shape, g)
             a.requires_grad_(True)
@@ -398,9 +409,9 @@ def format_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(size: str, groups: Sequence[str] = ("warp", "ncc"), out=None,
+def run(size: str, groups: Sequence[str] = ("warp", "ncc", "mi"), out=None,
         resources_path: str = kernel_resources.DEFAULT_OUT) -> dict:
-    """Counts and models the cases of ``groups`` (warp, ncc) at ``size``: ``{"meta", "cases"}``."""
+    """Counts and models the cases of ``groups`` (warp, ncc, mi) at ``size``: ``{"meta", "cases"}``."""
     out = sys.stdout if out is None else out
     resources = kernel_resources.load(resources_path)
     selected = [c for c in cases(size) if c.op.split("-")[0] in groups]

@@ -448,9 +448,9 @@ def _model_main(args: argparse.Namespace, prog: str) -> int:
         print(f"{prog}: error: --device cuda-model needs the counting build: FASTWARP_CUDA_EMU=count pip install "
               "--no-build-isolation -e . (with clang)", file=sys.stderr)
         return 2
-    groups = [g for g in args.cases.split(",") if g in ("warp", "ncc")]
+    groups = [g for g in args.cases.split(",") if g in ("warp", "ncc", "mi")]
     if not groups:
-        print(f"{prog}: error: --device cuda-model models the warp and ncc cases", file=sys.stderr)
+        print(f"{prog}: error: --device cuda-model models the warp, ncc and mi cases", file=sys.stderr)
         return 2
     result = gpu_model.run(args.size, groups)
     result["meta"].update(command=" ".join([prog, shlex.join(args.argv)]).strip(), git_commit=_git_commit(),
