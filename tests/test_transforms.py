@@ -66,7 +66,7 @@ def _some_matrix(nd):
 
 
 @pytest.mark.parametrize("nd", [3, 2])
-@pytest.mark.parametrize("name", ["affine.mat", "affine.txt"])
+@pytest.mark.parametrize("name", ["affine.mat", "affine.txt", "affine.affine"])
 def test_matrix_round_trip(tmp_path, nd, name):
     m = _some_matrix(nd)
     path = save_matrix(tmp_path / name, m)
@@ -78,9 +78,11 @@ def test_matrix_round_trip(tmp_path, nd, name):
 
 def test_plain_matrix_file_states_its_convention(tmp_path):
     m = _some_matrix(3)
-    text = open(save_matrix(tmp_path / "a.mat", m)).read().splitlines()
+    text = open(save_matrix(tmp_path / "a.affine", m)).read().splitlines()
     assert text[0].startswith("#") and "RAS" in text[0] and "fixed -> moving" in text[0]
-    np.testing.assert_array_equal(np.loadtxt(tmp_path / "a.mat"), m)  # np.loadtxt reads it as is
+    np.testing.assert_array_equal(np.loadtxt(tmp_path / "a.affine"), m)  # np.loadtxt reads it as is
+    (tmp_path / "plain.mat").write_text("\n".join(" ".join(f"{v:.17g}" for v in row) for row in m))  # any name, by content
+    np.testing.assert_array_equal(load_matrix(tmp_path / "plain.mat"), m)
 
 
 def test_itk_file_is_lps_and_its_centre_is_folded_in(tmp_path):
@@ -111,6 +113,12 @@ def test_bad_matrix_files(tmp_path):
     (tmp_path / "junk.mat").write_text("# nothing\n1 2 3\n")
     with pytest.raises(ValueError, match="expected a 4x4"):
         load_matrix(tmp_path / "junk.mat")
+    good = open(save_matrix(tmp_path / "good.mat", np.eye(4)), "rb").read()
+    (tmp_path / "cut.mat").write_bytes(good[:40])
+    with pytest.raises(ValueError, match="truncated"):
+        load_matrix(tmp_path / "cut.mat")
+    with pytest.raises(FileNotFoundError, match="no such transform file"):
+        load_matrix(tmp_path / "missing.mat")
     (tmp_path / "euler.txt").write_text("#Insight Transform File V1.0\nTransform: Euler3DTransform_double_3_3\n")
     with pytest.raises(ValueError, match="AffineTransform_double_3_3"):
         load_matrix(tmp_path / "euler.txt")

@@ -3,6 +3,7 @@
     fastwarp demo       train on the embedded brains, register the held-out pair, show it
     fastwarp train      train a registration network (see `fastwarp train -h`)
     fastwarp register   register a pair of NIfTI images: affine, a trained network, a refinement for the pair
+    fastwarp apply      apply saved transforms (fastwarp's or ANTs'/ITK's) to images or label maps
     fastwarp check      what this build has, and a quick check and timing of the kernels
     fastwarp bench      time fastwarp against the installed baselines (table, JSON, Markdown)
 
@@ -132,7 +133,18 @@ def register_parser() -> argparse.ArgumentParser:
                    help="of --affine and --refine: ncc (default), mse, or mi (mutual information: images of "
                         "different contrasts, e.g. T1 to T2)")
     p.add_argument("--output", "-o", required=True, help="warped moving image (.nii or .nii.gz)")
-    p.add_argument("--flow", help="also write the deformable field (X, Y, Z, 3) in voxels of the fixed grid")
+    p.add_argument("--transform", "-t", metavar="PREFIX",
+                   help="the transform files' prefix (default: the output's stem): PREFIX_warp.nii.gz, the deformable "
+                        "part as an ITK displacement field (LPS mm), and PREFIX_affine.txt with --affine (unless "
+                        "--matrix says otherwise). antsApplyTransforms -r FIXED -i MOVING -t PREFIX_warp.nii.gz -t "
+                        "PREFIX_affine.txt (and `fastwarp apply`) reproduce the warped image")
+    p.add_argument("--inverse", action="store_true",
+                   help="also write the inverse: PREFIX_inverse_warp.nii.gz (diffeomorphic: the velocity integrated "
+                        "backwards; else a fixed-point inversion, its residual reported) and PREFIX_inverse_affine.txt; "
+                        "the fixed image onto the moving grid: -r MOVING -t [PREFIX_affine.txt,1] -t "
+                        "PREFIX_inverse_warp.nii.gz")
+    p.add_argument("--flow", help="also write the deformable field (X, Y, Z, 3) in voxels of the fixed grid "
+                                  "(VoxelMorph's convention)")
     p.add_argument("--labels", help="label map of the moving image: warped (nearest) and used for Dice")
     p.add_argument("--fixed-labels", help="label map of the fixed image, for Dice")
     p.add_argument("--labels-output", help="warped label map (default: <output stem>_labels.nii.gz when --labels)")
@@ -216,7 +228,43 @@ def _check_main(argv: Sequence[str]) -> int:
 
 # --------------------------------------------------------------------------- fastwarp
 
-_COMMANDS = {"demo": _demo_main, "train": train_main, "register": register_main, "check": _check_main}
+def _apply_parser() -> argparse.ArgumentParser:
+    from .apply import INTERPOLATIONS
+
+    p = argparse.ArgumentParser(
+        prog="fastwarp apply",
+        description="Resample images onto a reference grid through a chain of transforms, listed as "
+                    "antsApplyTransforms lists them: the first maps the reference's points first, so a registration's "
+                    "`-t PREFIX_warp.nii.gz -t PREFIX_affine.txt` warps its moving image onto its fixed one. Transforms: "
+                    "ITK affine files (.txt, ANTs' .mat; `[FILE,1]` inverts one), plain matrix files, and ITK "
+                    "displacement fields (.nii.gz: fastwarp's and ANTs' warps).")
+    p.add_argument("-i", "--input", action="append", required=True, metavar="IMAGE",
+                   help="an image or label map to resample (repeat for several, each with its own -o)")
+    p.add_argument("-r", "--reference", required=True, help="the grid of the outputs (NIfTI)")
+    p.add_argument("-t", "--transform", action="append", default=[], metavar="TRANSFORM",
+                   help="a transform of the chain (repeat, in antsApplyTransforms' order); none: the grids' own alignment")
+    p.add_argument("-o", "--output", action="append", required=True, metavar="OUT",
+                   help="where each input goes (.nii or .nii.gz), in the inputs' order")
+    p.add_argument("-n", "--interpolation", choices=INTERPOLATIONS, default="linear",
+                   help="linear (default; float32 output), nearest, or label (each label interpolated, the largest "
+                        "wins); nearest and label keep an integer label map's dtype")
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda")
+    return p
+
+
+def _apply_main(argv: Sequence[str]) -> int:
+    from .apply import apply_files
+    from .runtime import resolve_device
+
+    args = _apply_parser().parse_args(argv)
+    written = apply_files(args.input, args.reference, args.transform, args.output, args.interpolation,
+                          resolve_device(args.device))
+    print("wrote " + ", ".join(written))
+    return 0
+
+
+_COMMANDS = {"demo": _demo_main, "train": train_main, "register": register_main, "apply": _apply_main,
+             "check": _check_main}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

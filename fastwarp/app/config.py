@@ -93,6 +93,8 @@ class RegisterConfig:
     refine: int | None = None  # refine for this pair: None no, 0 the default schedule, N steps per level
     diffeomorphic: bool = False  # refine a stationary velocity field (an invertible map; see --help)
     similarity: str = "ncc"  # of the affine and the refinement: "ncc", "mse" or "mi"
+    transform: str | None = None  # the ITK/ANTs transform files' prefix; None: the output's stem
+    inverse: bool = False  # also write the inverse transform
     device: str = "auto"
     quiet: bool = False  # no progress bar
 
@@ -118,7 +120,9 @@ class RegisterConfig:
     def outputs(self) -> dict[str, str]:
         """Every file this registration will write, by option."""
         paths = {"output": self.output, "flow": self.flow, "labels-output": self.warped_labels,
-                 "matrix": self.matrix_output, "figure": self.figure, "json": self.json}
+                 "matrix": self.matrix_output, "transform": self.warp_output,
+                 "transform (inverse)": self.inverse_warp_output,
+                 "transform (inverse affine)": self.inverse_matrix_output, "figure": self.figure, "json": self.json}
         return {option: path for option, path in paths.items() if path}
 
     @property
@@ -136,4 +140,28 @@ class RegisterConfig:
         """Where the affine matrix goes (None without ``affine``)."""
         if not self.affine:
             return None
-        return self.matrix or nifti_stem(self.output) + "_affine.txt"
+        return self.matrix or self.transform_prefix + "_affine.txt"
+
+    @property
+    def transform_prefix(self) -> str:
+        """The ITK/ANTs transform files' prefix: ``--transform``, else the output's stem."""
+        return self.transform or nifti_stem(self.output)
+
+    @property
+    def warp_output(self) -> str | None:
+        """The deformable part as an ITK displacement field (None without one)."""
+        if self.model is None and self.refine is None:
+            return None
+        return self.transform_prefix + "_warp.nii.gz"
+
+    @property
+    def inverse_warp_output(self) -> str | None:
+        if not self.inverse or self.warp_output is None:
+            return None
+        return self.transform_prefix + "_inverse_warp.nii.gz"
+
+    @property
+    def inverse_matrix_output(self) -> str | None:
+        if not self.inverse or not self.affine:
+            return None
+        return self.transform_prefix + "_inverse_affine.txt"

@@ -160,7 +160,8 @@ def refine(
     config: RefineConfig = RefineConfig(),
     progress: bool = False,
     voxel_matrix=None,
-) -> torch.Tensor:
+    return_velocity: bool = False,
+):
     """The displacement ``(1, ndim, *spatial)`` in voxels of the fixed grid that aligns
     ``moving`` to ``fixed`` (``warp(moving, u)`` ≈ ``fixed``), optimized as ``config`` says from
     ``init`` (a displacement of the same layout, e.g. a network's; None: the identity).
@@ -172,7 +173,11 @@ def refine(
     ``voxel_matrix``: an affine part to compose with, ``(ndim + 1)`` square, homogeneous, fixed
     voxel -> moving voxel (an affine registration's, as :class:`~fastwarp.app.register.PairResult`
     holds it). The moving image then stays on its own grid, of any shape, and each step samples
-    it once at ``V · (p + u(p))`` (Note [Composed sampling]); the result is ``u`` of that map."""
+    it once at ``V · (p + u(p))`` (Note [Composed sampling]); the result is ``u`` of that map.
+
+    ``return_velocity``: return ``(u, v)``, with ``v`` the full-resolution velocity whose
+    exponential ``u`` is (``config.diffeomorphic``; else None): ``exp(-v)`` is the inverse map
+    (:func:`fastwarp.app.inverse.inverse_of_velocity`)."""
     moving, fixed = _as_image("moving", moving), _as_image("fixed", fixed)
     if moving.dim() != fixed.dim() or (voxel_matrix is None and moving.shape != fixed.shape):
         raise ValueError(f"refine: moving {tuple(moving.shape[2:])} and fixed {tuple(fixed.shape[2:])} must have one shape"
@@ -218,7 +223,10 @@ def refine(
     counter.close()
     with torch.no_grad():
         full = rescale_field(param.detach(), param_factor, spatial)
-        return (integrate(full) if integrate is not None else full).contiguous()
+        disp = (integrate(full) if integrate is not None else full).contiguous()
+    if return_velocity:
+        return disp, (full.contiguous() if integrate is not None else None)
+    return disp
 
 
 # Note [Composed sampling]

@@ -75,6 +75,28 @@ class PairResult:
     affine: np.ndarray | None = None  # with affine: world fixed -> moving point map (4x4, mm)
     voxel_matrix: np.ndarray | None = None  # None: the identity (same grid, no affine)
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    velocity: torch.Tensor | None = None  # diffeomorphic: disp = exp(velocity) (full resolution, voxels)
+    steps: int = 7  # the scaling-and-squaring steps of that exponential
+
+    def inverse(self) -> tuple[torch.Tensor, dict]:
+        """The inverse of the deformable part, ``(1, ndim, *fixed spatial)`` in voxels of the fixed
+        grid (``p + w(p)`` undoes ``p + disp(p)``), and how inverse it is: ``exp(-velocity)`` for a
+        diffeomorphic registration, else the fixed-point inversion
+        (:func:`~fastwarp.app.inverse.invert_displacement`). The dict holds ``method`` and the
+        residual ``|disp(p) + w(p + disp(p))|`` in voxels (``residual_mean``, ``residual_max``)
+        over the voxels whose image lies in the grid."""
+        from .inverse import inverse_consistency, inverse_of_velocity, invert_displacement
+
+        if self.velocity is not None:
+            with torch.no_grad():
+                w = inverse_of_velocity(self.velocity.float(), self.steps)
+            info = {"method": "velocity"}
+        else:
+            w, info = invert_displacement(self.disp)
+            info = {"method": "fixed point", "iterations": info["iterations"]}
+        ic = inverse_consistency(self.disp.float(), w)
+        info.update(residual_mean=ic["mean"], residual_max=ic["max"])
+        return w, info
 
     def coords(self) -> torch.Tensor:
         """The moving voxel sampled at each fixed voxel, ``(1, ndim, *fixed spatial)``."""
@@ -161,9 +183,10 @@ def register_pair(
     zero = torch.zeros(1, nd, *fixed.shape, device=device)
     start = PairResult(zero, fixed, {}, 0.0, world, V)  # the affine part alone
     aligned = start.apply(moving.to(device)) if V is not None else moving.to(device)
-    disp = _deformable(aligned, fixed, model, downsample, refine, device, progress, stages,
-                       moving=moving.to(device), voxel_matrix=V)
-    result = PairResult(disp, fixed, {}, time.perf_counter() - t0, world, V, stages)
+    disp, velocity = _deformable(aligned, fixed, model, downsample, refine, device, progress, stages,
+                                 moving=moving.to(device), voxel_matrix=V)
+    result = PairResult(disp, fixed, {}, time.perf_counter() - t0, world, V, stages, velocity,
+                        refine.steps if refine is not None else 7)
     result.warped = result.apply(moving.to(device))
     before = PairResult(zero, fixed, {}, 0.0, None, None if same_grid else _voxel_matrix(moving_affine, fixed_affine, None, nd))
     result.metrics = _pair_metrics(moving, fixed, aligned, result, before, start, moving_labels, fixed_labels)
@@ -175,13 +198,15 @@ def _as_image(x) -> torch.Tensor:
 
 
 def _deformable(aligned, fixed, model, downsample, refine, device, progress, stages, moving=None,
-                voxel_matrix=None) -> torch.Tensor:
+                voxel_matrix=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The deformable part on the fixed grid: the network's prediction (from ``aligned``, the
     moving image resampled onto the fixed grid), then the refinement from it (or from the
     identity), which samples ``moving`` on its own grid through ``voxel_matrix`` when there is
     one (one interpolation per step: Note [Composed sampling]); each stage's seconds into
-    ``stages``, timed to its end on a GPU."""
+    ``stages``, timed to its end on a GPU. Returns the displacement and, diffeomorphic, the
+    velocity whose exponential it is (else None)."""
     disp = torch.zeros(1, fixed.dim(), *fixed.shape, device=device)
+    velocity = None
     if model is not None:
         t = time.perf_counter()
         disp = predict_displacement(model, aligned.cpu().numpy(), fixed.numpy(), device, downsample).to(device)
@@ -191,13 +216,13 @@ def _deformable(aligned, fixed, model, downsample, refine, device, progress, sta
     if refine is not None:
         t = time.perf_counter()
         composed = voxel_matrix is not None and moving is not None
-        disp = refine_field(moving[None, None] if composed else aligned, fixed.to(device),
-                            None if model is None else disp, refine, progress,
-                            voxel_matrix=voxel_matrix if composed else None)
+        disp, velocity = refine_field(moving[None, None] if composed else aligned, fixed.to(device),
+                                      None if model is None else disp, refine, progress,
+                                      voxel_matrix=voxel_matrix if composed else None, return_velocity=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # (the kernels run asynchronously: time them done)
         stages["refine"] = time.perf_counter() - t
-    return disp
+    return disp, velocity
 
 
 def _pair_metrics(moving, fixed, aligned, result, before, start, moving_labels, fixed_labels) -> dict:
@@ -247,7 +272,7 @@ def register_files(config: RegisterConfig) -> dict:
     metrics = result.metrics
     metrics["seconds"] = result.seconds
     metrics["stages"] = result.stages
-    metrics["outputs"] = _write_outputs(config, result, moving, fixed, device)
+    metrics["outputs"] = _write_outputs(config, result, moving, fixed, device, metrics)
     if result.affine is not None:
         metrics["affine"] = result.affine.tolist()
     if config.json:
@@ -312,9 +337,11 @@ def _affine_config(config: RegisterConfig, voxel_mm: float):
     return AffineConfig(levels=(4 * base, 2 * base, base), similarity=config.similarity)
 
 
-def _write_outputs(config: RegisterConfig, result: PairResult, moving: Volume, fixed: Volume, device) -> list[str]:
+def _write_outputs(config: RegisterConfig, result: PairResult, moving: Volume, fixed: Volume, device,
+                   metrics: dict) -> list[str]:
     """The warped image (in the moving image's units), the field, the warped labels (in their
-    own dtype), the affine matrix and the figure, on the fixed grid; the paths written."""
+    own dtype), the transforms (ITK/ANTs files; with ``config.inverse`` their inverses, the
+    inversion's residual into ``metrics``) and the figure, on the fixed grid; the paths written."""
     nd = fixed.image.ndim
     warped = result.apply(torch.from_numpy(moving.image).to(device)).cpu()
     outputs = [save_nifti(config.output, warped, fixed.affine, fixed.header, np.float32)]
@@ -326,10 +353,18 @@ def _write_outputs(config: RegisterConfig, result: PairResult, moving: Volume, f
         dtype = moving.labels.dtype
         warped_labels = result.apply(torch.from_numpy(moving.labels), mode="nearest").cpu().numpy().astype(dtype)
         outputs.append(save_nifti(config.warped_labels, warped_labels, fixed.affine, None, dtype))
-    if result.affine is not None:
-        from .transforms import save_matrix
+    from .transforms import save_displacement_field, save_matrix
 
+    if result.affine is not None:
         outputs.append(save_matrix(config.matrix_output, result.affine))
+        if config.inverse_matrix_output:
+            outputs.append(save_matrix(config.inverse_matrix_output, np.linalg.inv(result.affine)))
+    if config.warp_output:
+        outputs.append(save_displacement_field(config.warp_output, disp, fixed.affine))
+        if config.inverse_warp_output:
+            inv, info = result.inverse()
+            metrics["inverse"] = info
+            outputs.append(save_displacement_field(config.inverse_warp_output, inv.cpu(), fixed.affine))
     if config.figure:
         from .figures import registration_figure
 
@@ -372,6 +407,10 @@ def format_metrics(ev: dict) -> str:
             lines.append(f"        {ev['mean_dice_affine']:.4f} after the affine alone")
     lines.append(f"  folding (det J <= 0): {100 * ev['folding_fraction']:.4f}% of voxels; "
                  f"det J in [{ev['jacobian_min']:.3f}, {ev['jacobian_max']:.3f}]")
+    if "inverse" in ev:
+        inv = ev["inverse"]
+        lines.append(f"  inverse ({inv['method']}): |phi^-1(phi(x)) - x| mean {inv['residual_mean']:.4f}, "
+                     f"max {inv['residual_max']:.4f} voxels")
     if "seconds" in ev:
         stages = ", ".join(f"{k} {v:.2f} s" for k, v in ev.get("stages", {}).items())
         lines.append(f"  registration took {ev['seconds']:.2f} s" + (f" ({stages})" if stages else ""))

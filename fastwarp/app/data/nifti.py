@@ -45,8 +45,9 @@ class Volume:
         return tuple(self.image.shape)
 
 
-def _read(path: str | os.PathLike, what: str):
-    """The voxels of one 2-D or 3-D NIfTI file (a trailing axis of 1 dropped) and the image."""
+def _read_any(path: str | os.PathLike, what: str):
+    """The voxels of a NIfTI file of any shape (scaled as stored) and the image; one-line errors
+    naming the file for a missing, unreadable or non-NIfTI file."""
     import nibabel as nib
 
     path = os.fspath(path)
@@ -60,19 +61,25 @@ def _read(path: str | os.PathLike, what: str):
         raise ValueError(f"{what}: {path} is not a readable NIfTI file ({type(e).__name__}: {e})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise ValueError(f"{what}: {path} is a {type(img).__name__}, not a NIfTI file")
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as e:
+        raise ValueError(f"{what}: could not read the voxels of {path} ({type(e).__name__}: {e})") from None
+    return data, img
+
+
+def _read(path: str | os.PathLike, what: str):
+    """The voxels of one 2-D or 3-D NIfTI file (a trailing axis of 1 dropped) and the image."""
+    data, img = _read_any(path, what)
     shape = img.shape
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     elif len(shape) == 3 and shape[2] == 1:
         shape = shape[:2]
     if len(shape) not in (2, 3):
-        raise ValueError(f"{what}: {path} has shape {img.shape}; expected a single 2-D or 3-D volume "
+        raise ValueError(f"{what}: {os.fspath(path)} has shape {img.shape}; expected a single 2-D or 3-D volume "
                          f"(split 4-D series into one file per volume)")
-    try:
-        data = np.asanyarray(img.dataobj).reshape(shape)
-    except Exception as e:
-        raise ValueError(f"{what}: could not read the voxels of {path} ({type(e).__name__}: {e})") from None
-    return data, img
+    return data.reshape(shape), img
 
 
 def normalize_intensity(x: np.ndarray, percentile: float = 99.5) -> np.ndarray:
@@ -142,7 +149,7 @@ def save_nifti(path: str | os.PathLike, array, affine: np.ndarray, header=None, 
     hdr = header.copy() if header is not None else None
     img = nib.Nifti1Image(array, affine, hdr)
     img.set_data_dtype(array.dtype)
-    if array.ndim == 4:  # a vector field: NIfTI intent "vector"
+    if array.ndim in (4, 5):  # a vector field (fastwarp's, or ITK's 5-D): NIfTI intent "vector"
         img.header.set_intent("vector")
     suffix = ".nii.gz" if path.endswith(".gz") else ".nii"
     fd, tmp = tempfile.mkstemp(suffix=suffix, dir=folder, prefix=".fastwarp-")
