@@ -61,3 +61,21 @@ def test_register_config_refine_and_affine():
 def test_register_config_refuses_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         RegisterConfig(**{"moving": "m", "fixed": "f", "output": "w.nii", **kwargs})
+
+
+def test_register_smooth_and_transform_outputs():
+    from fastwarp.app.register import refine_config
+
+    c = register_config(["m.nii", "f.nii", "-o", "out/w.nii.gz", "--refine", "--diffeomorphic", "--smooth", "0.5"])
+    assert refine_config(c).smooth == 0.5 and refine_config(c).diffeomorphic
+    assert refine_config(register_config(["m", "f", "-o", "w.nii", "--refine", "--diffeomorphic"])).smooth == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="--smooth"):
+        register_config(["m", "f", "-o", "w.nii", "--affine", "--smooth", "1"])
+    with pytest.raises(ValueError, match="--smooth"):
+        register_config(["m", "f", "-o", "w.nii", "--refine", "--smooth", "-1"])
+    # the transform files: beside the output by default, under --transform's prefix otherwise
+    assert c.warp_output == "out/w_warp.nii.gz" and c.inverse_warp_output is None and c.matrix_output is None
+    t = register_config(["m", "f", "-o", "w.nii", "--affine", "--refine", "-t", "x/reg", "--inverse"])
+    assert (t.warp_output, t.inverse_warp_output, t.matrix_output, t.inverse_matrix_output) == (
+        "x/reg_warp.nii.gz", "x/reg_inverse_warp.nii.gz", "x/reg_affine.txt", "x/reg_inverse_affine.txt")
+    assert register_config(["m", "f", "-o", "w.nii", "--affine"]).warp_output is None  # no deformable part

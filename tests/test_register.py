@@ -62,7 +62,12 @@ def test_register_end_to_end(synth, model3d, tmp_path, capsys):
         assert key in metrics, key
     assert -1 <= metrics["ncc_before"] <= 1 and -1 <= metrics["ncc_after"] <= 1
     assert set(metrics["dice_before"]) == {"1", "2", "3"}
-    assert sorted(metrics["outputs"]) == sorted([str(out), str(flow), str(lab_out), str(js)])
+    warp_file = tmp_path / "res" / "warped_warp.nii.gz"  # the ITK field, by default beside the output
+    assert sorted(metrics["outputs"]) == sorted([str(out), str(flow), str(lab_out), str(warp_file), str(js)])
+    itk = np.asarray(nib.load(warp_file).dataobj)
+    assert itk.shape == (15, 18, 13, 1, 3)
+    world = np.einsum("ij,xyzj->xyzi", fixed_img.affine[:3, :3], disp[0].movedim(0, -1).numpy())
+    np.testing.assert_allclose(itk[:, :, :, 0], world * [-1, -1, 1], rtol=1e-5, atol=1e-5)  # LPS mm
     assert not [p for p in os.listdir(tmp_path / "res") if p.startswith(".fastwarp-")]
 
 

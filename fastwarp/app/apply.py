@@ -16,24 +16,81 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .transforms import AffineTransform, FieldTransform, grid_points, load_transform, transform_points
+from ..warp import grid_sample
+from .transforms import AffineTransform, FieldTransform, load_transform
 
 __all__ = ["INTERPOLATIONS", "apply_transforms", "apply_files"]
 
 INTERPOLATIONS = ("linear", "nearest", "label")
 
 
-def _coords(image_shape, image_affine, reference_shape, reference_affine, transforms, device) -> torch.Tensor:
-    """The moving voxel that each reference voxel reads, ``(1, nd, *reference_shape)`` float32."""
+def _sampling_grid(image_shape, image_affine, reference_shape, reference_affine, transforms, device) -> torch.Tensor:
+    """The ``grid_sample`` grid (``align_corners=True``, ``(1, *reference_shape, nd)``, float32)
+    that reads, at each reference voxel, the image at the chain's point (Note [Applying a chain])."""
     nd = len(reference_shape)
-    points = grid_points(reference_shape, reference_affine, device)
-    points = transform_points(transforms, points, grid=(reference_shape, reference_affine))
-    inv = np.linalg.inv(AffineTransform(image_affine if np.shape(image_affine) != (4, 4) or nd == 3
-                                        else np.asarray(image_affine)[np.ix_([0, 1, 3], [0, 1, 3])],
-                                        "the image's affine").matrix)
-    inv = torch.as_tensor(inv, dtype=torch.float64, device=device)
-    index = torch.einsum("ij,j...->i...", inv[:nd, :nd], points) + inv[:nd, nd].view(nd, *([1] * nd))
-    return index[None].float().contiguous()
+    Ar = np.asarray(reference_affine, dtype=np.float64)
+    Am = np.asarray(image_affine, dtype=np.float64)
+    if nd == 2:
+        Ar, Am = (a if a.shape == (3, 3) else a[np.ix_([0, 1, 3], [0, 1, 3])] for a in (Ar, Am))
+    M = Ar.copy()  # reference voxel -> the current point, affine part (homogeneous)
+    L = np.eye(nd)  # the current point's dense part is L @ D(p)
+    D = None  # (nd, *S): a displacement read at the reference voxels, or materialized points
+    for i, t in enumerate(transforms):
+        if isinstance(t, AffineTransform):
+            M, L = t.matrix @ M, t.matrix[:nd, :nd] @ L
+        elif D is None and i == 0 and t.on_grid(reference_shape, Ar):
+            D = t.displacement.to(device)  # a field on the reference grid, first: read, not interpolated
+        else:  # a field anywhere else: the points themselves, through it
+            points = _dense(M, L, D, reference_shape, device, torch.float64)
+            D, M, L = t(points.movedim(-1, 0)), np.zeros((nd + 1, nd + 1)), np.eye(nd)
+            M[nd, nd] = 1.0
+    # the image's voxels, normalized for grid_sample (voxel 0 -> -1, size - 1 -> +1), x first
+    sizes = np.asarray(image_shape, dtype=np.float64)
+    N = np.eye(nd + 1)
+    N[:nd, :nd] = np.diag(2.0 / np.maximum(sizes - 1, 1))
+    N[:nd, nd] = -1.0
+    R = (N @ np.linalg.inv(Am))[list(range(nd - 1, -1, -1)) + [nd]]
+    return _dense(R @ M, R[:nd, :nd] @ L, D, reference_shape, device, torch.float32)[None]
+
+
+def _dense(M: np.ndarray, L: np.ndarray, D, shape, device, dtype) -> torch.Tensor:
+    """``M_lin p + M_t + L @ D(p)`` at every voxel ``p`` of ``shape``, channels last ``(*shape, nd)``:
+    one matrix product for the dense part, the affine part added as separable broadcasts."""
+    nd = len(shape)
+    n = int(np.prod(shape))
+    if D is None:
+        out = torch.zeros(*shape, nd, dtype=dtype, device=device)
+    else:
+        flat = D.reshape(nd, n).to(dtype)
+        out = torch.mm(flat.t(), torch.as_tensor(L.T, dtype=dtype, device=device)).view(*shape, nd)
+    axes = [torch.arange(s, dtype=torch.float64, device=device) for s in shape]
+    Mt = torch.as_tensor(M, dtype=torch.float64, device=device)
+    parts = []  # axis k's contribution, (shape_k, nd), broadcast along the others
+    for k in range(nd):
+        part = axes[k][:, None] * Mt[:nd, k][None]
+        if k == 0:
+            part = part + Mt[:nd, nd][None]
+        parts.append(part.view(*([1] * k), shape[k], *([1] * (nd - 1 - k)), nd))
+    head = parts[0]
+    for part in parts[1:-1]:
+        head = head + part  # (S0, S1, 1, nd) in 3-D: small
+    out += head.to(dtype)
+    out += parts[-1].to(dtype)
+    return out
+
+
+# Note [Applying a chain]
+# ~~~~~~~~~~~~~~~~~~~~~~~
+# A chain of affines and fields maps each reference voxel p to a point of the moving image's
+# world; the image is read there. Affines compose as matrices, so the chain is carried as
+# M p + L D(p): an affine part M (reference voxel -> world) and a dense part, L times a field D
+# read at the reference voxels (a registration's warp, on the fixed grid, applied first: read
+# without interpolation). Affines after it only change M and L; a field elsewhere in the chain
+# (an inverse warp after an inverted affine) needs the points themselves and interpolates
+# there, as ITK does. At the end the moving image's inverse affine and grid_sample's
+# normalization join M and L, and the grid is written once, channels last, in float32: one
+# matrix product for L D and two broadcast additions for M p, instead of a float64 world grid
+# and its conversions (1 mm: 0.18 s against 1.0 s before, 2 threads).
 
 
 def apply_transforms(image, image_affine, reference_shape: Sequence[int], reference_affine,
@@ -51,8 +108,6 @@ def apply_transforms(image, image_affine, reference_shape: Sequence[int], refere
     ``(*reference_shape)`` on ``device``."""
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
-    from .affine import resample
-
     device = torch.device(device)
     image = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
     nd = len(reference_shape)
@@ -62,27 +117,28 @@ def apply_transforms(image, image_affine, reference_shape: Sequence[int], refere
     for t in chain:
         if t.nd != nd:
             raise ValueError(f"{t.source} is a {t.nd}-D transform, but the images are {nd}-D")
-    coords = _coords(tuple(image.shape), image_affine, tuple(reference_shape), reference_affine, chain, device)
+    if any(s < 2 for s in image.shape):
+        raise ValueError(f"image must have at least 2 voxels along every axis, got shape {tuple(image.shape)}")
+    grid = _sampling_grid(tuple(image.shape), image_affine, tuple(reference_shape), reference_affine, chain, device)
     image = image.to(device)
     if interpolation == "nearest":
-        return resample(image, coords, "nearest")
+        return grid_sample(image[None, None], grid, "nearest", "zeros", align_corners=True)[0, 0]
     if interpolation == "linear":
-        return resample(image.float(), coords, "linear")
-    return _label_resample(image, coords)
+        return grid_sample(image.float()[None, None], grid, "bilinear", "zeros", align_corners=True)[0, 0]
+    return _label_resample(image, grid)
 
 
-def _label_resample(labels: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+def _label_resample(labels: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Each label's indicator sampled linearly, the label of the largest weight at each point
     (0 where none weighs anything: outside the image)."""
-    from .affine import resample
-
-    best = torch.zeros(coords.shape[2:], dtype=torch.float32, device=coords.device)
-    out = torch.zeros(coords.shape[2:], dtype=labels.dtype, device=coords.device)
+    shape = grid.shape[1:-1]
+    best = torch.zeros(shape, dtype=torch.float32, device=grid.device)
+    out = torch.zeros(shape, dtype=labels.dtype, device=grid.device)
     for value in torch.unique(labels).tolist():
-        w = resample((labels == value).float(), coords, "linear")
+        w = grid_sample((labels == value).float()[None, None], grid, "bilinear", "zeros", align_corners=True)[0, 0]
         take = w > best
         best = torch.where(take, w, best)
-        out = torch.where(take, torch.as_tensor(value, dtype=labels.dtype, device=coords.device), out)
+        out = torch.where(take, torch.as_tensor(value, dtype=labels.dtype, device=grid.device), out)
     return out
 
 

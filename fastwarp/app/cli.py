@@ -129,6 +129,11 @@ def register_parser() -> argparse.ArgumentParser:
                    help="with --refine: a stationary velocity field, integrated by scaling and squaring: the "
                         "continuous map is invertible; the discrete Jacobian may still fold a handful of voxels "
                         "(measured: at most a few in 10^5)")
+    p.add_argument("--smooth", type=float, metavar="W",
+                   help="with --refine: the smoothness weight (default: 1 with NCC, 0.01 with MSE, 3 with MI; a tenth "
+                        "of that with --diffeomorphic). More gives a smoother, more invertible map for less overlap: "
+                        "--diffeomorphic --smooth 1 halves the inverse's residual on the embedded pair for 0.02-0.04 "
+                        "less Dice")
     p.add_argument("--similarity", choices=SIMILARITIES,
                    help="of --affine and --refine: ncc (default), mse, or mi (mutual information: images of "
                         "different contrasts, e.g. T1 to T2)")

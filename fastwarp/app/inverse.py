@@ -32,26 +32,30 @@ def _compose(u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def invert_displacement(u: torch.Tensor, iterations: int = 100, tol: float = 1e-3) -> tuple[torch.Tensor, dict]:
+def invert_displacement(u: torch.Tensor, iterations: int = 100, tol: float = 1e-3,
+                        patience: int = 10) -> tuple[torch.Tensor, dict]:
     """The inverse displacement of ``u`` (``(1, nd, *S)``, voxels) by the fixed point
-    ``w <- -u(p + w(p))`` from ``w = -u``, until the largest change is below ``tol`` voxels or
-    after ``iterations``. Returns the iterate of the smallest mean residual ``|w(p) + u(p +
-    w(p))|`` (how far ``phi(phi^-1(p))`` is from ``p``; where the map folds the iteration
-    oscillates) and ``{"iterations", "change", "residual_mean", "residual_max"}``: the last
+    ``w <- -u(p + w(p))`` from ``w = -u``: until the largest change is below ``tol`` voxels, the
+    mean residual has not improved by 1 % in ``patience`` iterations (where the map folds the
+    iteration oscillates there and never converges), or after ``iterations``. Returns the
+    iterate of the smallest mean residual ``|w(p) + u(p + w(p))|`` (how far ``phi(phi^-1(p))``
+    lies from ``p``) and ``{"iterations", "change", "residual_mean", "residual_max"}``: the last
     change and that iterate's residual, in voxels."""
     if u.dim() not in (4, 5) or u.shape[0] != 1 or u.shape[1] != u.dim() - 2:
         raise ValueError(f"u must be a displacement (1, ndim, *spatial), got shape {tuple(u.shape)}")
     u = u.float().contiguous()
     w = -u
-    best, best_r, change, k = w, None, float("inf"), 0
+    best, best_r, best_k, change, k = w, None, 0, float("inf"), 0
     for k in range(1, iterations + 1):
         new = -_compose(u, w)
         r = (w - new).norm(dim=1)  # w's own residual |w(p) + u(p + w(p))|
         if best_r is None or float(r.mean()) < float(best_r.mean()):
-            best, best_r = w, r  # where the iteration oscillates (a fold), the best iterate is kept
+            if best_r is None or float(r.mean()) < 0.99 * float(best_r.mean()):
+                best_k = k
+            best, best_r = w, r
         change = float(r.max())
         w = new
-        if change < tol:
+        if change < tol or k - best_k >= patience:
             break
     return best, dict(iterations=k, change=change, residual_mean=float(best_r.mean()),
                       residual_max=float(best_r.max()))

@@ -82,9 +82,10 @@ class PairResult:
         """The inverse of the deformable part, ``(1, ndim, *fixed spatial)`` in voxels of the fixed
         grid (``p + w(p)`` undoes ``p + disp(p)``), and how inverse it is: ``exp(-velocity)`` for a
         diffeomorphic registration, else the fixed-point inversion
-        (:func:`~fastwarp.app.inverse.invert_displacement`). The dict holds ``method`` and the
-        residual ``|disp(p) + w(p + disp(p))|`` in voxels (``residual_mean``, ``residual_max``)
-        over the voxels whose image lies in the grid."""
+        (:func:`~fastwarp.app.inverse.invert_displacement`). The dict holds ``method``, the
+        residual ``|disp(p) + w(p + disp(p))|`` (phi^-1(phi(p)) - p; ``residual_mean``,
+        ``residual_max``) over the voxels whose image lies in the grid, and the other way round,
+        ``|w(p) + disp(p + w(p))|`` (``forward_residual_mean``, ``forward_residual_max``), in voxels."""
         from .inverse import inverse_consistency, inverse_of_velocity, invert_displacement
 
         if self.velocity is not None:
@@ -92,10 +93,11 @@ class PairResult:
                 w = inverse_of_velocity(self.velocity.float(), self.steps)
             info = {"method": "velocity"}
         else:
-            w, info = invert_displacement(self.disp)
-            info = {"method": "fixed point", "iterations": info["iterations"]}
-        ic = inverse_consistency(self.disp.float(), w)
-        info.update(residual_mean=ic["mean"], residual_max=ic["max"])
+            w, fp = invert_displacement(self.disp)
+            info = {"method": "fixed point", "iterations": fp["iterations"]}
+        ic, fwd = inverse_consistency(self.disp.float(), w), inverse_consistency(w, self.disp.float())
+        info.update(residual_mean=ic["mean"], residual_max=ic["max"], forward_residual_mean=fwd["mean"],
+                    forward_residual_max=fwd["max"])
         return w, info
 
     def coords(self) -> torch.Tensor:
@@ -251,6 +253,8 @@ def refine_config(config: RegisterConfig, voxel_mm: float = 2.0) -> RefineConfig
     voxels: the measured defaults (:func:`~fastwarp.app.refine.refine_defaults`), or STEPS at
     every level."""
     steps = {} if not config.refine else {"iterations": config.refine}
+    if config.smooth is not None:
+        steps["smooth"] = config.smooth
     return refine_defaults(voxel_mm, similarity=config.similarity, diffeomorphic=config.diffeomorphic, **steps)
 
 
@@ -410,7 +414,8 @@ def format_metrics(ev: dict) -> str:
     if "inverse" in ev:
         inv = ev["inverse"]
         lines.append(f"  inverse ({inv['method']}): |phi^-1(phi(x)) - x| mean {inv['residual_mean']:.4f}, "
-                     f"max {inv['residual_max']:.4f} voxels")
+                     f"max {inv['residual_max']:.3f}; |phi(phi^-1(x)) - x| mean {inv['forward_residual_mean']:.4f}, "
+                     f"max {inv['forward_residual_max']:.3f} voxels")
     if "seconds" in ev:
         stages = ", ".join(f"{k} {v:.2f} s" for k, v in ev.get("stages", {}).items())
         lines.append(f"  registration took {ev['seconds']:.2f} s" + (f" ({stages})" if stages else ""))

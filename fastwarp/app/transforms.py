@@ -392,11 +392,14 @@ def load_displacement_field(path: str | os.PathLike) -> FieldTransform:
     else:
         raise ValueError(f"{path}: a displacement field must be an ITK vector image, (X, Y, Z, 1, 3) or (X, Y, 1, 1, 2), "
                          f"got shape {shape}")
-    vectors = np.asarray(data, dtype=np.float64).reshape(*shape[:nd], nd)
-    if not np.all(np.isfinite(vectors)):
-        raise ValueError(f"{path}: the displacement field holds NaN or Inf")
-    ras = np.einsum("ij,...j->i...", _flip(nd), vectors)
-    return FieldTransform(torch.from_numpy(ras.astype(np.float32)), np.asarray(img.affine, dtype=np.float64), path)
+    # NIfTI stores the voxels column-major: the transposed array, (nd, ..., X), is C-contiguous
+    vectors = torch.from_numpy(np.ascontiguousarray(np.asarray(data, dtype=np.float32).reshape(*shape[:nd], nd).T))
+    if not bool(torch.isfinite(vectors.sum())):  # a NaN or Inf anywhere makes the sum one (so would ~1e30 mm)
+        raise ValueError(f"{path}: the displacement field holds NaN or Inf (or values beyond any grid)")
+    ras = torch.empty(nd, *shape[:nd], dtype=torch.float32)
+    sign = torch.tensor([-1.0, -1.0, 1.0][:nd]).view(nd, *([1] * nd))  # LPS -> RAS: x and y negated
+    torch.mul(vectors.permute(0, *range(nd, 0, -1)), sign, out=ras)  # to (nd, X, Y, Z) in one pass
+    return FieldTransform(ras, np.asarray(img.affine, dtype=np.float64), path)
 
 
 _SPEC = re.compile(r"^\[\s*(.+?)\s*,\s*([01])\s*\]$")
