@@ -396,3 +396,32 @@ def test_fastwarp_applies_ants_syn_outputs(tmp_path):
     theirs_inv = ants.apply_transforms(ants.image_read(moving), ants.image_read(fixed), transformlist=inv,
                                        whichtoinvert=[True, False]).numpy()
     assert np.mean(np.abs(ours_inv - theirs_inv) < 1e-3) > 0.95
+
+
+def test_apply_in_2d_against_the_analytic_image(tmp_path):
+    """2-D: a 4x4 NIfTI affine of a slice, an affine and a field of the 2-D layout."""
+    A4 = np.diag([1.5, -1.25, 1.0, 1.0])
+    A4[:2, 3] = [-12.0, 14.0]
+    shape = (21, 19)
+    pts = grid_points(shape, A4[np.ix_([0, 1, 3], [0, 1, 3])]).numpy()
+
+    def f(p):
+        return np.sin(p[0] / 5.0) * np.cos(p[1] / 6.0)
+
+    W = np.eye(3)
+    W[:2, :2] += [[0.05, -0.03], [0.02, 0.04]]
+    W[:2, 2] = [0.7, -0.4]
+    save_matrix(tmp_path / "a2.txt", W)
+    u = 0.8 * torch.nn.functional.interpolate(torch.randn(1, 2, 3, 3, generator=torch.Generator().manual_seed(3)),
+                                              size=shape, mode="bilinear", align_corners=True)
+    save_displacement_field(tmp_path / "w2.nii.gz", u, A4)
+    out = apply_transforms(f(pts).astype(np.float32), A4, shape, A4, [tmp_path / "w2.nii.gz", tmp_path / "a2.txt"])
+    d = np.einsum("ij,j...->i...", A4[:2, :2], u[0].double().numpy())
+    y = np.einsum("ij,j...->i...", W[:2, :2], pts + d) + W[:2, 2].reshape(2, 1, 1)
+    Ai = np.linalg.inv(A4[np.ix_([0, 1, 3], [0, 1, 3])])
+    idx = np.einsum("ij,j...->i...", Ai[:2, :2], y) + Ai[:2, 2].reshape(2, 1, 1)
+    inside = np.all((idx > 0.5) & (idx < np.array(shape).reshape(2, 1, 1) - 1.5), axis=0)
+    assert inside.mean() > 0.5
+    assert np.abs(out.numpy() - f(y))[inside].max() < 0.02
+    with pytest.raises(ValueError, match="2-D transform, but the images are 3-D"):
+        apply_transforms(np.zeros((4, 5, 6), np.float32), np.eye(4), (4, 5, 6), np.eye(4), [tmp_path / "a2.txt"])

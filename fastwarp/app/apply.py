@@ -90,7 +90,7 @@ def _dense(M: np.ndarray, L: np.ndarray, D, shape, device, dtype) -> torch.Tenso
 # there, as ITK does. At the end the moving image's inverse affine and grid_sample's
 # normalization join M and L, and the grid is written once, channels last, in float32: one
 # matrix product for L D and two broadcast additions for M p, instead of a float64 world grid
-# and its conversions (1 mm: 0.18 s against 1.0 s before, 2 threads).
+# and its conversions (1 mm, 2 threads: the grid and the sampling 0.13 s, against 0.79 s before).
 
 
 def apply_transforms(image, image_affine, reference_shape: Sequence[int], reference_affine,
