@@ -130,10 +130,19 @@ def test_save_failure_leaves_no_partial_file(tmp_path, monkeypatch):
             fh.write(b"\x1f\x8b partial")
         raise OSError(28, "No space left on device")
 
+    def broken_gzip(raw, level=1):  # .nii.gz is compressed by fastwarp (Note [Gzip members]), then written
+        raise OSError(28, "No space left on device")
+
+    import fastwarp.app.data.nifti as nifti_module
+
     monkeypatch.setattr(nib, "save", broken_save)
+    monkeypatch.setattr(nifti_module, "gzip_members", broken_gzip)
     with pytest.raises(OSError, match="No space"):
         fwdata.save_nifti(target, np.ones((3, 4, 5), np.float32), np.eye(4))
     assert not target.exists()
+    with pytest.raises(OSError, match="No space"):
+        fwdata.save_nifti(tmp_path / "plain.nii", np.ones((3, 4, 5), np.float32), np.eye(4))
+    assert not (tmp_path / "plain.nii").exists()
     # an existing file is not clobbered by a failed write
     with pytest.raises(OSError):
         fwdata.save_nifti(old, np.ones((3, 4, 5), np.float32), np.eye(4))
@@ -166,3 +175,29 @@ def test_non_finite_voxels_read_as_background_with_one_warning(tmp_path):
         vol = fwdata.load_volume(path, normalize=False)
     assert len(record) == 1 and np.isfinite(vol.image).all()
     assert (vol.image[0] == 0).all() and vol.image[1, 2, 3] == 0 and vol.image[2, 2, 2] == image[2, 2, 2]
+
+
+def test_gzip_members_are_read_by_every_reader_and_in_parallel_by_fastwarp(tmp_path):
+    """Note [Gzip members]: fastwarp's .nii.gz files are several gzip members with their sizes;
+    Python's gzip (nibabel) reads them as one stream, fastwarp member by member; a file another
+    tool wrote (one member) reads as before; a corrupt member is an error naming the file."""
+    import gzip
+
+    from fastwarp.app.data.nifti import _MEMBER_BYTES, _read_any, gunzip, gzip_members
+
+    raw = np.random.default_rng(0).standard_normal(3 * _MEMBER_BYTES // 8 + 1234).tobytes()
+    for level in (0, 1):
+        packed = gzip_members(raw, level)
+        assert gzip.decompress(packed) == raw and gunzip(packed) == raw
+    assert gunzip(gzip.compress(raw, 1)) == raw
+    image = np.random.default_rng(1).random((40, 30, 20)).astype(np.float32)
+    path = fwdata.save_nifti(tmp_path / "a.nii.gz", image, np.eye(4))
+    assert np.array_equal(np.asarray(nib.load(path).dataobj), image)  # nibabel's own reader
+    assert np.array_equal(_read_any(path, "image")[0], image)
+    nib.save(nib.Nifti1Image(image, np.eye(4)), str(tmp_path / "b.nii.gz"))  # one member
+    assert np.array_equal(_read_any(tmp_path / "b.nii.gz", "image")[0], image)
+    data = bytearray(open(path, "rb").read())
+    data[40] ^= 0xFF  # inside the first member's stored or deflated body
+    (tmp_path / "bad.nii.gz").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="bad.nii.gz is not a readable NIfTI file"):
+        _read_any(tmp_path / "bad.nii.gz", "image")

@@ -314,10 +314,12 @@ def save_displacement_field(path: str | os.PathLike, disp, affine, header=None) 
         raise ValueError(f"disp must be a displacement (1, ndim, *spatial), 2-D or 3-D, got shape {tuple(disp.shape)}")
     nd = disp.shape[1]
     A = _grid_affine("affine", affine, nd)
-    world = voxel_to_world_displacement(disp.detach().cpu(), A)
-    lps = torch.einsum("ij,j...->...i", torch.as_tensor(_flip(nd)), world).numpy()  # (*S, nd)
     spatial = tuple(disp.shape[2:])
-    data = lps.reshape(*spatial, *([1] * (3 - nd)), 1, nd).astype(np.float32)
+    to_lps = torch.as_tensor(_flip(nd) @ A[:nd, :nd], dtype=torch.float32)  # voxels -> LPS mm
+    vectors = to_lps @ disp.detach().cpu().float().reshape(nd, -1)  # (nd, N), one matrix product
+    # NIfTI is column-major: the file holds the transposed array, (nd, 1, [1,] ..., X), in C order
+    file_order = vectors.view(nd, *spatial).permute(0, *range(nd, 0, -1)).contiguous()
+    data = file_order.numpy().reshape(nd, 1, *([1] * (3 - nd)), *spatial[::-1]).T  # (X, Y, Z, 1, nd), no copy
     return save_nifti(path, data, _nifti_affine(A), header, np.float32)
 
 
