@@ -120,31 +120,29 @@ def _case(pair, tmp, repeats):
     row["ours_reads_ants_labels_identical"] = float(np.mean(ours_lab == np.round(theirs_lab)))
 
     # speed: the affine and the field applied to the moving image
-    times = {"fastwarp": [], "ants": [], "fastwarp_files": [], "ants_files": [], "fastwarp_nii": [], "ants_nii": []}
     image = pair.moving.astype(np.float32)
     plain = os.path.join(tmp, "fw_warp.nii")  # the same field uncompressed: reading it costs neither side much
     nib.save(nib.load(ts[0]), plain)
     ts_plain = [plain, ts[1]]
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        apply_transforms(image, A, shape, A, ts_plain)
-        times["fastwarp_nii"].append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        ants.apply_transforms(f_img, m_img, ts_plain, interpolator="linear")
-        times["ants_nii"].append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        apply_transforms(image, A, shape, A, ts)
-        times["fastwarp"].append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        ants.apply_transforms(f_img, m_img, ts, interpolator="linear")
-        times["ants"].append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        apply_files([moving], fixed, ts, [os.path.join(tmp, "applied.nii.gz")])
-        times["fastwarp_files"].append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
+
+    def ants_files():
         res = ants.apply_transforms(ants.image_read(fixed), ants.image_read(moving), ts, interpolator="linear")
         ants.image_write(res, os.path.join(tmp, "ants_applied.nii.gz"))
-        times["ants_files"].append(time.perf_counter() - t0)
+
+    calls = {  # interleaved, in this order, each round
+        "fastwarp_nii": lambda: apply_transforms(image, A, shape, A, ts_plain),
+        "ants_nii": lambda: ants.apply_transforms(f_img, m_img, ts_plain, interpolator="linear"),
+        "fastwarp": lambda: apply_transforms(image, A, shape, A, ts),
+        "ants": lambda: ants.apply_transforms(f_img, m_img, ts, interpolator="linear"),
+        "fastwarp_files": lambda: apply_files([moving], fixed, ts, [os.path.join(tmp, "applied.nii.gz")]),
+        "ants_files": ants_files,
+    }
+    times = {key: [] for key in calls}
+    for _ in range(repeats):
+        for key, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            times[key].append(time.perf_counter() - t0)
     for key, values in times.items():
         row[f"apply_seconds_{key}"] = statistics.median(values)
     row["apply_speedup"] = row["apply_seconds_ants"] / row["apply_seconds_fastwarp"]
