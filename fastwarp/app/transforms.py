@@ -262,16 +262,8 @@ def load_matrix(path: str | os.PathLike) -> np.ndarray:
 # is the field first and then the affine: y = W(phi(x)); antsApplyTransforms and
 # ants.apply_transforms list that as [field, affine] (transform_points).
 
-_INTENT_VECTOR = 1007
-
-
 def _flip(nd: int) -> np.ndarray:
     return ras_to_lps(nd)[:nd, :nd]
-
-
-def _grid_affine(name: str, affine, nd: int) -> np.ndarray:
-    """A grid's voxel -> world affine, homogeneous (nd + 1) square (a 2-D image's 4x4 accepted)."""
-    return as_affine(name, affine, nd)
 
 
 def _nifti_affine(affine: np.ndarray) -> np.ndarray:
@@ -288,7 +280,7 @@ def voxel_to_world_displacement(disp, affine) -> torch.Tensor:
     RAS mm) as world vectors ``(nd, *S)`` in RAS mm, float64: ``A_lin @ u``."""
     disp = torch.as_tensor(disp)
     nd = disp.shape[1]
-    lin = torch.as_tensor(_grid_affine("affine", affine, nd)[:nd, :nd], dtype=torch.float64, device=disp.device)
+    lin = torch.as_tensor(as_affine("affine", affine, nd)[:nd, :nd], dtype=torch.float64, device=disp.device)
     return torch.einsum("ij,j...->i...", lin, disp[0].double())
 
 
@@ -297,7 +289,7 @@ def world_to_voxel_displacement(world, affine) -> torch.Tensor:
     voxels of the grid, float32."""
     world = torch.as_tensor(world)
     nd = world.shape[0]
-    inv = np.linalg.inv(_grid_affine("affine", affine, nd)[:nd, :nd])
+    inv = np.linalg.inv(as_affine("affine", affine, nd)[:nd, :nd])
     inv = torch.as_tensor(inv, dtype=torch.float64, device=world.device)
     return torch.einsum("ij,j...->i...", inv, world.double())[None].float().contiguous()
 
@@ -313,7 +305,7 @@ def save_displacement_field(path: str | os.PathLike, disp, affine, header=None) 
     if disp.dim() not in (4, 5) or disp.shape[0] != 1 or disp.shape[1] != disp.dim() - 2:
         raise ValueError(f"disp must be a displacement (1, ndim, *spatial), 2-D or 3-D, got shape {tuple(disp.shape)}")
     nd = disp.shape[1]
-    A = _grid_affine("affine", affine, nd)
+    A = as_affine("affine", affine, nd)
     spatial = tuple(disp.shape[2:])
     to_lps = torch.as_tensor(_flip(nd) @ A[:nd, :nd], dtype=torch.float32)  # voxels -> LPS mm
     vectors = to_lps @ disp.detach().cpu().float().reshape(nd, -1)  # (nd, N), one matrix product
@@ -334,7 +326,7 @@ class FieldTransform:
             raise ValueError(f"{source}: a displacement field must be (ndim, *spatial), 2-D or 3-D, got {tuple(d.shape)}")
         self.nd = d.shape[0]
         self.displacement = d.contiguous()
-        self.affine = _grid_affine(f"{source}: the grid's affine", affine, self.nd)
+        self.affine = as_affine(f"{source}: the grid's affine", affine, self.nd)
         self.source = source
 
     @property
@@ -343,7 +335,7 @@ class FieldTransform:
 
     def on_grid(self, shape, affine) -> bool:
         """Whether the field's grid is the grid ``shape`` / ``affine``."""
-        return tuple(shape) == self.shape and np.allclose(_grid_affine("affine", affine, self.nd), self.affine,
+        return tuple(shape) == self.shape and np.allclose(as_affine("affine", affine, self.nd), self.affine,
                                                           rtol=0, atol=1e-5)
 
     def __call__(self, points: torch.Tensor) -> torch.Tensor:
@@ -432,7 +424,7 @@ def load_transform(spec) -> AffineTransform | FieldTransform:
 def grid_points(shape, affine, device=None) -> torch.Tensor:
     """The world points (RAS mm) of a grid's voxels, ``(nd, *shape)`` float64."""
     nd = len(shape)
-    A = torch.as_tensor(_grid_affine("affine", affine, nd), dtype=torch.float64, device=device)
+    A = torch.as_tensor(as_affine("affine", affine, nd), dtype=torch.float64, device=device)
     axes = torch.meshgrid(*[torch.arange(s, dtype=torch.float64, device=device) for s in shape], indexing="ij")
     index = torch.stack(axes)
     return torch.einsum("ij,j...->i...", A[:nd, :nd], index) + A[:nd, nd].view(nd, *([1] * nd))
