@@ -31,6 +31,18 @@ inline void define_schemas(torch::Library& m) {
       "grid_sample_backward(Tensor grad_output, Tensor? input, SymInt[] input_size, Tensor grid, "
       "int interp, int padding, bool align_corners, bool[2] output_mask) -> (Tensor, Tensor)");
 
+  // Affine sampling (Note [Affine sampling] in csrc/common/sampling.h): the image sampled at
+  // A (p + disp(p)) + t on an output grid of out_size, affine (B, ndim, ndim + 1) in voxel
+  // indices, B and disp's batch 1 or N; disp may be None (A p + t). The backward returns
+  // (grad_image, grad_source): d(loss)/d(source index), (max(B, disp batch), ndim, *out_size),
+  // from which fastwarp/_ops.py forms the gradients of disp and affine.
+  m.def(
+      "affine_warp(Tensor image, Tensor? disp, Tensor affine, SymInt[] out_size, int interp, "
+      "int padding) -> Tensor");
+  m.def(
+      "affine_warp_backward(Tensor grad_output, Tensor? image, SymInt[] image_size, Tensor? disp, "
+      "Tensor affine, int interp, int padding, bool[2] output_mask) -> (Tensor, Tensor)");
+
   // The derivatives of the sampling with respect to the coordinates, and their transposes
   // (Note [Derivative ops] in csrc/common/sample_op.h): kind 0 displacement (warp), 1 grid
   // (grid_sample); order: one derivative order per spatial axis, in axis order.

@@ -86,6 +86,21 @@ def _grid_sample_backward_fake(
     return _backward_fake(grad_output, input_size, grid, output_mask)
 
 
+def _affine_warp_fake(image, disp, affine, out_size, interp, padding):
+    return image.new_empty((*image.shape[:2], *out_size))
+
+
+def _affine_batch(disp, affine):
+    return max(affine.shape[0], disp.shape[0] if disp is not None else 1)
+
+
+def _affine_warp_backward_fake(grad_output, image, image_size, disp, affine, interp, padding, output_mask):
+    grad_image = grad_output.new_empty(image_size) if output_mask[0] else grad_output.new_empty(0)
+    shape = (_affine_batch(disp, affine), len(image_size) - 2, *grad_output.shape[2:])
+    grad_source = grad_output.new_empty(shape) if output_mask[1] else grad_output.new_empty(0)
+    return grad_image, grad_source
+
+
 def _sample_derivative_fake(image, coords, kind, interp, padding, align_corners, order):
     return image.new_empty(_sampled_shape(image.shape, coords, kind == COORD_KIND["grid"]))
 
@@ -560,6 +575,73 @@ def _refuse(ctx, *_):
     raise RuntimeError(NCC_NO_SECOND_DERIVATIVE)
 
 
+# --------------------------------------------------------------------------- affine_warp
+#
+# The kernel's backward gives g_y = d(loss)/d(source index) per output point (csrc/common/
+# sampling.h, Note [Affine sampling]); y = L q + t with q = p + u(p), so
+#   d(loss)/d(u) = L^T g_y,   d(loss)/d(L) = sum_p g_y q^T,   d(loss)/d(t) = sum_p g_y.
+# The sum of g_y p^T needs no grid: along axis j it is g_y summed over the other axes, dotted
+# with the indices 0 .. S_j - 1. Forward mode and second derivatives raise.
+
+AFFINE_NOT_TWICE = (
+    "fastwarp.warp with an affine has no second derivative and no forward mode: differentiating "
+    "its gradient again (double backward, a Hessian) or a jvp/jacfwd through it is not implemented; "
+    "use reverse mode once (backward, torch.func.grad, vjp or jacrev)"
+)
+
+
+def _affine_setup(namespace, ctx, inputs, output):
+    image, disp, affine, out_size, interp, padding = inputs
+    ctx.backward_op = getattr(torch.ops, namespace).affine_warp_backward.default
+    ctx.interp, ctx.padding, ctx.image_size = interp, padding, image.shape
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(image, disp, affine)
+
+
+def _affine_backward(ctx, grad):
+    image, disp, affine = ctx.saved_tensors
+    want_image = ctx.needs_input_grad[0]
+    want_disp = disp is not None and ctx.needs_input_grad[1]
+    want_affine = ctx.needs_input_grad[2]
+    if grad is None or not (want_image or want_disp or want_affine):
+        return None, None, None, None, None, None
+    want_source = want_disp or want_affine
+    need_image = want_source and ctx.interp == LINEAR
+    grad_image, g_y = ctx.backward_op(grad, image if need_image else None, ctx.image_size, disp, affine,
+                                      ctx.interp, ctx.padding, [want_image, want_source])
+    grad_disp = grad_affine = None
+    if want_source:
+        nd = g_y.shape[1]
+        acc = torch.float32 if g_y.dtype in (torch.float16, torch.bfloat16) else g_y.dtype
+        gy = g_y.to(acc).flatten(2)  # (B, nd, P)
+        batch = gy.shape[0]
+        if want_disp:
+            linear = affine[:, :, :nd].to(acc).expand(batch, nd, nd)
+            gd = torch.bmm(linear.transpose(1, 2), gy).view(batch, nd, *g_y.shape[2:])
+            if disp.shape[0] != batch:
+                gd = gd.sum(0, keepdim=True)
+            grad_disp = gd.to(disp.dtype)
+        if want_affine:
+            spatial = g_y.shape[2:]
+            gl = torch.zeros(batch, nd, nd, dtype=acc, device=gy.device)
+            for j in range(nd):
+                others = tuple(2 + i for i in range(nd) if i != j)
+                along = g_y.to(acc).sum(others) if others else g_y.to(acc)  # (B, nd, S_j)
+                gl[:, :, j] = along @ torch.arange(spatial[j], dtype=acc, device=gy.device)
+            if disp is not None:
+                d = disp.to(acc).flatten(2).expand(batch, nd, gy.shape[2])
+                gl = gl + torch.bmm(gy, d.transpose(1, 2))
+            ga = torch.cat([gl, gy.sum(2, keepdim=True)], dim=2)
+            if affine.shape[0] != batch:
+                ga = ga.sum(0, keepdim=True)
+            grad_affine = ga.to(affine.dtype)
+    return (grad_image if want_image else None), grad_disp, grad_affine, None, None, None
+
+
+def _affine_refuse(ctx, *_):
+    raise RuntimeError(AFFINE_NOT_TWICE)
+
+
 # --------------------------------------------------------------------------- mi_histogram
 #
 # The joint histogram's backward needs the inputs, the mask and the ranges (csrc/common/mi.h,
@@ -617,6 +699,10 @@ def _functions(namespace):
         ops.splat_derivative.default: _function("SplatDerivativeFunction", ops.splat_derivative.default,
                                                 _derivative_setup, _splat_derivative_backward,
                                                 _splat_derivative_jvp, namespace, True),
+        ops.affine_warp.default: _function("AffineWarpFunction", ops.affine_warp.default, _affine_setup,
+                                           _affine_backward, _affine_refuse, namespace),
+        ops.affine_warp_backward.default: _function("AffineWarpBackwardFunction", ops.affine_warp_backward.default,
+                                                    _save_nothing, _affine_refuse, _affine_refuse, namespace),
         ops.ncc.default: _function("NccFunction", ops.ncc.default, _ncc_setup, _ncc_backward, _ncc_jvp, namespace),
         ops.ncc_backward.default: _function("NccBackwardFunction", ops.ncc_backward.default, _save_nothing,
                                             _refuse, _refuse, namespace),
@@ -886,6 +972,8 @@ def register(namespace):
         ("grid_sample", _grid_sample_fake),
         ("warp_backward", _warp_backward_fake),
         ("grid_sample_backward", _grid_sample_backward_fake),
+        ("affine_warp", _affine_warp_fake),
+        ("affine_warp_backward", _affine_warp_backward_fake),
         ("sample_derivative", _sample_derivative_fake),
         ("splat_derivative", _splat_derivative_fake),
         ("ncc", _ncc_fake),

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import torch
 from torch.overrides import handle_torch_function, has_torch_function_variadic
@@ -100,11 +101,15 @@ def _check_dtypes(image, coords, interp, image_name, coords_name):
 
 def warp(
     image: torch.Tensor,
-    disp: torch.Tensor,
+    disp: torch.Tensor | None,
     mode: str = "linear",
     padding_mode: str = "zeros",
+    *,
+    affine: torch.Tensor | None = None,
+    out_shape: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    r"""Resample ``image`` at ``p + disp(p)``: the warp layer of deformable registration.
+    r"""Resample ``image`` at ``p + disp(p)``: the warp layer of deformable registration;
+    with ``affine``, at ``A (p + disp(p))`` on an output grid of any shape.
 
     Args:
         image: ``(N, C, H, W)`` or ``(N, C, D, H, W)``. Floating point, or an integer/bool
@@ -125,6 +130,19 @@ def warp(
         ``torch.autocast`` they are cast as autocast casts ``grid_sample``'s inputs (float32 on
         the CPU, the wider dtype on CUDA).
 
+    Affine (FireANTs' fused affine sampler; no sampling grid is built in memory):
+        affine: ``(ndim, ndim + 1)``, or ``(N or 1, ndim, ndim + 1)`` for one matrix per
+            image; a square homogeneous matrix is accepted too (its last row is not read).
+            It maps an output point, in **voxel indices** of the output grid and the axis
+            order of ``disp``'s channels (D, H, W), to a voxel index of ``image``: the image
+            is sampled at ``A[:, :ndim] @ (p + disp(p)) + A[:, ndim]``, or at ``A p`` with
+            ``disp=None``. ``affine_grid``'s ``theta`` (normalized ``(x, y, z)``) converts to
+            it by the two grids' index-to-normalized maps and an axis reversal.
+        out_shape: the output's spatial shape; by default ``disp``'s (which it must match),
+            or ``image``'s when ``disp`` is None. ``disp`` lives on the output grid.
+        Gradients flow to ``image``, ``disp`` and ``affine``. Second derivatives and forward
+        mode through the affine form raise; so does vmap.
+
     Gradients flow to ``image`` and to ``disp``, each computed only when required; the
     image gradient is deterministic under ``torch.use_deterministic_algorithms(True)``.
     Derivatives of every order, forward mode and the functorch transforms work too. With
@@ -136,6 +154,12 @@ def warp(
     interp = _code(INTERP, mode, "mode", _WARP_MODES)
     padding = _code(PADDING, padding_mode, "padding_mode", tuple(PADDING))
     _check_image("image", image, "(N, C, H, W) or (N, C, D, H, W)")
+    if affine is not None:
+        return _affine_warp(image, disp, affine, out_shape, interp, padding)
+    if out_shape is not None:
+        raise ArgumentError("out_shape is for the affine form: without affine= the output grid is disp's")
+    if disp is None:
+        raise ArgumentTypeError("disp must be a torch.Tensor (it may be None only with affine=)")
     nd = image.dim() - 2
     layout = "(N or 1, 2, H, W)" if nd == 2 else "(N or 1, 3, D, H, W)"
     _check_field("disp", disp, "image", image, layout, f"one displacement per spatial axis of the {nd}-D image")
@@ -148,6 +172,55 @@ def warp(
     image, disp = _check_dtypes(image, disp, interp, "image", "disp")
     jacobian = want_jacobian(image, disp, interp)
     return torch.ops.fastwarp.warp(image, disp, interp, padding, jacobian)[0]
+
+
+def _affine_warp(image, disp, affine, out_shape, interp, padding):
+    """warp's affine form (csrc/common/sampling.h, Note [Affine sampling])."""
+    nd = image.dim() - 2
+    n = image.shape[0]
+    _check_tensor("affine", affine)
+    if not affine.is_floating_point():
+        raise ArgumentTypeError(f"affine must be a floating-point tensor, got {affine.dtype}")
+    if affine.dim() not in (2, 3) or affine.shape[-1] != nd + 1 or affine.shape[-2] not in (nd, nd + 1):
+        raise ArgumentError(
+            f"affine must be ({nd}, {nd + 1}) or (N or 1, {nd}, {nd + 1}) (or square homogeneous) for a "
+            f"{nd}-D image, got shape {tuple(affine.shape)}"
+        )
+    if affine.dim() == 2:
+        affine = affine.unsqueeze(0)
+    affine = affine[:, :nd]
+    if affine.shape[0] not in (1, n):
+        raise ArgumentError(f"affine batch must be 1 or the image batch {n}, got {affine.shape[0]}")
+    if affine.device != image.device:
+        raise ArgumentError(f"affine is on {affine.device} but image is on {image.device}; they must share a device")
+    if disp is not None:
+        layout = f"(N or 1, {nd}, *out_shape)"
+        _check_field("disp", disp, "image", image, layout, f"one displacement per spatial axis of the {nd}-D output")
+        if disp.shape[0] not in (1, n):
+            raise ArgumentError(f"disp batch must be 1 or the image batch {n}, got {disp.shape[0]}")
+        if out_shape is not None and tuple(out_shape) != tuple(disp.shape[2:]):
+            raise ArgumentError(f"out_shape {tuple(out_shape)} must be disp's spatial shape {tuple(disp.shape[2:])}")
+        out_shape = tuple(disp.shape[2:])
+        image, disp = _check_dtypes(image, disp, interp, "image", "disp")
+        coord_dtype = disp.dtype
+    else:
+        if out_shape is None:
+            out_shape = tuple(image.shape[2:])
+        coord_dtype = image.dtype if image.is_floating_point() else (
+            affine.dtype if affine.dtype in (torch.float32, torch.float64) else torch.float32)
+        if image.is_floating_point() is False and interp != NEAREST:
+            _check_dtypes(image, affine, interp, "image", "affine")  # raises the label-map message
+    try:
+        out_shape = tuple(int(s) for s in out_shape)
+    except (TypeError, ValueError):
+        raise ArgumentTypeError(f"out_shape must be a sequence of {nd} integers, got {out_shape!r}") from None
+    if len(out_shape) != nd or min(out_shape) < 0:
+        raise ArgumentError(f"out_shape must be {nd} sizes >= 0, got {out_shape}")
+    if 0 in image.shape[2:] and 0 not in (n, image.shape[1], *out_shape):
+        raise ArgumentError(
+            f"image must have non-empty spatial dimensions for the affine to point into, got shape {tuple(image.shape)}"
+        )
+    return torch.ops.fastwarp.affine_warp(image, disp, affine.to(coord_dtype), list(out_shape), interp, padding)
 
 
 def grid_sample(

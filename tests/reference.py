@@ -38,14 +38,35 @@ def source_index(x, size, padding):
 def warp_reference(image, disp, mode="linear", padding="zeros"):
     """image (N, C, *S), disp (N or 1, nd, *S) in voxel units: channel k displaces axis k."""
     nd = image.dim() - 2
+    disp = disp.expand(image.shape[0], *disp.shape[1:])
+    pos = torch.meshgrid([torch.arange(s, dtype=disp.dtype) for s in image.shape[2:]], indexing="ij")
+    return sample_at_reference(image, torch.stack([pos[k] + disp[:, k] for k in range(nd)], 1), mode, padding)
+
+
+def affine_reference(image, disp, affine, out_shape, mode="linear", padding="zeros"):
+    """image sampled at A (p + disp(p)) (disp may be None) on an output grid of out_shape:
+    affine (N or 1, nd, nd + 1) in voxel indices, axis order (Note [Affine sampling])."""
+    nd = image.dim() - 2
+    n = image.shape[0]
+    pos = torch.meshgrid([torch.arange(s, dtype=affine.dtype) for s in out_shape], indexing="ij")
+    q = torch.stack(pos).unsqueeze(0).expand(n, nd, *out_shape)
+    if disp is not None:
+        q = q + disp.expand(n, *disp.shape[1:])
+    a = affine.expand(n, nd, nd + 1)
+    y = torch.einsum("nkj,nj...->nk...", a[:, :, :nd], q) + a[:, :, nd].reshape(n, nd, *([1] * nd))
+    return sample_at_reference(image, y, mode, padding)
+
+
+def sample_at_reference(image, source, mode="linear", padding="zeros"):
+    """image (N, C, *S_in) sampled at source indices (N, nd, *S_out) (component k along axis k)."""
+    nd = image.dim() - 2
     spatial = image.shape[2:]
+    out_spatial = source.shape[2:]
     n, c = image.shape[:2]
-    disp = disp.expand(n, *disp.shape[1:])
-    pos = torch.meshgrid([torch.arange(s, dtype=disp.dtype) for s in spatial], indexing="ij")
-    coords = [source_index(pos[k] + disp[:, k], spatial[k], padding) for k in range(nd)]
+    coords = [source_index(source[:, k], spatial[k], padding) for k in range(nd)]
     flat = image.reshape(n, c, -1)
     strides = [int(torch.tensor(spatial[k + 1 :]).prod()) for k in range(nd)]
-    out = torch.zeros(n, c, *spatial, dtype=image.dtype)
+    out = torch.zeros(n, c, *out_spatial, dtype=image.dtype)
 
     def gather(idx):  # idx: nd tensors (n, *S) of integer indices; zero outside
         inside = torch.ones_like(idx[0], dtype=torch.bool)
@@ -53,7 +74,7 @@ def warp_reference(image, disp, mode="linear", padding="zeros"):
         for k in range(nd):
             inside &= (idx[k] >= 0) & (idx[k] < spatial[k])
             flat_idx = flat_idx + idx[k].clamp(0, spatial[k] - 1) * strides[k]
-        vals = torch.gather(flat, 2, flat_idx.reshape(n, 1, -1).expand(n, c, -1)).reshape(n, c, *spatial)
+        vals = torch.gather(flat, 2, flat_idx.reshape(n, 1, -1).expand(n, c, -1)).reshape(n, c, *out_spatial)
         return vals * inside.unsqueeze(1)
 
     if mode == "nearest":

@@ -90,6 +90,11 @@ struct SampleParams {
   // those of d^order(out)/d(v_0^order[0] ... v_{NDIM-1}^order[NDIM-1]); else plain weights
   int32_t order[NDIM];
   bool derivative;
+  // affine sampling (Note [Affine sampling]): coord_t, (coordinate batch or 1, NDIM, NDIM + 1),
+  // contiguous; affine_stride_n is 0 for one matrix shared by the batch. Read only under
+  // AffineConfig; coords is then null when there is no field.
+  const void* affine;
+  int64_t affine_stride_n;
 };
 
 // The grid value v in [-1, 1] as a source index along an axis of `size` voxels, by ATen's
@@ -165,6 +170,19 @@ FASTWARP_HD T pad_source_index_set_grad(T x, int64_t size, Padding padding, bool
   return x;
 }
 
+// Note [Affine sampling]
+// ~~~~~~~~~~~~~~~~~~~~~~~
+// fastwarp::affine_warp samples the image at source index y = A (p + u(p)) + t, A = [L | t]
+// an (NDIM, NDIM + 1) matrix per coordinate batch, p the output point's position on an
+// output grid of any shape, u an optional displacement field on that grid (voxel units of
+// the output grid, channel k along axis k): FireANTs' fused affine sampler, with no grid in
+// memory. The padding acts on y per axis, so d(out)/d(y_k) is the warp's coordinate
+// derivative with d(x)/d(v) = the padding's factor alone; the backward writes that, g_y
+// (NDIM values per point, summed over the images and channels it serves), and the chain
+// rule to u (L^T g_y) and to A (g_y (p + u)^T summed over the points) is a few torch ops in
+// fastwarp/_ops.py. The mixing of the axes is why this is its own configuration: every
+// other one maps each axis alone.
+
 // Note [Sampling configurations]
 // ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
 // The per-point functions read the coordinate kind, interpolation and padding through a
@@ -176,6 +194,7 @@ FASTWARP_HD T pad_source_index_set_grad(T x, int64_t size, Padding padding, bool
 // the forward's instructions. Derivative weights (Note [Derivative weights]) are read at
 // run time only: StaticConfig has none, and the CPU loops take DynamicConfig for them.
 struct DynamicConfig {
+  static constexpr bool kAffine = false;  // Note [Affine sampling]
   template <int NDIM>
   static FASTWARP_HD bool displacement(const SampleParams<NDIM>& P) { return P.displacement; }
   template <int NDIM>
@@ -186,8 +205,15 @@ struct DynamicConfig {
   static FASTWARP_HD Padding padding(const SampleParams<NDIM>& P) { return P.padding; }
 };
 
+// DynamicConfig for affine sampling (Note [Affine sampling]), a separate instantiation so
+// that the kernels of the other configurations carry none of its registers.
+struct AffineConfig : DynamicConfig {
+  static constexpr bool kAffine = true;
+};
+
 template <bool kDisplacement, Interp kInterp, Padding kPadding>
 struct StaticConfig {
+  static constexpr bool kAffine = false;
   template <int NDIM>
   static constexpr FASTWARP_HD bool displacement(const SampleParams<NDIM>&) { return kDisplacement; }
   template <int NDIM>
@@ -305,6 +331,27 @@ FASTWARP_HD bool compute_point(const SampleParams<NDIM>& P, const coord_t* coord
 FASTWARP_UNROLL
   for (int k = 0; k < NDIM; ++k) base += pos[k] * static_cast<index_t>(P.coord_stride[k]);
   bool ok = true;  // every axis is filled in, even after one fails, with safe indices
+  if constexpr (Cfg::kAffine) {
+    const coord_t* A = static_cast<const coord_t*>(P.affine) + nd * static_cast<index_t>(P.affine_stride_n);
+    T q[NDIM];  // p + u(p)
+FASTWARP_UNROLL
+    for (int j = 0; j < NDIM; ++j) {
+      q[j] = static_cast<T>(pos[j]);
+      if (coords != nullptr) q[j] += static_cast<T>(coords[base + static_cast<index_t>(P.coord_axis_offset[j])]);
+    }
+FASTWARP_UNROLL
+    for (int k = 0; k < NDIM; ++k) {
+      T x = static_cast<T>(A[k * (NDIM + 1) + NDIM]);
+FASTWARP_UNROLL
+      for (int j = 0; j < NDIM; ++j) x += static_cast<T>(A[k * (NDIM + 1) + j]) * q[j];
+      T dpad;
+      x = pad_source_index_set_grad(x, P.in_size[k], Cfg::padding(P), true, &dpad);
+      ok = axis_sample(x, dpad, P.in_size[k], grid_param<T>(P.limit, P.limit_f, k), Cfg::interp(P),
+                       &ps->ax[k]) &&
+           ok;
+    }
+    return ok;
+  }
 FASTWARP_UNROLL
   for (int k = 0; k < NDIM; ++k) {
     const T v = static_cast<T>(coords[base + static_cast<index_t>(P.coord_axis_offset[k])]);

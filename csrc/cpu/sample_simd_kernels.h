@@ -183,6 +183,26 @@ FASTWARP_LANES_INLINE RowStart row_start(const SampleParams<NDIM>& P, int64_t nd
   return r;
 }
 
+// Affine sampling (Note [Affine sampling]): the source indices y = L (p + u(p)) + t of the
+// lanes, in compute_point's order of operations; coords is null without a field.
+template <typename V, int NDIM>
+FASTWARP_LANES_INLINE void affine_source_lanes(const SampleParams<NDIM>& P, const float* coords,
+                                              int64_t nd, int64_t base, const int64_t (&pos)[NDIM],
+                                              int64_t w, typename V::M live,
+                                              typename V::F (&y)[NDIM]) {
+  constexpr int L = NDIM - 1;
+  const float* A = static_cast<const float*>(P.affine) + nd * P.affine_stride_n;
+  typename V::F q[NDIM];
+  for (int j = 0; j < NDIM; ++j) {
+    q[j] = j == L ? V::add(V::set1(static_cast<float>(w)), V::iota()) : V::set1(static_cast<float>(pos[j]));
+    if (coords != nullptr) q[j] = V::add(q[j], V::load(coords + base + P.coord_axis_offset[j], P.coord_stride[L], live));
+  }
+  for (int k = 0; k < NDIM; ++k) {
+    y[k] = V::set1(A[k * (NDIM + 1) + NDIM]);
+    for (int j = 0; j < NDIM; ++j) y[k] = V::add(y[k], V::mul(V::set1(A[k * (NDIM + 1) + j]), q[j]));
+  }
+}
+
 // The lanes of points [w, w + count) of a row: pos holds the row's other axes.
 template <typename V, bool kDisp, Padding kPad, int NDIM>
 FASTWARP_LANES_INLINE void point_lanes(const SampleParams<NDIM>& P, const float* coords, int64_t nd,
@@ -191,6 +211,12 @@ FASTWARP_LANES_INLINE void point_lanes(const SampleParams<NDIM>& P, const float*
   constexpr int L = NDIM - 1;
   int64_t base = nd * P.coord_stride_n + w * P.coord_stride[L];
   for (int k = 0; k < L; ++k) base += pos[k] * P.coord_stride[k];
+  if (P.affine != nullptr) {  // the source index itself, taken as a displacement from 0
+    typename V::F y[NDIM];
+    affine_source_lanes<V, NDIM>(P, coords, nd, base, pos, w, live, y);
+    for (int k = 0; k < NDIM; ++k) ax[k] = axis_lanes<V, true, kPad, NDIM>(P, k, y[k], V::zero());
+    return;
+  }
   for (int k = 0; k < NDIM; ++k) {
     const typename V::F v = V::load(coords + base + P.coord_axis_offset[k], P.coord_stride[L], live);
     const typename V::F position =
@@ -326,12 +352,18 @@ FASTWARP_LANES_INLINE typename V::M nearest_lanes(const SampleParams<NDIM>& P, c
   int64_t base = nd * P.coord_stride_n + w * P.coord_stride[L];
   for (int k = 0; k < L; ++k) base += pos[k] * P.coord_stride[k];
   typename V::M inside = live;
+  typename V::F y[NDIM];
+  if (P.affine != nullptr) affine_source_lanes<V, NDIM>(P, coords, nd, base, pos, w, live, y);
   for (int k = 0; k < NDIM; ++k) {
-    const typename V::F v = V::load(coords + base + P.coord_axis_offset[k], P.coord_stride[L], live);
-    const typename V::F position =
-        k == L ? V::add(V::set1(static_cast<float>(w)), V::iota()) : V::set1(static_cast<float>(pos[k]));
     typename V::F x, dxdv;
-    source_lanes<V, kDisp, kPad, NDIM>(P, k, v, position, &x, &dxdv);
+    if (P.affine != nullptr) {  // as point_lanes
+      source_lanes<V, true, kPad, NDIM>(P, k, y[k], V::zero(), &x, &dxdv);
+    } else {
+      const typename V::F v = V::load(coords + base + P.coord_axis_offset[k], P.coord_stride[L], live);
+      const typename V::F position =
+          k == L ? V::add(V::set1(static_cast<float>(w)), V::iota()) : V::set1(static_cast<float>(pos[k]));
+      source_lanes<V, kDisp, kPad, NDIM>(P, k, v, position, &x, &dxdv);
+    }
     const typename V::M valid = V::and_(V::gt(x, V::set1(-2.f)), V::lt(x, V::set1(P.limit_f[k])));
     const int size = static_cast<int>(P.in_size[k]);
     const typename V::I r = V::to_int(V::round_even(V::select(valid, x, V::zero())));

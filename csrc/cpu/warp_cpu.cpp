@@ -82,6 +82,10 @@ void for_each_point(const SampleParams<NDIM>& P, int64_t r0, int64_t r1, const F
 // Note [Sampling configurations]) and DynamicConfig otherwise.
 template <typename scalar_t, int NDIM, typename F>
 void dispatch_config(const SampleParams<NDIM>& P, const F& f) {
+  if (P.affine != nullptr) {
+    f(AffineConfig{});
+    return;
+  }
   if (std::is_integral<scalar_t>::value || P.interp != Interp::Linear || P.derivative) {
     f(DynamicConfig{});
     return;

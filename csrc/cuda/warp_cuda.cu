@@ -129,16 +129,33 @@ unsigned int tile_blocks(const SampleParams<NDIM>& P, const TileGrid<NDIM>& g, i
   }
 }
 
+// The kernels' bodies, for DynamicConfig (warp_*_kernel) and AffineConfig (affine_*_kernel:
+// Note [Affine sampling], instantiated apart so that the warp's kernels keep their registers).
+template <typename Cfg, typename scalar_t, typename coord_t, typename index_t, int NDIM>
+__device__ __forceinline__ void fwd_body(const SampleParams<NDIM>& P, const scalar_t* __restrict__ image,
+                                         const coord_t* __restrict__ coords, scalar_t* __restrict__ out,
+                                         scalar_t* __restrict__ jac, const TileGrid<NDIM>& g,
+                                         int64_t points) {
+  using T = at::opmath_type<coord_t>;
+  index_t nd, pos[NDIM];
+  if (!tile_point(P, g, points, &nd, pos)) return;
+  forward_point<Cfg, scalar_t, T, coord_t, index_t, NDIM>(P, image, coords, out, jac, nd, pos);
+}
+
 template <typename scalar_t, typename coord_t, typename index_t, int NDIM>
 __global__ void __launch_bounds__(kThreads)
     warp_fwd_kernel(const SampleParams<NDIM> P, const scalar_t* __restrict__ image,
                     const coord_t* __restrict__ coords, scalar_t* __restrict__ out,
                     scalar_t* __restrict__ jac, const TileGrid<NDIM> g, int64_t points) {
-  using T = at::opmath_type<coord_t>;
-  index_t nd, pos[NDIM];
-  if (!tile_point(P, g, points, &nd, pos)) return;
-  forward_point<DynamicConfig, scalar_t, T, coord_t, index_t, NDIM>(P, image, coords, out, jac,
-                                                                   nd, pos);
+  fwd_body<DynamicConfig, scalar_t, coord_t, index_t, NDIM>(P, image, coords, out, jac, g, points);
+}
+
+template <typename scalar_t, typename coord_t, typename index_t, int NDIM>
+__global__ void __launch_bounds__(kThreads)
+    affine_fwd_kernel(const SampleParams<NDIM> P, const scalar_t* __restrict__ image,
+                      const coord_t* __restrict__ coords, scalar_t* __restrict__ out,
+                      scalar_t* __restrict__ jac, const TileGrid<NDIM> g, int64_t points) {
+  fwd_body<AffineConfig, scalar_t, coord_t, index_t, NDIM>(P, image, coords, out, jac, g, points);
 }
 
 struct AtomicAdd {
@@ -148,17 +165,38 @@ struct AtomicAdd {
   }
 };
 
+template <typename Cfg, typename scalar_t, typename index_t, int NDIM>
+__device__ __forceinline__ void bwd_body(const SampleParams<NDIM>& P, const scalar_t* __restrict__ grad_out,
+                                         const scalar_t* __restrict__ image,
+                                         const scalar_t* __restrict__ coords,
+                                         at::opmath_type<scalar_t>* __restrict__ grad_image,
+                                         scalar_t* __restrict__ grad_coords, const TileGrid<NDIM>& g,
+                                         int64_t points) {
+  using T = at::opmath_type<scalar_t>;
+  index_t nd, pos[NDIM];
+  if (!tile_point(P, g, points, &nd, pos)) return;
+  backward_point<Cfg, scalar_t, T, scalar_t, index_t, NDIM>(P, grad_out, image, coords, grad_image,
+                                                            grad_coords, nd, pos, AtomicAdd{});
+}
+
 template <typename scalar_t, typename index_t, int NDIM>
 __global__ void __launch_bounds__(kThreads)
     warp_bwd_kernel(const SampleParams<NDIM> P, const scalar_t* __restrict__ grad_out,
                     const scalar_t* __restrict__ image, const scalar_t* __restrict__ coords,
                     at::opmath_type<scalar_t>* __restrict__ grad_image,
                     scalar_t* __restrict__ grad_coords, const TileGrid<NDIM> g, int64_t points) {
-  using T = at::opmath_type<scalar_t>;
-  index_t nd, pos[NDIM];
-  if (!tile_point(P, g, points, &nd, pos)) return;
-  backward_point<DynamicConfig, scalar_t, T, scalar_t, index_t, NDIM>(
-      P, grad_out, image, coords, grad_image, grad_coords, nd, pos, AtomicAdd{});
+  bwd_body<DynamicConfig, scalar_t, index_t, NDIM>(P, grad_out, image, coords, grad_image, grad_coords, g,
+                                                   points);
+}
+
+template <typename scalar_t, typename index_t, int NDIM>
+__global__ void __launch_bounds__(kThreads)
+    affine_bwd_kernel(const SampleParams<NDIM> P, const scalar_t* __restrict__ grad_out,
+                      const scalar_t* __restrict__ image, const scalar_t* __restrict__ coords,
+                      at::opmath_type<scalar_t>* __restrict__ grad_image,
+                      scalar_t* __restrict__ grad_coords, const TileGrid<NDIM> g, int64_t points) {
+  bwd_body<AffineConfig, scalar_t, index_t, NDIM>(P, grad_out, image, coords, grad_image, grad_coords, g,
+                                                  points);
 }
 
 // Note [Deterministic image gradient on the GPU]
@@ -181,11 +219,11 @@ __global__ void __launch_bounds__(kThreads)
 template <typename key_t>
 constexpr key_t kNoKey = std::numeric_limits<key_t>::max();
 
-template <typename scalar_t, typename key_t, int NDIM>
-__global__ void __launch_bounds__(kThreads)
-    det_keys_kernel(const SampleParams<NDIM> P, const scalar_t* __restrict__ coords,
-                    key_t* __restrict__ keys, at::opmath_type<scalar_t>* __restrict__ weights,
-                    int64_t points, int64_t voxels, int64_t pairs) {
+template <typename Cfg, typename scalar_t, typename key_t, int NDIM>
+__device__ __forceinline__ void det_keys_body(const SampleParams<NDIM>& P, const scalar_t* __restrict__ coords,
+                                              key_t* __restrict__ keys,
+                                              at::opmath_type<scalar_t>* __restrict__ weights,
+                                              int64_t points, int64_t voxels, int64_t pairs) {
   using T = at::opmath_type<scalar_t>;
   const int64_t m = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (m >= pairs) return;
@@ -194,15 +232,31 @@ __global__ void __launch_bounds__(kThreads)
   thread_point(P, m % points, points, &nd, pos);
   nd = P.coord_batch == 1 ? 0 : n;
   PointSample<T, NDIM> ps;
-  const bool any = compute_point<DynamicConfig, T>(P, coords, nd, pos, &ps);
+  const bool any = compute_point<Cfg, T>(P, coords, nd, pos, &ps);
   Corners<T, int64_t, NDIM> cs;
-  make_corners<DynamicConfig>(P, ps, any, P.gimg_stride, &cs);
+  make_corners<Cfg>(P, ps, any, P.gimg_stride, &cs);
 FASTWARP_UNROLL
   for (int b = 0; b < (1 << NDIM); ++b) {
     const bool in = cs.in[b] && b < cs.count;
     keys[b * pairs + m] = in ? static_cast<key_t>(n * voxels + cs.off[b]) : kNoKey<key_t>;
     weights[b * pairs + m] = cs.w[b];
   }
+}
+
+template <typename scalar_t, typename key_t, int NDIM>
+__global__ void __launch_bounds__(kThreads)
+    det_keys_kernel(const SampleParams<NDIM> P, const scalar_t* __restrict__ coords,
+                    key_t* __restrict__ keys, at::opmath_type<scalar_t>* __restrict__ weights,
+                    int64_t points, int64_t voxels, int64_t pairs) {
+  det_keys_body<DynamicConfig, scalar_t, key_t, NDIM>(P, coords, keys, weights, points, voxels, pairs);
+}
+
+template <typename scalar_t, typename key_t, int NDIM>
+__global__ void __launch_bounds__(kThreads)
+    affine_det_keys_kernel(const SampleParams<NDIM> P, const scalar_t* __restrict__ coords,
+                           key_t* __restrict__ keys, at::opmath_type<scalar_t>* __restrict__ weights,
+                           int64_t points, int64_t voxels, int64_t pairs) {
+  det_keys_body<AffineConfig, scalar_t, key_t, NDIM>(P, coords, keys, weights, points, voxels, pairs);
 }
 
 template <typename scalar_t, typename key_t, int NDIM>
@@ -240,9 +294,12 @@ struct CudaBackend {
                       scalar_t* out, scalar_t* jac) {
     const int64_t points = num_points(P);
     const int64_t total = points * P.coord_batch;
-    const auto kernel = params_fit_int32(P, total)
-                            ? warp_fwd_kernel<scalar_t, coord_t, int32_t, NDIM>
-                            : warp_fwd_kernel<scalar_t, coord_t, int64_t, NDIM>;
+    const bool narrow = params_fit_int32(P, total);
+    const auto kernel = P.affine != nullptr
+                            ? (narrow ? affine_fwd_kernel<scalar_t, coord_t, int32_t, NDIM>
+                                      : affine_fwd_kernel<scalar_t, coord_t, int64_t, NDIM>)
+                            : (narrow ? warp_fwd_kernel<scalar_t, coord_t, int32_t, NDIM>
+                                      : warp_fwd_kernel<scalar_t, coord_t, int64_t, NDIM>);
     const TileGrid<NDIM> g = tile_grid(P);
     cuda::launch(kernel, tile_blocks(P, g, points), kThreads, 0, cuda::current_stream(), P, image,
                  coords, out, jac, g, points);
@@ -258,8 +315,11 @@ struct CudaBackend {
         grad_image != nullptr && at::globalContext().deterministicAlgorithms();
     auto* scatter_target = deterministic ? nullptr : grad_image;
     if (scatter_target != nullptr || grad_coords != nullptr) {
-      const auto kernel = params_fit_int32(P, total) ? warp_bwd_kernel<scalar_t, int32_t, NDIM>
-                                                     : warp_bwd_kernel<scalar_t, int64_t, NDIM>;
+      const bool narrow = params_fit_int32(P, total);
+      const auto kernel = P.affine != nullptr ? (narrow ? affine_bwd_kernel<scalar_t, int32_t, NDIM>
+                                                        : affine_bwd_kernel<scalar_t, int64_t, NDIM>)
+                                              : (narrow ? warp_bwd_kernel<scalar_t, int32_t, NDIM>
+                                                        : warp_bwd_kernel<scalar_t, int64_t, NDIM>);
       const TileGrid<NDIM> g = tile_grid(P);
       cuda::launch(kernel, tile_blocks(P, g, points), kThreads, 0, cuda::current_stream(), P,
                    grad_out, image, coords, scatter_target, grad_coords, g, points);
@@ -293,7 +353,9 @@ struct CudaBackend {
     const auto on_device = at::TensorOptions().device(cuda::current_device());
     at::Tensor keys = at::empty({total}, on_device.dtype(c10::CppTypeToScalarType<key_t>::value));
     at::Tensor weights = at::empty({total}, on_device.dtype(c10::CppTypeToScalarType<T>::value));
-    cuda::launch(det_keys_kernel<scalar_t, key_t, NDIM>, num_blocks(pairs), kThreads, 0, stream, P,
+    const auto keys_kernel = P.affine != nullptr ? affine_det_keys_kernel<scalar_t, key_t, NDIM>
+                                                 : det_keys_kernel<scalar_t, key_t, NDIM>;
+    cuda::launch(keys_kernel, num_blocks(pairs), kThreads, 0, stream, P,
                  coords, keys.mutable_data_ptr<key_t>(), weights.mutable_data_ptr<T>(), points,
                  voxels, pairs);
     auto [sorted, order] = keys.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
