@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from fastwarp import grid_sample
 from fastwarp.app.apply import apply_files, apply_transforms
 from fastwarp.app.cli import main
 from fastwarp.app.inverse import inverse_consistency, inverse_of_velocity, invert_displacement
@@ -162,6 +163,27 @@ def test_apply_chain_against_the_analytic_image(tmp_path):
     # the other order is a different map, and visibly so
     other = apply_transforms(moving, MOVING_A, FIXED_SHAPE, FIXED_A, [tmp_path / "a.txt", tmp_path / "w.nii.gz"])
     assert np.abs(other.numpy() - truth)[inside].max() > 0.1
+
+
+def test_affine_only_chain_takes_the_fused_warp_and_agrees_with_the_grid():
+    """A chain of affines samples through warp(..., affine=) (no grid); the grid path of a
+    chain with fields gives the same image for the same map, linear, nearest and label."""
+    from fastwarp.app.apply import _sampling_grid, _voxel_affine
+
+    W1, W2 = AffineTransform(_world_affine(5)), AffineTransform(_world_affine(6))
+    chain = [W1, W2.inverse()]
+    moving = _image_of(MOVING_SHAPE, MOVING_A)
+    assert _voxel_affine(MOVING_A, FIXED_A, chain, 3) is not None
+    grid = _sampling_grid(MOVING_SHAPE, MOVING_A, FIXED_SHAPE, FIXED_A, chain, "cpu")
+    want = grid_sample(torch.as_tensor(moving).float()[None, None], grid, align_corners=True)[0, 0]
+    got = apply_transforms(moving, MOVING_A, FIXED_SHAPE, FIXED_A, chain)
+    assert (want != 0).float().mean() > 0.3
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    labels = (torch.as_tensor(moving) * 5).round().to(torch.int16)
+    want_nearest = grid_sample(labels[None, None], grid, "nearest", align_corners=True)[0, 0]
+    near = apply_transforms(labels, MOVING_A, FIXED_SHAPE, FIXED_A, chain, "nearest")
+    assert near.dtype == torch.int16 and (near == want_nearest).float().mean() > 0.999
+    assert (apply_transforms(labels, MOVING_A, FIXED_SHAPE, FIXED_A, chain, "label") == near).float().mean() > 0.9
 
 
 def test_inverted_affine_in_a_chain_undoes_it():

@@ -272,6 +272,9 @@ def test_model_of_a_copy_is_its_floor():
     "warp_bwd_kernel<float, int, 3>",
     "det_keys_kernel<float, int, 3>",
     "det_reduce_kernel<float, int, 3>",
+    "affine_fwd_kernel<float, float, int, 3>",  # Note [Affine sampling]
+    "affine_bwd_kernel<float, int, 3>",
+    "affine_det_keys_kernel<float, int, 3>",
     "ncc_gradient_kernel<float, 1>",
     "ncc_gradient_kernel<float, 3>",
     # the MI's B-spline and its Gaussian at the default sigma (0.5: 8 taps), float

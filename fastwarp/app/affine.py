@@ -27,8 +27,8 @@ fixed field of view, so that one unit of any parameter moves the edge of the ima
 ``L``: the 12 numbers are equally conditioned for Adam. Coarse to fine, each level averages the
 fixed image over blocks of its factor and the moving one over blocks of about the same size in
 millimetres, and takes Adam steps on the similarity of the fixed image and the moving one
-sampled through ``A`` (``F.affine_grid``, then fastwarp's ``grid_sample``, differentiable in
-the grid); a level stops early when the loss has not improved by ``tol`` (relative) over
+sampled through ``A`` (fastwarp's fused affine warp, ``warp(moving, None, affine=...)``: no
+sampling grid in memory, differentiable in ``A``); a level stops early when the loss has not improved by ``tol`` (relative) over
 ``patience`` steps.
 """
 
@@ -41,9 +41,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..warp import grid_sample
+from ..warp import grid_sample, warp
 from .fields import voxel_grid
 from .optimize import Adam, Steps
 from .pyramid import reduce, reduced_affine
@@ -187,19 +186,6 @@ def _centre_of_mass(image: torch.Tensor, affine: np.ndarray) -> np.ndarray:
     else:
         p = [(s - 1) / 2.0 for s in img.shape]
     return affine[:nd, :nd] @ np.asarray(p) + affine[:nd, nd]
-
-
-def _to_normalized(shape: Sequence[int]) -> np.ndarray:
-    """The homogeneous map from voxel indices to ``grid_sample``'s ``[-1, 1]`` (``align_corners=True``),
-    axes reversed (x, the last axis, first), as ``affine_grid`` and ``grid_sample`` order them."""
-    nd = len(shape)
-    m = np.eye(nd + 1)
-    for k, s in enumerate(shape):
-        m[k, k] = 2.0 / (s - 1)
-        m[k, nd] = -1.0
-    rev = np.eye(nd + 1)
-    rev[:nd, :nd] = np.eye(nd)[::-1]
-    return rev @ m
 
 
 def affine_coords(
@@ -378,18 +364,17 @@ def _optimize(frame, plan, fixed, moving, fixed_affine, moving_affine, config: A
     ranges = mi_ranges(moving, fixed) if config.similarity == "mi" else None
 
     def level_loss(moving_k, fixed_k, left, right):
-        theta = (left @ frame.matrix(params) @ right)[:nd].float()
-        grid = F.affine_grid(theta[None], list(fixed_k.shape), align_corners=True)
-        warped = grid_sample(moving_k, grid, align_corners=True)
+        vox = (left @ frame.matrix(params) @ right)[:nd].float()  # fixed voxel -> moving voxel
+        warped = warp(moving_k, None, affine=vox, out_shape=fixed_k.shape[2:])
         return similarity_loss(config.similarity, warped, fixed_k, config.window, ranges, config.mi_bins)
 
     first, steps = plan[0][0], []
     for factor, moving_factor, iters in plan:
         fixed_k, fixed_aff = reduce(fixed, factor), reduced_affine(fixed_affine, factor)
         moving_k, moving_aff = reduce(moving, moving_factor), reduced_affine(moving_affine, moving_factor)
-        # affine_grid's theta maps normalized fixed coordinates to normalized moving ones
-        left = torch.as_tensor(_to_normalized(moving_k.shape[2:]) @ np.linalg.inv(moving_aff), device=device)
-        right = torch.as_tensor(fixed_aff @ np.linalg.inv(_to_normalized(fixed_k.shape[2:])), device=device)
+        # the world matrix between the levels' voxel indices
+        left = torch.as_tensor(np.linalg.inv(moving_aff), device=device)
+        right = torch.as_tensor(fixed_aff, device=device)
         adam = Adam(params, config.lr * factor / first)
         counter.level(factor)
         for _ in range(iters):

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..warp import grid_sample
+from ..warp import grid_sample, warp
 from .transforms import AffineTransform, FieldTransform, load_transform
 
 __all__ = ["INTERPOLATIONS", "apply_transforms", "apply_files"]
@@ -119,26 +119,53 @@ def apply_transforms(image, image_affine, reference_shape: Sequence[int], refere
             raise ValueError(f"{t.source} is a {t.nd}-D transform, but the images are {nd}-D")
     if any(s < 2 for s in image.shape):
         raise ValueError(f"image must have at least 2 voxels along every axis, got shape {tuple(image.shape)}")
-    grid = _sampling_grid(tuple(image.shape), image_affine, tuple(reference_shape), reference_affine, chain, device)
     image = image.to(device)
+    affine = _voxel_affine(image_affine, reference_affine, chain, nd)
+    if affine is not None:  # affines only: the fused affine warp, no grid in memory
+        A = torch.as_tensor(affine[:nd], dtype=torch.float32, device=device)
+
+        def sample(x, mode):
+            return warp(x[None, None], None, mode, affine=A, out_shape=tuple(reference_shape))[0, 0]
+    else:
+        grid = _sampling_grid(tuple(image.shape), image_affine, tuple(reference_shape), reference_affine, chain, device)
+
+        def sample(x, mode):
+            return grid_sample(x[None, None], grid, "bilinear" if mode == "linear" else mode, "zeros",
+                               align_corners=True)[0, 0]
     if interpolation == "nearest":
-        return grid_sample(image[None, None], grid, "nearest", "zeros", align_corners=True)[0, 0]
+        return sample(image, "nearest")
     if interpolation == "linear":
-        return grid_sample(image.float()[None, None], grid, "bilinear", "zeros", align_corners=True)[0, 0]
-    return _label_resample(image, grid)
+        return sample(image.float(), "linear")
+    return _label_resample(image, sample)
 
 
-def _label_resample(labels: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """Each label's indicator sampled linearly, the label of the largest weight at each point
-    (0 where none weighs anything: outside the image)."""
-    shape = grid.shape[1:-1]
-    best = torch.zeros(shape, dtype=torch.float32, device=grid.device)
-    out = torch.zeros(shape, dtype=labels.dtype, device=grid.device)
+def _voxel_affine(image_affine, reference_affine, chain, nd):
+    """The homogeneous map from reference voxels to the image's voxels when every transform of
+    the chain is an affine (first listed, first applied), else None."""
+    if not all(isinstance(t, AffineTransform) for t in chain):
+        return None
+    Ar = np.asarray(reference_affine, dtype=np.float64)
+    Am = np.asarray(image_affine, dtype=np.float64)
+    if nd == 2:
+        Ar, Am = (a if a.shape == (3, 3) else a[np.ix_([0, 1, 3], [0, 1, 3])] for a in (Ar, Am))
+    M = Ar
+    for t in chain:
+        M = t.matrix @ M
+    return np.linalg.inv(Am) @ M
+
+
+def _label_resample(labels: torch.Tensor, sample) -> torch.Tensor:
+    """Each label's indicator sampled linearly (``sample(x, "linear")``), the label of the largest
+    weight at each point (0 where none weighs anything: outside the image)."""
+    best = out = None
     for value in torch.unique(labels).tolist():
-        w = grid_sample((labels == value).float()[None, None], grid, "bilinear", "zeros", align_corners=True)[0, 0]
+        w = sample((labels == value).float(), "linear")
+        if best is None:
+            best = torch.zeros_like(w)
+            out = torch.zeros(w.shape, dtype=labels.dtype, device=w.device)
         take = w > best
         best = torch.where(take, w, best)
-        out = torch.where(take, torch.as_tensor(value, dtype=labels.dtype, device=grid.device), out)
+        out = torch.where(take, torch.as_tensor(value, dtype=labels.dtype, device=w.device), out)
     return out
 
 
