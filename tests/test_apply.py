@@ -165,15 +165,19 @@ def test_apply_chain_against_the_analytic_image(tmp_path):
     assert np.abs(other.numpy() - truth)[inside].max() > 0.1
 
 
-def test_affine_only_chain_takes_the_fused_warp_and_agrees_with_the_grid():
-    """A chain of affines samples through warp(..., affine=) (no grid); the grid path of a
-    chain with fields gives the same image for the same map, linear, nearest and label."""
-    from fastwarp.app.apply import _sampling_grid, _voxel_affine
+@pytest.mark.parametrize("with_field", [False, True])
+def test_fused_chains_agree_with_the_grid(with_field):
+    """Affines only, or a field on the reference grid followed by affines, sample through
+    warp(..., affine=) with no grid (_fused_form); the grid path of Note [Applying a chain]
+    gives the same image for the same map: linear, nearest and label."""
+    from fastwarp.app.apply import _fused_form, _sampling_grid
 
     W1, W2 = AffineTransform(_world_affine(5)), AffineTransform(_world_affine(6))
     chain = [W1, W2.inverse()]
+    if with_field:
+        chain = [FieldTransform(_smooth_disp(FIXED_SHAPE)[0] * 1.5, FIXED_A)] + chain
     moving = _image_of(MOVING_SHAPE, MOVING_A)
-    assert _voxel_affine(MOVING_A, FIXED_A, chain, 3) is not None
+    assert _fused_form(MOVING_A, FIXED_SHAPE, FIXED_A, chain, "cpu") is not None
     grid = _sampling_grid(MOVING_SHAPE, MOVING_A, FIXED_SHAPE, FIXED_A, chain, "cpu")
     want = grid_sample(torch.as_tensor(moving).float()[None, None], grid, align_corners=True)[0, 0]
     got = apply_transforms(moving, MOVING_A, FIXED_SHAPE, FIXED_A, chain)
@@ -184,6 +188,8 @@ def test_affine_only_chain_takes_the_fused_warp_and_agrees_with_the_grid():
     near = apply_transforms(labels, MOVING_A, FIXED_SHAPE, FIXED_A, chain, "nearest")
     assert near.dtype == torch.int16 and (near == want_nearest).float().mean() > 0.999
     assert (apply_transforms(labels, MOVING_A, FIXED_SHAPE, FIXED_A, chain, "label") == near).float().mean() > 0.9
+    # a field elsewhere in the chain, or off the reference grid, takes the grid
+    assert _fused_form(MOVING_A, FIXED_SHAPE, FIXED_A, chain[::-1], "cpu") is None or not with_field
 
 
 def test_inverted_affine_in_a_chain_undoes_it():

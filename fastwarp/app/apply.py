@@ -120,12 +120,12 @@ def apply_transforms(image, image_affine, reference_shape: Sequence[int], refere
     if any(s < 2 for s in image.shape):
         raise ValueError(f"image must have at least 2 voxels along every axis, got shape {tuple(image.shape)}")
     image = image.to(device)
-    affine = _voxel_affine(image_affine, reference_affine, chain, nd)
-    if affine is not None:  # affines only: the fused affine warp, no grid in memory
-        A = torch.as_tensor(affine[:nd], dtype=torch.float32, device=device)
+    fused = _fused_form(image_affine, tuple(reference_shape), reference_affine, chain, device)
+    if fused is not None:  # the fused affine warp (Note [Applying a chain]), no grid in memory
+        A, u = fused
 
         def sample(x, mode):
-            return warp(x[None, None], None, mode, affine=A, out_shape=tuple(reference_shape))[0, 0]
+            return warp(x[None, None], u, mode, affine=A, out_shape=tuple(reference_shape))[0, 0]
     else:
         grid = _sampling_grid(tuple(image.shape), image_affine, tuple(reference_shape), reference_affine, chain, device)
 
@@ -139,19 +139,37 @@ def apply_transforms(image, image_affine, reference_shape: Sequence[int], refere
     return _label_resample(image, sample)
 
 
-def _voxel_affine(image_affine, reference_affine, chain, nd):
-    """The homogeneous map from reference voxels to the image's voxels when every transform of
-    the chain is an affine (first listed, first applied), else None."""
-    if not all(isinstance(t, AffineTransform) for t in chain):
-        return None
+def _fused_form(image_affine, reference_shape, reference_affine, chain, device):
+    """``(A, u)`` such that the chain reads the image at its voxel ``A (p + u(p))`` for every
+    reference voxel ``p`` (``A`` (nd, nd + 1) float32, ``u`` (1, nd, *reference_shape) in
+    reference voxels, or None), when the chain is affines only, or a field on the reference grid
+    followed by affines (a registration's own output); else None (Note [Applying a chain])."""
+    nd = len(reference_shape)
     Ar = np.asarray(reference_affine, dtype=np.float64)
     Am = np.asarray(image_affine, dtype=np.float64)
     if nd == 2:
         Ar, Am = (a if a.shape == (3, 3) else a[np.ix_([0, 1, 3], [0, 1, 3])] for a in (Ar, Am))
+    field, rest = None, list(chain)
+    if rest and isinstance(rest[0], FieldTransform):
+        if not rest[0].on_grid(reference_shape, Ar):
+            return None
+        field, rest = rest[0], rest[1:]
+    if not all(isinstance(t, AffineTransform) for t in rest):
+        return None
     M = Ar
-    for t in chain:
+    for t in rest:
         M = t.matrix @ M
-    return np.linalg.inv(Am) @ M
+    A = torch.as_tensor((np.linalg.inv(Am) @ M)[:nd], dtype=torch.float32, device=device)
+    if field is None:
+        return A, None
+    # the world point Ar p + D(p) is Ar (p + Ar_lin^-1 D(p)): the field in reference voxels
+    R = np.linalg.inv(Ar[:nd, :nd])
+    D = field.displacement.to(device)
+    if np.count_nonzero(R - np.diag(np.diag(R))) == 0:
+        u = D * torch.as_tensor(np.diag(R).copy(), dtype=torch.float32, device=device).view(nd, *([1] * nd))
+    else:
+        u = torch.einsum("ij,j...->i...", torch.as_tensor(R, dtype=torch.float32, device=device), D)
+    return A, u[None]
 
 
 def _label_resample(labels: torch.Tensor, sample) -> torch.Tensor:
