@@ -122,3 +122,19 @@ def test_bad_matrix_files(tmp_path):
     (tmp_path / "euler.txt").write_text("#Insight Transform File V1.0\nTransform: Euler3DTransform_double_3_3\n")
     with pytest.raises(ValueError, match="AffineTransform_double_3_3"):
         load_matrix(tmp_path / "euler.txt")
+
+
+def test_voxel_and_world_displacements_convert_both_ways():
+    """voxel_to_world_displacement is A_lin @ u (hand-computed on an axis-aligned grid with a
+    flipped axis), world_to_voxel_displacement its inverse on an oblique grid."""
+    from fastwarp.app.transforms import voxel_to_world_displacement, world_to_voxel_displacement
+
+    g = torch.Generator().manual_seed(3)
+    u = torch.randn(1, 3, 4, 5, 6, generator=g)
+    A = np.diag([-1.5, 2.0, 0.5, 1.0])
+    A[:3, 3] = [10.0, -3.0, 7.0]
+    world = voxel_to_world_displacement(u, A)
+    assert world.shape == (3, 4, 5, 6) and world.dtype == torch.float64
+    torch.testing.assert_close(world, u[0].double() * torch.tensor([-1.5, 2.0, 0.5], dtype=torch.float64).view(3, 1, 1, 1))
+    torch.testing.assert_close(world_to_voxel_displacement(voxel_to_world_displacement(u, AFFINE), AFFINE), u,
+                               rtol=0, atol=1e-5)

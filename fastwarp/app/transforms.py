@@ -77,10 +77,10 @@ def itk_to_voxel_displacement(field: np.ndarray, affine: np.ndarray) -> torch.Te
     point ``x + u(x)``), as fastwarp's ``(1, 3, X, Y, Z)`` displacement in voxels (channel ``k``
     along array axis ``k``): ``inverse(direction @ diag(spacing)) @ u``. The moving image shares
     the fixed grid, so moving index = fixed index + that."""
-    origin, spacing, direction = itk_geometry(affine)
-    to_voxel = np.linalg.inv(direction @ np.diag(spacing))
-    u = np.einsum("ij,...j->...i", to_voxel, np.asarray(field, dtype=np.float64))
-    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(u, -1, 0)[None], dtype=np.float32))
+    field = np.asarray(field, dtype=np.float64)
+    nd = field.shape[-1]
+    flip = np.diag(ras_to_lps(nd))[:nd].reshape(nd, *([1] * nd))  # LPS -> RAS (its own inverse)
+    return world_to_voxel_displacement(torch.from_numpy(np.moveaxis(field, -1, 0) * flip), affine)
 
 
 # --------------------------------------------------------------------------- affine matrix files
