@@ -116,6 +116,7 @@ def test_gradients_without_field_and_batched_affine(device, gen):
     assert torch.autograd.gradcheck(f, (image, affine))
 
 
+@pytest.mark.sanitize  # scripts/emu_sanitize.sh: the affine kernels under ASan / TSan
 def test_gradients_match_the_reference_in_float32(device, gen):
     """Each gradient alone (the backward computes only what is asked), against autograd
     through the gather reference."""
@@ -141,6 +142,7 @@ def test_label_map_keeps_dtype(device, gen):
     assert torch.equal(got.cpu(), want)
 
 
+@pytest.mark.sanitize  # scripts/emu_sanitize.sh: the affine kernels under ASan / TSan
 def test_deterministic_image_gradient(device, gen):
     from conftest import deterministic_algorithms
 
@@ -169,6 +171,7 @@ def test_half_precision_error_bounded(gen):
     assert (got.double() - want).abs().max() <= 2 * (naive.double() - want).abs().max() + 1e-3
 
 
+@pytest.mark.sanitize  # scripts/emu_sanitize.sh: the affine kernels under ASan / TSan
 def test_non_finite_and_far_points_read_zero(device, gen):
     image = torch.rand(1, 1, 6, 7, 5, generator=gen)
     affine = random_affine(3, 1, gen, dtype=torch.float32, in_shape=(6, 7, 5), out_shape=(6, 7, 5))
