@@ -115,8 +115,18 @@ def register_parser() -> argparse.ArgumentParser:
         description="Register a moving image to a fixed one: a trained network's prediction (--model), an affine "
                     "(--affine) and/or an optimization for this pair (--refine), in the order affine, network, "
                     "refinement. The images may lie on different voxel grids (their NIfTI affines are used).")
-    p.add_argument("moving", help="moving image (NIfTI)")
-    p.add_argument("fixed", help="fixed image (NIfTI); the outputs are on its grid")
+    p.add_argument("moving", nargs="?", help="moving image (NIfTI)")
+    p.add_argument("fixed", nargs="?", help="fixed image (NIfTI); the outputs are on its grid")
+    cohort = p.add_argument_group(
+        "a cohort", "many subjects in one run (fastwarp/app/cohort.py): -o is then the output folder, one output set "
+                    "per subject named by its moving image (NAME.nii.gz, NAME_warp.nii.gz, NAME_affine.txt, "
+                    "NAME_labels.nii.gz, NAME.json) and metrics.csv; subjects already done are skipped; the exit "
+                    "status is the number that failed")
+    cohort.add_argument("--list", metavar="FILE",
+                        help="one subject per line: 'moving [fixed] [labels]' (paths relative to FILE; a fixed of '-' "
+                             "or none: --fixed)")
+    cohort.add_argument("--moving-dir", metavar="DIR", help="every image of DIR (label maps by name: *_seg, *_labels)")
+    cohort.add_argument("--fixed", dest="atlas", metavar="IMAGE", help="the fixed image of every subject that names none")
     p.add_argument("--model", "-m", help="checkpoint written by `fastwarp train`: its prediction (the start of --refine)")
     p.add_argument("--affine", action="store_true",
                    help="first estimate a 12-parameter affine (multi-resolution); written as a 4x4 world matrix")
@@ -161,14 +171,49 @@ def register_parser() -> argparse.ArgumentParser:
     return p
 
 
+_COHORT_ARGS = ("list", "moving_dir", "atlas")
+
+
 def register_config(argv: Sequence[str] | None = None) -> RegisterConfig:
-    return RegisterConfig(**vars(register_parser().parse_args(argv)))
+    args = vars(register_parser().parse_args(argv))
+    given = [f"--{k.replace('_', '-')}" for k in _COHORT_ARGS if args.pop(k) is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} make a cohort run: use register_main or fastwarp.app.cohort")
+    if args["moving"] is None or args["fixed"] is None:
+        raise ValueError("give the moving and the fixed image (or --list / --moving-dir for a cohort)")
+    return RegisterConfig(**args)
+
+
+def _register_cohort_main(args: dict) -> int:
+    from .cohort import PER_SUBJECT_OPTIONS, format_summary, read_pair_list, register_cohort, subjects_from_dir
+
+    if args["list"] is not None and args["moving_dir"] is not None:
+        raise ValueError("give --list or --moving-dir, not both")
+    if args["moving"] is not None:
+        raise ValueError("with --list or --moving-dir the subjects come from there: give no moving/fixed images")
+    given = [f"--{k.replace('_', '-')}" for k in PER_SUBJECT_OPTIONS if k not in ("moving", "fixed", "output")
+             and args.get(k) is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)}: with --list or --moving-dir every subject's files are named in the "
+                         "output folder (-o DIR)")
+    subjects = (read_pair_list(args["list"], args["atlas"]) if args["list"] is not None
+                else subjects_from_dir(args["moving_dir"], args["atlas"]))
+    out_dir = args["output"]
+    options = {k: v for k, v in args.items() if k not in PER_SUBJECT_OPTIONS + _COHORT_ARGS}
+    result = register_cohort(subjects, out_dir, options, progress=not args["quiet"])
+    print(f"fastwarp register: {len(subjects)} subjects -> {out_dir}")
+    print(format_summary(result))
+    print(f"wrote {result['csv']}")
+    return min(result["failed"], 100)
 
 
 def register_main(argv: Sequence[str] | None = None) -> int:
     """``fastwarp register`` (also ``python -m fastwarp register``)."""
     from .register import format_metrics, register_files
 
+    args = vars(register_parser().parse_args(argv))
+    if args["list"] is not None or args["moving_dir"] is not None:
+        return _register_cohort_main(args)
     config = register_config(argv)
     metrics = register_files(config)
     print(f"fastwarp register: {config.moving} -> {config.fixed}")

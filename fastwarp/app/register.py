@@ -258,13 +258,14 @@ def refine_config(config: RegisterConfig, voxel_mm: float = 2.0) -> RefineConfig
     return refine_defaults(voxel_mm, similarity=config.similarity, diffeomorphic=config.diffeomorphic, **steps)
 
 
-def register_files(config: RegisterConfig) -> dict:
+def register_files(config: RegisterConfig, cache: dict | None = None) -> dict:
     """Register as ``config`` says; returns the metrics, ``"outputs"`` the files written. Every
     file is read once, and everything is read and checked (the output paths included) before
-    any work is done or anything is written."""
+    any work is done or anything is written. ``cache`` (a dict kept between calls: the cohort
+    of :mod:`fastwarp.app.cohort`) keeps the loaded model and fixed images for the next call."""
     _check_output_paths(config)
     device = resolve_device(config.device)
-    model, downsample, moving, fixed = _load_inputs(config, device)
+    model, downsample, moving, fixed = _load_inputs(config, device, {} if cache is None else cache)
     nd = fixed.image.ndim
     voxel = float(np.min(np.linalg.norm(np.asarray(fixed.affine, dtype=np.float64)[:nd, :nd], axis=0)))
     voxel = voxel if voxel > 0 else 2.0
@@ -302,16 +303,22 @@ def _check_output_paths(config: RegisterConfig) -> None:
             raise ValueError(f"--{option}: cannot write {path} ({existing} is not a writable folder)")
 
 
-def _load_inputs(config: RegisterConfig, device):
+def _load_inputs(config: RegisterConfig, device, cache: dict):
     """The network (with its training resolution's downsampling) and the two volumes, as stored,
-    checked against each other."""
+    checked against each other; the network and the fixed volume from ``cache`` when it has
+    them (read only), and into it."""
     model, downsample = None, 1
     if config.model is not None:
-        ckpt = load_checkpoint(config.model)
-        model = model_from_checkpoint(ckpt).to(device)
-        downsample = int(ckpt.get("args", {}).get("downsample", 1) or 1)
+        key = ("model", config.model, str(device))
+        if key not in cache:
+            ckpt = load_checkpoint(config.model)
+            cache[key] = (model_from_checkpoint(ckpt).to(device), int(ckpt.get("args", {}).get("downsample", 1) or 1))
+        model, downsample = cache[key]
     moving = load_volume(config.moving, config.labels, normalize=False)  # intensities as stored
-    fixed = load_volume(config.fixed, config.fixed_labels, normalize=False)
+    key = ("fixed", config.fixed, config.fixed_labels)
+    if key not in cache:
+        cache[key] = load_volume(config.fixed, config.fixed_labels, normalize=False)
+    fixed = cache[key]
     nd = fixed.image.ndim
     if moving.image.ndim != nd:
         raise ValueError(f"moving {config.moving} is {moving.image.ndim}-D but fixed {config.fixed} is {nd}-D")
