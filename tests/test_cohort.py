@@ -142,3 +142,48 @@ def test_cohort_option_errors(tmp_path, capsys, argv, message):
     argv = [a.replace("L", str(tmp_path / "l.txt")).replace("D", str(tmp_path)) for a in argv]
     assert cli.main(["register"] + argv + ["-o", str(tmp_path / "o"), "--refine"]) == 2
     assert message in capsys.readouterr().err
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_gloo_splits_the_subjects_and_matches_one_process(synth, tmp_path):
+    """torchrun --nproc_per_node 2 (gloo): the ranks take every other subject, rank 0 writes one
+    metrics.csv with every row, and each subject's outputs are those of one process (one
+    thread per process in both runs: the CPU kernels' sums follow the thread count)."""
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    atlas, atlas_lab = synth["paths"]["atlas"]
+    names = ["sub0", "sub1", "sub2"]
+    pairs = _list(tmp_path, [f"{synth['paths'][n][0]} - {synth['paths'][n][1]}" for n in names])
+    args = ["register", "--list", pairs, "--fixed", atlas, "--fixed-labels", atlas_lab] + FAST
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    runs = {single: [sys.executable, "-m", "fastwarp", *args, "-o", str(single)],
+            multi: [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+                    "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+                    "-m", "fastwarp", *args, "-o", str(multi)]}
+    out = {}
+    for folder, cmd in runs.items():
+        res = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stdout + res.stderr
+        out[folder] = res.stdout
+    assert "on 2 processes" in out[multi] and out[multi].count("wrote ") == 1
+    rows = {f: _rows(f / "metrics.csv") for f in runs}
+    assert [r["subject"] for r in rows[multi]] == names + ["summary"]
+    assert [r["status"] for r in rows[multi]] == ["registered"] * 3 + ["3 registered, 0 failed"]
+    for n in names:
+        for suffix in (".nii.gz", "_warp.nii.gz", "_labels.nii.gz"):
+            np.testing.assert_array_equal(np.asarray(nib.load(multi / (n + suffix)).dataobj),
+                                          np.asarray(nib.load(single / (n + suffix)).dataobj), err_msg=n + suffix)
+    for a, b in zip(rows[single][:3], rows[multi][:3]):
+        assert a["mean_dice_after"] == b["mean_dice_after"] and a["ncc_after"] == b["ncc_after"]

@@ -201,9 +201,11 @@ def _register_cohort_main(args: dict) -> int:
     out_dir = args["output"]
     options = {k: v for k, v in args.items() if k not in PER_SUBJECT_OPTIONS + _COHORT_ARGS}
     result = register_cohort(subjects, out_dir, options, progress=not args["quiet"])
-    print(f"fastwarp register: {len(subjects)} subjects -> {out_dir}")
-    print(format_summary(result))
-    print(f"wrote {result['csv']}")
+    if result["rank"] == 0:
+        world = f" on {result['world']} processes" if result["world"] > 1 else ""
+        print(f"fastwarp register: {len(subjects)} subjects -> {out_dir}{world}")
+        print(format_summary(result))
+        print(f"wrote {result['csv']}")
     return min(result["failed"], 100)
 
 

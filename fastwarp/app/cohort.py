@@ -17,7 +17,12 @@ register`` applying to every subject.
   second run skips it (every file is written to a temporary name and renamed, so a killed run
   leaves no partial file). ``metrics.csv``: one row per subject, then a summary row.
 - The model and the fixed images are loaded once (``register_files``' cache); the subjects run
-  one after another, each on all of torch's threads. A subject that fails (an unreadable file,
+  one after another, each on all of torch's threads.
+- Under ``torchrun --nproc_per_node N -m fastwarp register --list ...`` (gloo on CPUs, NCCL on
+  GPUs, several nodes as torchrun does it) rank ``r`` registers subjects ``r, r + N, ...`` on
+  its own device, and rank 0 writes the one ``metrics.csv`` from every rank's rows (gathered);
+  every rank returns the same exit status. A subject's result does not depend on the rank that
+  registers it: with the same threads per process the outputs are the files one process writes. A subject that fails (an unreadable file,
   images of other dimensions) is reported in the CSV and on stderr, and the run goes on; the
   command's exit status is the number of subjects that failed (at most 100).
 """
@@ -34,6 +39,8 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import torch
 
 from .config import RegisterConfig
 from .data.nifti import nifti_stem
@@ -202,34 +209,54 @@ def register_cohort(subjects: Sequence[Subject], out_dir: str | os.PathLike, opt
         raise ValueError(f"-o: {out_dir} is a file; with --list or --moving-dir it is the output folder")
     os.makedirs(out_dir, exist_ok=True)
     configs = [subject_config(s, out_dir, options) for s in subjects]  # checks the options once per subject
+    from .runtime import start_processes
+
+    procs = start_processes(options.get("device", "auto"))
+    if procs.world > 1 and options.get("device", "auto") in ("auto", "cuda") and torch.cuda.is_available():
+        options = dict(options, device=f"cuda:{procs.local_rank}")
+        configs = [subject_config(s, out_dir, options) for s in subjects]
+    mine = list(range(procs.rank, len(subjects), procs.world))
     cache: dict = {}
-    rows = []
+    rows = {}
     start = time.perf_counter()
     bar = None
-    if progress:
+    if progress and procs.main:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(subjects), desc="subjects", unit="subject", disable=None)
-    for subject, config in zip(subjects, configs):
+        bar = tqdm(total=len(mine), desc="subjects" + (f" (rank 0 of {procs.world})" if procs.world > 1 else ""),
+                   unit="subject", disable=None)
+    for i in mine:
+        subject, config = subjects[i], configs[i]
         earlier = _complete(config)
         if earlier is not None:
-            rows.append(_row(subject, "done earlier", earlier))
+            rows[i] = _row(subject, "done earlier", earlier)
         else:
             try:
-                rows.append(_row(subject, "registered", register_files(config, cache)))
+                rows[i] = _row(subject, "registered", register_files(config, cache))
             except Exception as e:  # noqa: BLE001 - any failure of one subject is reported, the run goes on
                 where = f" (line {subject.line})" if subject.line is not None else ""
                 message = f"{type(e).__name__}: {e}".replace("\n", " ")
                 print(f"fastwarp register: {subject.name}{where} failed: {message}", file=log or sys.stderr)
-                rows.append(_row(subject, "failed", None, message))
+                rows[i] = _row(subject, "failed", None, message)
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
+    if procs.world > 1:
+        import torch.distributed as dist
+
+        gathered = [None] * procs.world
+        dist.all_gather_object(gathered, rows)
+        rows = {i: r for part in gathered for i, r in part.items()}
+    rows = [rows[i] for i in sorted(rows)]
     csv_path = os.path.join(out_dir, "metrics.csv")
-    _write_csv(csv_path, rows + [_summary(rows)])
+    if procs.main:
+        _write_csv(csv_path, rows + [_summary(rows)])
+    if procs.world > 1:
+        dist.barrier()  # the CSV is there when any rank returns
     failed = sum(r["status"] == "failed" for r in rows)
-    return dict(rows=rows, failed=failed, csv=csv_path, seconds=time.perf_counter() - start)
+    return dict(rows=rows, failed=failed, csv=csv_path, seconds=time.perf_counter() - start, world=procs.world,
+                rank=procs.rank)
 
 
 def format_summary(result: dict) -> str:
