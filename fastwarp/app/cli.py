@@ -4,6 +4,7 @@
     fastwarp train      train a registration network (see `fastwarp train -h`)
     fastwarp register   register a pair of NIfTI images: affine, a trained network, a refinement for the pair
     fastwarp apply      apply saved transforms (fastwarp's or ANTs'/ITK's) to images or label maps
+    fastwarp template   build an unbiased template of a set of subjects (see `fastwarp template -h`)
     fastwarp check      what this build has, and a quick check and timing of the kernels
     fastwarp bench      time fastwarp against the installed baselines (table, JSON, Markdown)
 
@@ -22,6 +23,8 @@ import dataclasses
 import os
 import sys
 from collections.abc import Sequence
+
+import numpy as np
 
 from .config import RegisterConfig, TrainConfig
 from .similarity import SIMILARITIES
@@ -315,7 +318,54 @@ def _apply_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def _template_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fastwarp template",
+        description="An unbiased group-wise template of the subjects, as ANTs' template construction builds it: "
+                    "each iteration registers every subject to the template, averages them, and moves the average "
+                    "by the inverse of the mean deformation (fastwarp/app/template.py). Under torchrun the subjects "
+                    "are split over the ranks; the template is the same however they are split.")
+    p.add_argument("--list", required=True, metavar="SUBJECTS",
+                   help="a folder of NIfTI images, or a list file: one 'image [labels]' per line")
+    p.add_argument("--output", "-o", required=True, metavar="DIR",
+                   help="template.nii.gz, template_KK.nii.gz per iteration, template_iterations.png, template.json, "
+                        "and each subject's NAME_warp.nii.gz (NAME_affine.txt) of the last iteration")
+    p.add_argument("--iterations", type=int, default=4)
+    p.add_argument("--initial", metavar="IMAGE", help="the starting template (default: the subjects' mean); its grid "
+                                                      "is the template's")
+    p.add_argument("--affine", action="store_true", help="an affine before each deformable registration")
+    p.add_argument("--diffeomorphic", action="store_true", help="stationary velocity fields")
+    p.add_argument("--similarity", choices=SIMILARITIES, default="ncc")
+    p.add_argument("--refine", type=int, default=30, metavar="STEPS",
+                   help="the refinement's steps per level (default 30; 0: fastwarp register's measured defaults)")
+    p.add_argument("--smooth", type=float, metavar="W", help="the refinement's smoothness weight")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", "-q", action="store_true")
+    return p
+
+
+def _template_main(argv: Sequence[str]) -> int:
+    from .runtime import resolve_device, start_processes
+    from .template import TemplateConfig, template_files
+
+    args = _template_parser().parse_args(argv)
+    config = TemplateConfig(iterations=args.iterations, refine_steps=args.refine or None, affine=args.affine,
+                            diffeomorphic=args.diffeomorphic, similarity=args.similarity, smooth=args.smooth)
+    procs = start_processes(args.device)
+    out = template_files(args.list, args.output, config, args.initial, resolve_device(args.device, procs),
+                         progress=not args.quiet)
+    if procs.main:
+        last = out["iterations"][-1]
+        print(f"fastwarp template: {len(out['subjects'])} subjects, {len(out['iterations'])} iterations, "
+              f"{out['seconds']:.1f} s" + (f" on {out['processes']} processes" if out["processes"] > 1 else ""))
+        print(f"  last iteration: mean deformation {last['mean_deformation']:.3f} voxels, subjects' NCC with the "
+              f"template {np.mean(last['ncc']):.4f}")
+        print("wrote " + os.path.join(args.output, "template.nii.gz") + f" (and {len(out['outputs']) - 1} more)")
+    return 0
+
+
 _COMMANDS = {"demo": _demo_main, "train": train_main, "register": register_main, "apply": _apply_main,
+             "template": _template_main,
              "check": _check_main}
 
 
