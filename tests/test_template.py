@@ -134,3 +134,13 @@ def test_torchrun_gloo_template_is_the_one_process_template(tmp_path):
     for name in ("template.nii.gz", "template_01.nii.gz", "s1_warp.nii.gz", "s2_warp.nii.gz"):
         np.testing.assert_array_equal(np.asarray(nib.load(multi / name).dataobj),
                                       np.asarray(nib.load(single / name).dataobj), err_msg=name)
+
+
+def test_template_with_affine_writes_each_subjects_affine(tmp_path, capsys):
+    subjects = _write_subjects(tmp_path / "subjects", 3)
+    out = tmp_path / "out"
+    assert cli.main(["template", "--list", subjects, "-o", str(out), "--iterations", "1", "--refine", "5",
+                     "--affine", "--device", "cpu", "--quiet"]) == 0
+    for name in ("template.nii.gz", "s0_affine.txt", "s2_affine.txt", "s2_warp.nii.gz"):
+        assert (out / name).is_file(), name
+    assert np.isfinite(np.asarray(nib.load(out / "template.nii.gz").dataobj)).all()

@@ -24,7 +24,8 @@ import torch
 __all__ = ["run", "main"]
 
 
-def run(subjects=16, iterations=4, resolution=2, max_disp=6.0, refine_steps=30, seed=0, figure=None) -> dict:
+def run(subjects=16, iterations=4, resolution=2, max_disp=6.0, refine_steps=30, seed=0, figure=None,
+        smooth=None) -> dict:
     import fastwarp
 
     from ..data.augment import random_deformation
@@ -49,14 +50,15 @@ def run(subjects=16, iterations=4, resolution=2, max_disp=6.0, refine_steps=30, 
         images.append((fastwarp.warp(truth[None, None], fields[i:i + 1])[0, 0].clamp_min(0) ** gamma * gain).numpy())
     del fields
     start = time.perf_counter()
-    out = build_template(images, [vol.affine] * subjects, TemplateConfig(iterations=iterations, refine_steps=refine_steps))
+    out = build_template(images, [vol.affine] * subjects, TemplateConfig(iterations=iterations, refine_steps=refine_steps,
+                                                                                   smooth=smooth))
     seconds = time.perf_counter() - start
     if figure:
         template_figure(out["history"], figure)
     history = [_ncc(h, truth) for h in out["history"]]
     return dict(subjects=subjects, iterations=iterations, resolution_mm=resolution, shape=list(truth.shape),
                 max_disp=max_disp, field_mean_voxels=float(size.mean()), field_max_voxels=float(size.max()),
-                refine_steps=refine_steps, seconds=seconds, ncc_plain_mean=history[0], ncc_template=history[-1],
+                refine_steps=refine_steps, smooth=smooth, seconds=seconds, ncc_plain_mean=history[0], ncc_template=history[-1],
                 ncc_per_iteration=history, per_iteration=[{k: v for k, v in it.items() if k != "ncc"}
                                                           for it in out["iterations"]],
                 threads=torch.get_num_threads(), cpu=platform.processor() or platform.machine(),
@@ -70,10 +72,12 @@ def main(argv=None):
     p.add_argument("--resolution", type=int, choices=(1, 2), default=2)
     p.add_argument("--max-disp", type=float, default=6.0)
     p.add_argument("--refine", type=int, default=30)
+    p.add_argument("--smooth", type=float, help="the refinement's smoothness weight (default: its measured one)")
     p.add_argument("--figure")
     p.add_argument("--json")
     args = p.parse_args(argv)
-    result = run(args.subjects, args.iterations, args.resolution, args.max_disp, args.refine, figure=args.figure)
+    result = run(args.subjects, args.iterations, args.resolution, args.max_disp, args.refine, figure=args.figure,
+                 smooth=args.smooth)
     print(json.dumps(result, indent=1))
     if args.json:
         with open(args.json, "w") as fh:
