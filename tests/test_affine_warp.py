@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from reference import affine_reference, smooth_field, warp_reference
 
 import fastwarp
-from fastwarp import _ops
+from fastwarp.app.bench.affine_warp import to_theta
 
 PADDINGS = ["zeros", "border", "reflection"]
 
@@ -65,18 +65,8 @@ def test_float32_matches_affine_grid_and_grid_sample(device, gen, nd):
     in_shape, out_shape = ((13, 10), (9, 12)) if nd == 2 else ((9, 11, 8), (7, 10, 9))
     image = torch.rand(2, 2, *in_shape, generator=gen)
     affine = random_affine(nd, 2, gen, dtype=torch.float64, in_shape=in_shape, out_shape=out_shape)
-    # voxel index i -> normalized v = 2 i / (S - 1) - 1, in the reversed (x, y[, z]) order
-    def to_norm(shape):
-        m = torch.zeros(nd + 1, nd + 1, dtype=torch.float64)
-        m[nd, nd] = 1
-        for k, s in enumerate(shape):
-            m[nd - 1 - k, k] = 2 / (s - 1)
-            m[nd - 1 - k, nd] = -1
-        return m
-
-    square = torch.cat([affine, torch.tensor([0.0] * nd + [1.0], dtype=torch.float64).expand(2, 1, nd + 1)], 1)
-    theta = to_norm(in_shape) @ square @ torch.linalg.inv(to_norm(out_shape))
-    grid = F.affine_grid(theta[:, :nd].float(), [2, 2, *out_shape], align_corners=True)
+    theta = to_theta(affine, in_shape, out_shape)  # affine_grid's theta for the same map (the benchmark's)
+    grid = F.affine_grid(theta.float(), [2, 2, *out_shape], align_corners=True)
     want = F.grid_sample(image, grid, align_corners=True)
     got = fastwarp.warp(image.to(device), None, affine=affine.float().to(device), out_shape=out_shape)
     torch.testing.assert_close(got.cpu(), want, rtol=0, atol=2e-5)
