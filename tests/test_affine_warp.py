@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from reference import affine_reference, smooth_field, warp_reference
+from reference import affine_reference, smooth_field
 
 import fastwarp
 from fastwarp.app.bench.affine_warp import to_theta
