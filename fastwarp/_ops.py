@@ -613,7 +613,8 @@ def _affine_backward(ctx, grad):
     if want_source:
         nd = g_y.shape[1]
         acc = torch.float32 if g_y.dtype in (torch.float16, torch.bfloat16) else g_y.dtype
-        gy = g_y.to(acc).flatten(2)  # (B, nd, P)
+        g_acc = g_y.to(acc)
+        gy = g_acc.flatten(2)  # (B, nd, P)
         batch = gy.shape[0]
         if want_disp:
             linear = affine[:, :, :nd].to(acc).expand(batch, nd, nd)
@@ -626,7 +627,7 @@ def _affine_backward(ctx, grad):
             gl = torch.zeros(batch, nd, nd, dtype=acc, device=gy.device)
             for j in range(nd):
                 others = tuple(2 + i for i in range(nd) if i != j)
-                along = g_y.to(acc).sum(others) if others else g_y.to(acc)  # (B, nd, S_j)
+                along = g_acc.sum(others) if others else g_acc  # (B, nd, S_j)
                 gl[:, :, j] = along @ torch.arange(spatial[j], dtype=acc, device=gy.device)
             if disp is not None:
                 d = disp.to(acc).flatten(2).expand(batch, nd, gy.shape[2])

@@ -24,14 +24,21 @@ __all__ = ["INTERPOLATIONS", "apply_transforms", "apply_files"]
 INTERPOLATIONS = ("linear", "nearest", "label")
 
 
+def _grid_affines(reference_affine, image_affine, nd):
+    """The two grids' affines as float64 homogeneous ``nd + 1`` matrices (a 2-D image's 4x4 NIfTI
+    affine reduced to its in-plane rows and columns 0, 1, 3)."""
+    out = []
+    for a in (reference_affine, image_affine):
+        a = np.asarray(a, dtype=np.float64)
+        out.append(a[np.ix_([0, 1, 3], [0, 1, 3])] if nd == 2 and a.shape != (3, 3) else a)
+    return out
+
+
 def _sampling_grid(image_shape, image_affine, reference_shape, reference_affine, transforms, device) -> torch.Tensor:
     """The ``grid_sample`` grid (``align_corners=True``, ``(1, *reference_shape, nd)``, float32)
     that reads, at each reference voxel, the image at the chain's point (Note [Applying a chain])."""
     nd = len(reference_shape)
-    Ar = np.asarray(reference_affine, dtype=np.float64)
-    Am = np.asarray(image_affine, dtype=np.float64)
-    if nd == 2:
-        Ar, Am = (a if a.shape == (3, 3) else a[np.ix_([0, 1, 3], [0, 1, 3])] for a in (Ar, Am))
+    Ar, Am = _grid_affines(reference_affine, image_affine, nd)
     M = Ar.copy()  # reference voxel -> the current point, affine part (homogeneous)
     L = np.eye(nd)  # the current point's dense part is L @ D(p)
     D = None  # (nd, *S): a displacement read at the reference voxels, or materialized points
@@ -145,10 +152,7 @@ def _fused_form(image_affine, reference_shape, reference_affine, chain, device):
     reference voxels, or None), when the chain is affines only, or a field on the reference grid
     followed by affines (a registration's own output); else None (Note [Applying a chain])."""
     nd = len(reference_shape)
-    Ar = np.asarray(reference_affine, dtype=np.float64)
-    Am = np.asarray(image_affine, dtype=np.float64)
-    if nd == 2:
-        Ar, Am = (a if a.shape == (3, 3) else a[np.ix_([0, 1, 3], [0, 1, 3])] for a in (Ar, Am))
+    Ar, Am = _grid_affines(reference_affine, image_affine, nd)
     field, rest = None, list(chain)
     if rest and isinstance(rest[0], FieldTransform):
         if not rest[0].on_grid(reference_shape, Ar):

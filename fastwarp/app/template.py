@@ -156,11 +156,9 @@ def build_template(images: Sequence, affines: Sequence, config: TemplateConfig =
     refine = refine_defaults(voxel, similarity=config.similarity, diffeomorphic=config.diffeomorphic, **steps)
     affine_cfg = None
     if config.affine:
-        from .register import _affine_config
-        from .config import RegisterConfig
+        from .register import affine_defaults
 
-        affine_cfg = _affine_config(RegisterConfig(moving="", fixed="", output="x.nii.gz", affine=True,
-                                                   similarity=config.similarity), voxel)
+        affine_cfg = affine_defaults(voxel, config.similarity)
     log, results = [], {}
     for k in range(1, config.iterations + 1):
         start = time.perf_counter()
