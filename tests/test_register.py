@@ -152,6 +152,25 @@ def test_register_2d_model_on_volumes_slice_by_slice(synth, model2d, tmp_path, c
     assert np.all(field[..., 2] == 0) and np.abs(field[..., :2]).max() > 0
 
 
+@pytest.mark.parametrize("downsample", [1, 2])
+def test_2d_model_slices_in_batches_as_one_by_one(model2d, monkeypatch, downsample):
+    """The slices of a volume go through a 2-D model in batches: each slice's field is what
+    the model gives that slice alone (batches of 5, 5 and 3 of 13 slices)."""
+    import fastwarp.app.register as R
+    from fastwarp.app.checkpoints import load_checkpoint, model_from_checkpoint
+
+    model = model_from_checkpoint(load_checkpoint(model2d))
+    rng = np.random.default_rng(7)
+    moving, fixed = (rng.random((15, 18, 13)).astype(np.float32) for _ in range(2))
+    monkeypatch.setattr(R, "SLICES_PER_BATCH", 5)
+    field = R.predict_displacement(model, moving, fixed, torch.device("cpu"), downsample)
+    assert field.shape == (1, 3, 15, 18, 13) and bool((field[0, 2] == 0).all())
+    for k in range(13):
+        alone = R._predict_batch(model, moving[None, :, :, k], fixed[None, :, :, k], torch.device("cpu"), downsample)
+        torch.testing.assert_close(field[0, :2, :, :, k], alone[0], rtol=1e-5, atol=1e-6)
+    assert float(field[0, :2].abs().max()) > 0
+
+
 def test_register_refuses_a_file_that_is_not_a_checkpoint(synth, model2d, model3d, tmp_path, capsys):
     # torch's own hint (load with weights_only=False) is unsafe advice for a foreign file: not passed on
     spec, _ = _bad_register_cases(synth, model2d, model3d, tmp_path)["not a checkpoint"]

@@ -2,10 +2,14 @@
 
     python -m fastwarp.app.bench.template --subjects 16 --iterations 4 --resolution 2 --json t.json
 
-N subjects are the embedded Colin27 brain (intensities normalized) under N random smooth
-diffeomorphisms whose fields have zero mean over the set (``--max-disp``: the velocity's scale
-in voxels, :func:`~fastwarp.app.data.augment.random_deformation`), each with a random gamma and
-gain. The template built from them (:func:`~fastwarp.app.template.build_template`) should come
+N subjects are the embedded Colin27 brain B (intensities normalized) under N random smooth
+diffeomorphisms (``--max-disp``: the velocity's scale in voxels,
+:func:`~fastwarp.app.data.augment.random_deformation`), each with a random gamma and gain. The
+fields with zero mean over the set are those the template's update averages: v_i on B's grid with
+S_i(p + v_i(p)) = B(p), as registering S_i to B finds them, so S_i = B warped by the inverse of
+v_i (:func:`~fastwarp.app.inverse.invert_displacement`). (Subjects B(p + v_i(p)) instead have
+the inverses' mean at B, which is not zero but of second order in v: the template then settles
+that far from B.) The template built from them (:func:`~fastwarp.app.template.build_template`) should come
 back to the brain: its NCC (Pearson's correlation over the grid) with the brain, against the
 plain mean's, and the wall time. ``--resolution 1`` uses the 1 mm data when it is there
 (``scripts/make_data.py --voxel-mm 1``).
@@ -30,6 +34,7 @@ def run(subjects=16, iterations=4, resolution=2, max_disp=6.0, refine_steps=30, 
     from ..data.augment import random_deformation
     from ..data.nifti import load_volume
     from ..data.subjects import embedded, embedded_1mm
+    from ..inverse import invert_displacement
     from ..template import TemplateConfig, _ncc, build_template, template_figure
 
     specs = embedded() if resolution == 2 else embedded_1mm()
@@ -42,11 +47,13 @@ def run(subjects=16, iterations=4, resolution=2, max_disp=6.0, refine_steps=30, 
                         for _ in range(subjects)])
     fields -= fields.mean(0, keepdim=True)
     size = fields.norm(dim=1)
-    images = []
+    images, residual = [], 0.0
     for i in range(subjects):
         gamma = float(torch.empty(()).uniform_(0.8, 1.25, generator=g))
         gain = float(torch.empty(()).uniform_(0.8, 1.2, generator=g))
-        images.append((fastwarp.warp(truth[None, None], fields[i:i + 1])[0, 0].clamp_min(0) ** gamma * gain).numpy())
+        inverse, info = invert_displacement(fields[i:i + 1])
+        residual = max(residual, info["residual_max"])
+        images.append((fastwarp.warp(truth[None, None], inverse)[0, 0].clamp_min(0) ** gamma * gain).numpy())
     del fields
     start = time.perf_counter()
     out = build_template(images, [vol.affine] * subjects, TemplateConfig(iterations=iterations, refine_steps=refine_steps,
@@ -57,6 +64,7 @@ def run(subjects=16, iterations=4, resolution=2, max_disp=6.0, refine_steps=30, 
     history = [_ncc(h, truth) for h in out["history"]]
     return dict(subjects=subjects, iterations=iterations, resolution_mm=resolution, shape=list(truth.shape),
                 max_disp=max_disp, field_mean_voxels=float(size.mean()), field_max_voxels=float(size.max()),
+                inverse_residual_max_voxels=residual,
                 refine_steps=refine_steps, smooth=smooth, seconds=seconds, ncc_plain_mean=history[0], ncc_template=history[-1],
                 ncc_per_iteration=history, per_iteration=[{k: v for k, v in it.items() if k != "ncc"}
                                                           for it in out["iterations"]],
