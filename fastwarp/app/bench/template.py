@@ -3,13 +3,13 @@
     python -m fastwarp.app.bench.template --subjects 16 --iterations 4 --resolution 2 --json t.json
 
 N subjects are the embedded Colin27 brain B (intensities normalized) under N random smooth
-diffeomorphisms (``--max-disp``: the velocity's scale in voxels,
-:func:`~fastwarp.app.data.augment.random_deformation`), each with a random gamma and gain. The
-fields with zero mean over the set are those the template's update averages: v_i on B's grid with
-S_i(p + v_i(p)) = B(p), as registering S_i to B finds them, so S_i = B warped by the inverse of
-v_i (:func:`~fastwarp.app.inverse.invert_displacement`). (Subjects B(p + v_i(p)) instead have
-the inverses' mean at B, which is not zero but of second order in v: the template then settles
-that far from B.) The template built from them (:func:`~fastwarp.app.template.build_template`) should come
+diffeomorphisms whose fields v_i have zero mean over the set (``--max-disp``: the velocity's
+scale in voxels, :func:`~fastwarp.app.data.augment.random_deformation`), each with a random gamma
+and gain: S_i = B(p + v_i(p)) (``--truth forward``, the default), or (``--truth inverse``) B
+warped by the inverse of v_i (:func:`~fastwarp.app.inverse.invert_displacement`), so that
+S_i(p + v_i(p)) = B(p): then the v_i are what registering S_i to B finds, the fields the
+template's update averages, and their zero mean is the update's own criterion (forward fields
+have the inverses' mean at B, zero only to first order). The template built from them (:func:`~fastwarp.app.template.build_template`) should come
 back to the brain: its NCC (Pearson's correlation over the grid) with the brain, against the
 plain mean's, and the wall time. ``--resolution 1`` uses the 1 mm data when it is there
 (``scripts/make_data.py --voxel-mm 1``).
@@ -28,7 +28,7 @@ __all__ = ["run", "main"]
 
 
 def run(subjects=16, iterations=4, resolution=2, max_disp=6.0, refine_steps=30, seed=0, figure=None,
-        smooth=None) -> dict:
+        smooth=None, truth="forward") -> dict:
     import fastwarp
 
     from ..data.augment import random_deformation
@@ -37,6 +37,9 @@ def run(subjects=16, iterations=4, resolution=2, max_disp=6.0, refine_steps=30, 
     from ..inverse import invert_displacement
     from ..template import TemplateConfig, _ncc, build_template, template_figure
 
+    if truth not in ("forward", "inverse"):
+        raise ValueError(f"truth must be 'forward' or 'inverse', got {truth!r}")
+    truth_kind = truth
     specs = embedded() if resolution == 2 else embedded_1mm()
     if specs is None:
         raise SystemExit("no 1 mm data: run scripts/make_data.py --fetch --voxel-mm 1")
@@ -51,9 +54,11 @@ def run(subjects=16, iterations=4, resolution=2, max_disp=6.0, refine_steps=30, 
     for i in range(subjects):
         gamma = float(torch.empty(()).uniform_(0.8, 1.25, generator=g))
         gain = float(torch.empty(()).uniform_(0.8, 1.2, generator=g))
-        inverse, info = invert_displacement(fields[i:i + 1])
-        residual = max(residual, info["residual_max"])
-        images.append((fastwarp.warp(truth[None, None], inverse)[0, 0].clamp_min(0) ** gamma * gain).numpy())
+        field = fields[i:i + 1]
+        if truth_kind == "inverse":
+            field, info = invert_displacement(field)
+            residual = max(residual, info["residual_mean"])
+        images.append((fastwarp.warp(truth[None, None], field)[0, 0].clamp_min(0) ** gamma * gain).numpy())
     del fields
     start = time.perf_counter()
     out = build_template(images, [vol.affine] * subjects, TemplateConfig(iterations=iterations, refine_steps=refine_steps,
@@ -64,7 +69,7 @@ def run(subjects=16, iterations=4, resolution=2, max_disp=6.0, refine_steps=30, 
     history = [_ncc(h, truth) for h in out["history"]]
     return dict(subjects=subjects, iterations=iterations, resolution_mm=resolution, shape=list(truth.shape),
                 max_disp=max_disp, field_mean_voxels=float(size.mean()), field_max_voxels=float(size.max()),
-                inverse_residual_max_voxels=residual,
+                truth=truth_kind, inverse_residual_mean_voxels=residual if truth_kind == "inverse" else None,
                 refine_steps=refine_steps, smooth=smooth, seconds=seconds, ncc_plain_mean=history[0], ncc_template=history[-1],
                 ncc_per_iteration=history, per_iteration=[{k: v for k, v in it.items() if k != "ncc"}
                                                           for it in out["iterations"]],
@@ -80,11 +85,13 @@ def main(argv=None):
     p.add_argument("--max-disp", type=float, default=6.0)
     p.add_argument("--refine", type=int, default=30)
     p.add_argument("--smooth", type=float, help="the refinement's smoothness weight (default: its measured one)")
+    p.add_argument("--truth", choices=("forward", "inverse"), default="forward",
+                   help="the subjects B(p + v_i(p)), or B under the inverse of v_i (the update's convention)")
     p.add_argument("--figure")
     p.add_argument("--json")
     args = p.parse_args(argv)
     result = run(args.subjects, args.iterations, args.resolution, args.max_disp, args.refine, figure=args.figure,
-                 smooth=args.smooth)
+                 smooth=args.smooth, truth=args.truth)
     print(json.dumps(result, indent=1))
     if args.json:
         with open(args.json, "w") as fh:
