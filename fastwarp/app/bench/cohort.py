@@ -80,6 +80,8 @@ def run(subjects: int = 20, model: str | None = None, refine: bool = True, affin
     return dict(subjects=subjects, exit_status=rc, wall_seconds=wall, sum_register_pair_seconds=sum(per_subject),
                 ratio=wall / sum(per_subject), mean_dice_after=float(np.mean([m["mean_dice_after"] for m in metrics])),
                 mean_dice_before=float(np.mean([m["mean_dice_before"] for m in metrics])),
+                stage_seconds_mean={k: float(np.mean([m["stages"].get(k, 0.0) for m in metrics]))
+                                    for k in sorted({k for m in metrics for k in m["stages"]})},
                 options=dict(model=bool(model), refine=refine, affine=affine), threads=torch.get_num_threads(),
                 cpu=platform.processor() or platform.machine(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"))
 
