@@ -9,8 +9,8 @@ and gain: S_i = B(p + v_i(p)) (``--truth forward``, the default), or (``--truth 
 warped by the inverse of v_i (:func:`~fastwarp.app.inverse.invert_displacement`), so that
 S_i(p + v_i(p)) = B(p): then the v_i are what registering S_i to B finds, the fields the
 template's update averages, and their zero mean is the update's own criterion (forward fields
-have the inverses' mean at B, zero only to first order). The template built from them (:func:`~fastwarp.app.template.build_template`) should come
-back to the brain: its NCC (Pearson's correlation over the grid) with the brain, against the
+have the inverses' mean at B, zero only to first order). The template built from them
+(:func:`~fastwarp.app.template.build_template`) should come back to the brain: its NCC (Pearson's correlation over the grid) with the brain, against the
 plain mean's, and the wall time. ``--resolution 1`` uses the 1 mm data when it is there
 (``scripts/make_data.py --voxel-mm 1``).
 """
@@ -39,14 +39,13 @@ def run(subjects=16, iterations=4, resolution=2, max_disp=6.0, refine_steps=30, 
 
     if truth not in ("forward", "inverse"):
         raise ValueError(f"truth must be 'forward' or 'inverse', got {truth!r}")
-    truth_kind = truth
     specs = embedded() if resolution == 2 else embedded_1mm()
     if specs is None:
         raise SystemExit("no 1 mm data: run scripts/make_data.py --fetch --voxel-mm 1")
     vol = load_volume(specs[1].image, None, normalize=True)
-    truth = torch.from_numpy(vol.image)
+    brain = torch.from_numpy(vol.image)
     g = torch.Generator().manual_seed(seed)
-    fields = torch.cat([random_deformation(truth.shape, g, max_disp=max_disp, spacing=8.0 / resolution)
+    fields = torch.cat([random_deformation(brain.shape, g, max_disp=max_disp, spacing=8.0 / resolution)
                         for _ in range(subjects)])
     fields -= fields.mean(0, keepdim=True)
     size = fields.norm(dim=1)
@@ -55,10 +54,10 @@ def run(subjects=16, iterations=4, resolution=2, max_disp=6.0, refine_steps=30, 
         gamma = float(torch.empty(()).uniform_(0.8, 1.25, generator=g))
         gain = float(torch.empty(()).uniform_(0.8, 1.2, generator=g))
         field = fields[i:i + 1]
-        if truth_kind == "inverse":
+        if truth == "inverse":
             field, info = invert_displacement(field)
             residual = max(residual, info["residual_mean"])
-        images.append((fastwarp.warp(truth[None, None], field)[0, 0].clamp_min(0) ** gamma * gain).numpy())
+        images.append((fastwarp.warp(brain[None, None], field)[0, 0].clamp_min(0) ** gamma * gain).numpy())
     del fields
     start = time.perf_counter()
     out = build_template(images, [vol.affine] * subjects, TemplateConfig(iterations=iterations, refine_steps=refine_steps,
@@ -66,10 +65,10 @@ def run(subjects=16, iterations=4, resolution=2, max_disp=6.0, refine_steps=30, 
     seconds = time.perf_counter() - start
     if figure:
         template_figure(out["history"], figure)
-    history = [_ncc(h, truth) for h in out["history"]]
-    return dict(subjects=subjects, iterations=iterations, resolution_mm=resolution, shape=list(truth.shape),
+    history = [_ncc(h, brain) for h in out["history"]]
+    return dict(subjects=subjects, iterations=iterations, resolution_mm=resolution, shape=list(brain.shape),
                 max_disp=max_disp, field_mean_voxels=float(size.mean()), field_max_voxels=float(size.max()),
-                truth=truth_kind, inverse_residual_mean_voxels=residual if truth_kind == "inverse" else None,
+                truth=truth, inverse_residual_mean_voxels=residual if truth == "inverse" else None,
                 refine_steps=refine_steps, smooth=smooth, seconds=seconds, ncc_plain_mean=history[0], ncc_template=history[-1],
                 ncc_per_iteration=history, per_iteration=[{k: v for k, v in it.items() if k != "ncc"}
                                                           for it in out["iterations"]],
