@@ -17,7 +17,7 @@ from fastwarp.app.cli import main
 from fastwarp.app.inverse import inverse_consistency, inverse_of_velocity, invert_displacement
 from fastwarp.app.transforms import (AffineTransform, FieldTransform, grid_points, load_displacement_field,
                                      load_matrix, load_transform, save_displacement_field, save_matrix,
-                                     transform_points)
+                                     transform_points, world_to_voxel_displacement)
 
 HAS_ANTS = importlib.util.find_spec("ants") is not None
 needs_ants = pytest.mark.skipif(not HAS_ANTS, reason="antspyx is not installed")
@@ -165,31 +165,50 @@ def test_apply_chain_against_the_analytic_image(tmp_path):
     assert np.abs(other.numpy() - truth)[inside].max() > 0.1
 
 
-@pytest.mark.parametrize("with_field", [False, True])
-def test_fused_chains_agree_with_the_grid(with_field):
+@pytest.mark.parametrize("grid", ["oblique", "axis-aligned"])
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("field", [None, "memory", "file"])
+def test_fused_chains_agree_with_the_grid(tmp_path, field, order, grid):
     """Affines only, or a field on the reference grid followed by affines, sample through
-    warp(..., affine=) with no grid (_fused_form); the grid path of Note [Applying a chain]
-    gives the same image for the same map: linear, nearest and label."""
-    from fastwarp.app.apply import _fused_form, _sampling_grid
+    warp(..., affine=) with no grid (_fused_form), in the file's axis order when the field was
+    read from a file or the image is Fortran-ordered (Note [Sampling in the file's order]); the
+    grid path of Note [Applying a chain] gives the same image for the same map: linear, nearest
+    and label."""
+    from fastwarp.app.apply import _fused_form, _fused_operands, _sampling_grid
 
+    fixed_a = FIXED_A if grid == "oblique" else np.diag([-1.5, 1.25, -2.0, 1.0])
+    if grid != "oblique":
+        fixed_a[:3, 3] = [20.0, -15.0, 10.0]
     W1, W2 = AffineTransform(_world_affine(5)), AffineTransform(_world_affine(6))
     chain = [W1, W2.inverse()]
-    if with_field:
-        chain = [FieldTransform(_smooth_disp(FIXED_SHAPE)[0] * 1.5, FIXED_A)] + chain
+    if field is not None:
+        d = _smooth_disp(FIXED_SHAPE)[0] * 1.5
+        if field == "file":
+            save_displacement_field(tmp_path / "w.nii.gz", world_to_voxel_displacement(d, fixed_a), fixed_a)
+            f = load_displacement_field(tmp_path / "w.nii.gz")
+            assert f.file_order is not None and f.file_order.shape == (3, *FIXED_SHAPE[::-1])
+            torch.testing.assert_close(f.displacement, d, rtol=1e-5, atol=1e-5)
+            f = load_displacement_field(tmp_path / "w.nii.gz")  # the RAS array not made yet
+        else:
+            f = FieldTransform(d, fixed_a)
+        chain = [f] + chain
     moving = _image_of(MOVING_SHAPE, MOVING_A)
-    assert _fused_form(MOVING_A, FIXED_SHAPE, FIXED_A, chain, "cpu") is not None
-    grid = _sampling_grid(MOVING_SHAPE, MOVING_A, FIXED_SHAPE, FIXED_A, chain, "cpu")
-    want = grid_sample(torch.as_tensor(moving).float()[None, None], grid, align_corners=True)[0, 0]
-    got = apply_transforms(moving, MOVING_A, FIXED_SHAPE, FIXED_A, chain)
-    assert (want != 0).float().mean() > 0.3
+    moving = np.asfortranarray(moving) if order == "F" else np.ascontiguousarray(moving)
+    fused = _fused_form(MOVING_A, FIXED_SHAPE, fixed_a, chain)
+    axes = _fused_operands(*fused, torch.as_tensor(moving), FIXED_SHAPE, "cpu")[2]
+    assert axes == ((2, 1, 0) if field == "file" or (field is None and order == "F") else (0, 1, 2))
+    grid_ = _sampling_grid(MOVING_SHAPE, MOVING_A, FIXED_SHAPE, fixed_a, chain, "cpu")
+    want = grid_sample(torch.as_tensor(np.ascontiguousarray(moving)).float()[None, None], grid_, align_corners=True)[0, 0]
+    got = apply_transforms(moving, MOVING_A, FIXED_SHAPE, fixed_a, chain)
+    assert got.shape == FIXED_SHAPE and (want != 0).float().mean() > 0.3
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
-    labels = (torch.as_tensor(moving) * 5).round().to(torch.int16)
-    want_nearest = grid_sample(labels[None, None], grid, "nearest", align_corners=True)[0, 0]
-    near = apply_transforms(labels, MOVING_A, FIXED_SHAPE, FIXED_A, chain, "nearest")
+    labels = torch.as_tensor(np.round(moving * 5).astype(np.int16))
+    want_nearest = grid_sample(labels.contiguous()[None, None], grid_, "nearest", align_corners=True)[0, 0]
+    near = apply_transforms(labels, MOVING_A, FIXED_SHAPE, fixed_a, chain, "nearest")
     assert near.dtype == torch.int16 and (near == want_nearest).float().mean() > 0.999
-    assert (apply_transforms(labels, MOVING_A, FIXED_SHAPE, FIXED_A, chain, "label") == near).float().mean() > 0.9
+    assert (apply_transforms(labels, MOVING_A, FIXED_SHAPE, fixed_a, chain, "label") == near).float().mean() > 0.9
     # a field elsewhere in the chain, or off the reference grid, takes the grid
-    assert _fused_form(MOVING_A, FIXED_SHAPE, FIXED_A, chain[::-1], "cpu") is None or not with_field
+    assert _fused_form(MOVING_A, FIXED_SHAPE, fixed_a, chain[::-1]) is None or field is None
 
 
 def test_inverted_affine_in_a_chain_undoes_it():

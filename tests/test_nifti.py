@@ -201,3 +201,71 @@ def test_gzip_members_are_read_by_every_reader_and_in_parallel_by_fastwarp(tmp_p
     (tmp_path / "bad.nii.gz").write_bytes(bytes(data))
     with pytest.raises(ValueError, match="bad.nii.gz is not a readable NIfTI file"):
         _read_any(tmp_path / "bad.nii.gz", "image")
+
+
+def _gz_of(img, level):
+    from fastwarp.app.data.nifti import gzip_members
+
+    return gzip_members(img.to_bytes(), level)
+
+
+def test_stored_members_are_copied_once_and_checked(tmp_path):
+    """Note [Reading a stored field]: a field fastwarp wrote (stored gzip members) is copied from
+    the file, not inflated, into the array nibabel would read (Fortran order, the header's affine
+    and intent); every member is checked against its CRC; a deflated file, another tool's or a
+    truncated one goes to the inflating reader, which reads it or says it is not NIfTI."""
+    import gzip
+
+    from fastwarp.app.data.nifti import _MEMBER_BYTES, _read_any, _stored_members
+
+    r = rng()
+    field = r.standard_normal((101, 90, 79, 1, 3)).astype(np.float32)  # 8.6 MB: two members
+    assert field.nbytes > _MEMBER_BYTES
+    path = fwdata.save_nifti(tmp_path / "w.nii.gz", field, affine_of(2))
+    raw = open(path, "rb").read()
+    stored = _stored_members(path)
+    assert stored is not None and stored.tobytes() == gzip.decompress(raw)
+    data, img = _read_any(path, "transform")
+    want = nib.load(path)
+    assert data.flags.f_contiguous and data.dtype == np.float32
+    np.testing.assert_array_equal(data, field)
+    np.testing.assert_array_equal(img.affine, want.affine)
+    assert img.header.get_intent()[0] == "vector" and img.header["sform_code"] == want.header["sform_code"]
+    # another tool's gzip (one deflated stream) and fastwarp's deflated members are inflated
+    (tmp_path / "one.nii.gz").write_bytes(gzip.compress(gzip.decompress(raw), 1))
+    (tmp_path / "deflated.nii.gz").write_bytes(_gz_of(nib.Nifti1Image(field, affine_of(2)), 1))
+    for name in ("one.nii.gz", "deflated.nii.gz"):
+        assert _stored_members(str(tmp_path / name)) is None
+        np.testing.assert_array_equal(_read_any(tmp_path / name, "transform")[0], field)
+    # a flipped byte deep in the second member's payload fails its CRC; a cut file is not NIfTI
+    bad = bytearray(raw)
+    bad[len(raw) - 1000] ^= 0x01
+    (tmp_path / "bad.nii.gz").write_bytes(bytes(bad))
+    with pytest.raises(ValueError, match="bad.nii.gz is not a readable NIfTI file.*CRC"):
+        _read_any(tmp_path / "bad.nii.gz", "transform")
+    (tmp_path / "cut.nii.gz").write_bytes(raw[: len(raw) - 5000])
+    assert _stored_members(str(tmp_path / "cut.nii.gz")) is None
+    with pytest.raises(ValueError, match="cut.nii.gz is not a readable NIfTI file"):
+        _read_any(tmp_path / "cut.nii.gz", "transform")
+
+
+def test_stored_members_with_extensions_and_scaling(tmp_path):
+    """A stored file whose header has extensions (the voxels further in) reads in place; one
+    whose voxels are scaled (scl_slope, scl_inter) is read by nibabel, scaled as stored."""
+    from fastwarp.app.data.nifti import _read_any, _stored_members
+
+    field = rng().standard_normal((9, 8, 7, 1, 3)).astype(np.float32)
+    img = nib.Nifti1Image(field, affine_of(1))
+    img.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"x" * 1000))
+    (tmp_path / "ext.nii.gz").write_bytes(_gz_of(img, 0))
+    stored = _stored_members(str(tmp_path / "ext.nii.gz"))
+    assert stored is not None and stored[108:112].view("<f4")[0] > 352  # vox_offset: past the extension
+    data, back = _read_any(tmp_path / "ext.nii.gz", "transform")
+    assert len(back.header.extensions) == 1 and back.header.extensions[0].get_content() == b"x" * 1000
+    np.testing.assert_array_equal(data, field)
+    ints = (field * 100).astype(np.int16)
+    scaled = nib.Nifti1Image(ints, affine_of(1))
+    scaled.header.set_slope_inter(0.5, 2.0)
+    (tmp_path / "scaled.nii.gz").write_bytes(_gz_of(scaled, 0))
+    data, _ = _read_any(tmp_path / "scaled.nii.gz", "image")
+    np.testing.assert_allclose(data, ints * 0.5 + 2.0)

@@ -127,12 +127,13 @@ def apply_transforms(image, image_affine, reference_shape: Sequence[int], refere
     if any(s < 2 for s in image.shape):
         raise ValueError(f"image must have at least 2 voxels along every axis, got shape {tuple(image.shape)}")
     image = image.to(device)
-    fused = _fused_form(image_affine, tuple(reference_shape), reference_affine, chain, device)
+    fused = _fused_form(image_affine, tuple(reference_shape), reference_affine, chain)
     if fused is not None:  # the fused affine warp (Note [Applying a chain]), no grid in memory
-        A, u = fused
+        A, u, axes = _fused_operands(*fused, image, tuple(reference_shape), device)
+        out_shape = tuple(reference_shape[a] for a in axes)
 
         def sample(x, mode):
-            return warp(x[None, None], u, mode, affine=A, out_shape=tuple(reference_shape))[0, 0]
+            return warp(x.permute(axes)[None, None], u, mode, affine=A, out_shape=out_shape)[0, 0].permute(axes)
     else:
         grid = _sampling_grid(tuple(image.shape), image_affine, tuple(reference_shape), reference_affine, chain, device)
 
@@ -146,11 +147,12 @@ def apply_transforms(image, image_affine, reference_shape: Sequence[int], refere
     return _label_resample(image, sample)
 
 
-def _fused_form(image_affine, reference_shape, reference_affine, chain, device):
-    """``(A, u)`` such that the chain reads the image at its voxel ``A (p + u(p))`` for every
-    reference voxel ``p`` (``A`` (nd, nd + 1) float32, ``u`` (1, nd, *reference_shape) in
-    reference voxels, or None), when the chain is affines only, or a field on the reference grid
-    followed by affines (a registration's own output); else None (Note [Applying a chain])."""
+def _fused_form(image_affine, reference_shape, reference_affine, chain):
+    """``(A, field, R)`` such that the chain reads the image at its voxel ``A (p + R d(p))`` for
+    every reference voxel ``p`` (``A`` (nd, nd + 1) float64; ``d`` the field's RAS vectors, ``R``
+    RAS mm -> reference voxels; ``field`` None: ``A p``), when the chain is affines only, or a
+    field on the reference grid followed by affines (a registration's own output); else None
+    (Note [Applying a chain])."""
     nd = len(reference_shape)
     Ar, Am = _grid_affines(reference_affine, image_affine, nd)
     field, rest = None, list(chain)
@@ -163,17 +165,49 @@ def _fused_form(image_affine, reference_shape, reference_affine, chain, device):
     M = Ar
     for t in rest:
         M = t.matrix @ M
-    A = torch.as_tensor((np.linalg.inv(Am) @ M)[:nd], dtype=torch.float32, device=device)
-    if field is None:
-        return A, None
     # the world point Ar p + D(p) is Ar (p + Ar_lin^-1 D(p)): the field in reference voxels
-    R = np.linalg.inv(Ar[:nd, :nd])
-    D = field.displacement.to(device)
-    if np.count_nonzero(R - np.diag(np.diag(R))) == 0:
-        u = D * torch.as_tensor(np.diag(R).copy(), dtype=torch.float32, device=device).view(nd, *([1] * nd))
+    return (np.linalg.inv(Am) @ M)[:nd], field, np.linalg.inv(Ar[:nd, :nd])
+
+
+def _fused_operands(A, field, R, image, reference_shape, device):
+    """The fused warp's affine, displacement (reference voxels, ``(1, nd, *S)`` or None) and axis
+    order: the arrays' own, or reversed when the field (or, without one, the image) lies in the
+    file's order, Fortran's (Note [Sampling in the file's order])."""
+    nd = len(reference_shape)
+    if field is not None:
+        flip = field.file_order is not None
     else:
-        u = torch.einsum("ij,j...->i...", torch.as_tensor(R, dtype=torch.float32, device=device), D)
-    return A, u[None]
+        flip = nd > 1 and not image.is_contiguous() and image.permute(*range(nd - 1, -1, -1)).is_contiguous()
+    P = np.eye(nd)[::-1] if flip else np.eye(nd)
+    axes = tuple(range(nd - 1, -1, -1)) if flip else tuple(range(nd))
+    A = np.concatenate([P @ A[:, :nd] @ P, P @ A[:, nd:]], axis=1)  # in the sampled axes' order
+    A = torch.as_tensor(A, dtype=torch.float32, device=device)
+    if field is None:
+        return A, None, axes
+    if flip:  # the file's LPS components, (nd, *reversed(S)): u'[k] = sum_j (P R F)[k, j] lps[j]
+        src, T = field.file_order.to(device), P @ R @ np.diag([-1.0, -1.0, 1.0][:nd])
+    else:
+        src, T = field.displacement.to(device), R
+    if np.count_nonzero(T) == nd and np.all(np.count_nonzero(T, axis=1) == 1):  # one source per component
+        u = torch.empty_like(src)
+        for k, j in enumerate(np.argmax(T != 0, axis=1)):
+            torch.mul(src[j], float(T[k, j]), out=u[k])
+    else:
+        u = torch.einsum("ij,j...->i...", torch.as_tensor(T, dtype=torch.float32, device=device), src)
+    return A, u[None], axes
+
+
+# Note [Sampling in the file's order]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# NIfTI voxels are column-major: nibabel hands images over Fortran-ordered, and an ITK field's
+# file is (3, Z, Y, X) in memory (Note [A field in file order]). The fused warp's map commutes
+# with a permutation P of the axes: out(P q) = image(A (P q + u(P q))) is, on the arrays
+# transposed, out'(q) = image'(P A P (q + P u(P q))). So `apply` samples in the reversed order,
+# where both the image and the field are C-contiguous as read: the field's components go
+# through P R F (F: LPS -> RAS) in the one pass that scales them to reference voxels, and nothing
+# is transposed, neither the 65 MB field at 1 mm nor the image (whose transpose the kernel
+# would otherwise copy); the result is a transposed view of the warp's output, which nibabel
+# writes as it lies.
 
 
 def _label_resample(labels: torch.Tensor, sample) -> torch.Tensor:
@@ -209,7 +243,7 @@ def apply_files(inputs: Sequence[str], reference: str, transforms: Sequence[str]
             raise ValueError(f"output {out} is a directory; give a file name")
     if len(set(map(os.path.abspath, outputs))) != len(outputs):
         raise ValueError("two inputs have one output name")
-    ref_data, ref_img = _read(reference, "reference")
+    ref_data, ref_img = _read(reference, "reference", voxels=False)  # its grid: the header
     nd = ref_data.ndim
     ref_affine = np.asarray(ref_img.affine, dtype=np.float64)
     chain = [load_transform(t) for t in transforms]
@@ -232,8 +266,9 @@ def apply_files(inputs: Sequence[str], reference: str, transforms: Sequence[str]
             raise ValueError(f"--interpolation label needs an integer label map, but {inputs[len(written)]} holds "
                              f"{data.dtype}")
         array = data if (integer and mode != "linear") else data.astype(np.float32)
-        result = apply_transforms(torch.from_numpy(np.ascontiguousarray(array)), affine, ref_data.shape, ref_affine,
-                                  chain, mode, device).cpu().numpy()
+        array = array.astype(array.dtype.newbyteorder("="), copy=False)  # a big-endian file's, for torch
+        result = apply_transforms(torch.from_numpy(array), affine, ref_data.shape, ref_affine, chain, mode,
+                                  device).cpu().numpy()  # nibabel's Fortran order kept (Note [Sampling in the file's order])
         dtype = array.dtype if mode != "linear" else np.float32
         hdr = ref_img.header.copy()
         written.append(save_nifti(out, result.astype(dtype), ref_affine, hdr, dtype))

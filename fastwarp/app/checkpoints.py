@@ -10,6 +10,7 @@ import os
 import torch
 
 from .config import TrainConfig
+from .files import replacing
 from .models import RegUNet
 
 __all__ = ["save_checkpoint", "load_checkpoint", "model_from_checkpoint", "CheckpointError"]
@@ -33,9 +34,8 @@ def save_checkpoint(path: str, model: RegUNet, optimizer: torch.optim.Optimizer,
         "epoch": epoch,
         "step": step,
     }
-    tmp = path + ".tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save(ckpt, tmp)
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:

@@ -44,6 +44,7 @@ import torch
 
 from .config import RegisterConfig
 from .data.nifti import nifti_stem
+from .files import replacing
 
 __all__ = ["LIST_FORMAT", "Subject", "read_pair_list", "subjects_from_dir", "register_cohort", "CSV_COLUMNS"]
 
@@ -186,10 +187,8 @@ def _write_csv(path: str, rows: list[dict]) -> None:
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
+    with replacing(path) as tmp, open(tmp, "w") as fh:
         fh.write(buf.getvalue())
-    os.replace(tmp, path)
 
 
 def register_cohort(subjects: Sequence[Subject], out_dir: str | os.PathLike, options: dict | None = None,

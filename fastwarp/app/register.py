@@ -21,6 +21,7 @@ from ..warp import warp
 from .checkpoints import CheckpointError, load_checkpoint, model_from_checkpoint
 from .config import RegisterConfig
 from .data import Volume, load_volume, normalize_intensity, save_nifti, to_model_grid
+from .files import replacing
 from .metrics import compare
 from .models import RegUNet
 from .refine import RefineConfig, refine_defaults
@@ -297,10 +298,8 @@ def register_files(config: RegisterConfig, cache: dict | None = None) -> dict:
         metrics["affine"] = result.affine.tolist()
     if config.json:
         metrics["outputs"].append(config.json)
-        tmp = config.json + ".tmp"
-        with open(tmp, "w") as fh:
+        with replacing(config.json) as tmp, open(tmp, "w") as fh:
             json.dump(metrics, fh, indent=1)
-        os.replace(tmp, config.json)
     return metrics
 
 

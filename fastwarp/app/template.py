@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .files import replacing
+
 __all__ = ["TemplateConfig", "build_template", "template_files", "exact_sum"]
 
 
@@ -216,10 +218,11 @@ def template_figure(history: Sequence[torch.Tensor], path: str) -> str:
             if j == 0:
                 ax.set_ylabel("start" if k == 0 else f"iteration {k}")
     fig.tight_layout()
-    tmp = path + ".tmp" + os.path.splitext(path)[1]
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with replacing(path) as tmp:
+            fig.savefig(tmp, dpi=90, format=os.path.splitext(path)[1][1:] or "png")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -269,9 +272,8 @@ def template_files(subjects: str, out_dir: str, config: TemplateConfig = Templat
                                   np.float32))
         written.append(template_figure(out["history"], os.path.join(out_dir, "template_iterations.png")))
         path = os.path.join(out_dir, "template.json")
-        with open(path + ".tmp", "w") as fh:
+        with replacing(path) as tmp, open(tmp, "w") as fh:
             json.dump(summary, fh, indent=1)
-        os.replace(path + ".tmp", path)
         written.append(path)
     if procs.world > 1:
         import torch.distributed as dist

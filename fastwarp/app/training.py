@@ -28,6 +28,7 @@ from ..losses import MI, MSE, NCC, Grad
 from . import data
 from .checkpoints import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .files import replacing
 from .metrics import evaluate
 from .models import RegUNet
 from .runtime import Processes, resolve_device, start_processes
@@ -318,7 +319,5 @@ def _report_epoch(entry: dict, config: TrainConfig) -> None:
 
 
 def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
+    with replacing(path) as tmp, open(tmp, "w") as fh:
         json.dump(obj, fh, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
-    os.replace(tmp, path)

@@ -137,17 +137,11 @@ def save_matrix(path: str | os.PathLike, matrix: np.ndarray) -> str:
 
 
 def _write_atomic(path: str, data: bytes) -> None:
-    """``data`` into ``path`` through a temporary file and a rename: no partial file on failure."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".fastwarp-{os.getpid()}-{os.path.basename(path)}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``data`` into ``path``, whole or not at all (:func:`~fastwarp.app.files.replacing`)."""
+    from .files import replacing
+
+    with replacing(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
 
 
 def _mat_variable(name: str, values) -> bytes:
@@ -325,13 +319,44 @@ class FieldTransform:
         if d.dim() not in (3, 4) or d.shape[0] != d.dim() - 1:
             raise ValueError(f"{source}: a displacement field must be (ndim, *spatial), 2-D or 3-D, got {tuple(d.shape)}")
         self.nd = d.shape[0]
-        self.displacement = d.contiguous()
+        self._displacement = d.contiguous()
+        self.file_order = None
         self.affine = as_affine(f"{source}: the grid's affine", affine, self.nd)
         self.source = source
 
+    @classmethod
+    def from_file_order(cls, lps: torch.Tensor, affine, source: str = "field") -> "FieldTransform":
+        """A field from its ITK file's voxels as they lie there (Note [A field in file order]):
+        ``lps`` ``(nd, *reversed(S))`` float32, C-contiguous, LPS mm, the vector's components in
+        x, y, z order."""
+        if lps.dim() not in (3, 4) or lps.shape[0] != lps.dim() - 1 or lps.dtype != torch.float32:
+            raise ValueError(f"{source}: a field in file order must be float32 (ndim, *reversed(spatial)), 2-D or 3-D, "
+                             f"got {lps.dtype} {tuple(lps.shape)}")
+        self = cls.__new__(cls)
+        self.nd = lps.shape[0]
+        self.file_order = lps
+        self._displacement = None
+        self.affine = as_affine(f"{source}: the grid's affine", affine, self.nd)
+        self.source = source
+        return self
+
+    @property
+    def displacement(self) -> torch.Tensor:
+        """The RAS vectors ``(nd, *S)`` float32, contiguous (made from the file's order once, when
+        first asked for)."""
+        if self._displacement is None:
+            nd, lps = self.nd, self.file_order
+            ras = torch.empty(nd, *lps.shape[:0:-1], dtype=torch.float32, device=lps.device)
+            sign = torch.tensor([-1.0, -1.0, 1.0][:nd], device=lps.device).view(nd, *([1] * nd))  # LPS -> RAS
+            torch.mul(lps.permute(0, *range(nd, 0, -1)), sign, out=ras)  # to (nd, X, Y, Z) in one pass
+            self._displacement = ras
+        return self._displacement
+
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.displacement.shape[1:])
+        if self._displacement is None:
+            return tuple(self.file_order.shape[:0:-1])
+        return tuple(self._displacement.shape[1:])
 
     def on_grid(self, shape, affine) -> bool:
         """Whether the field's grid is the grid ``shape`` / ``affine``."""
@@ -387,13 +412,23 @@ def load_displacement_field(path: str | os.PathLike) -> FieldTransform:
         raise ValueError(f"{path}: a displacement field must be an ITK vector image, (X, Y, Z, 1, 3) or (X, Y, 1, 1, 2), "
                          f"got shape {shape}")
     # NIfTI stores the voxels column-major: the transposed array, (nd, ..., X), is C-contiguous
-    vectors = torch.from_numpy(np.ascontiguousarray(np.asarray(data, dtype=np.float32).reshape(*shape[:nd], nd).T))
+    vectors = np.asarray(data, dtype=np.float32).reshape(*shape[:nd], nd).T
+    if isinstance(data, np.memmap) or not vectors.flags.writeable:  # a plain .nii's memory map: off the file
+        vectors = vectors.copy()
+    vectors = torch.from_numpy(np.ascontiguousarray(vectors))
     if not bool(torch.isfinite(vectors.sum())):  # a NaN or Inf anywhere makes the sum one (so would ~1e30 mm)
         raise ValueError(f"{path}: the displacement field holds NaN or Inf (or values beyond any grid)")
-    ras = torch.empty(nd, *shape[:nd], dtype=torch.float32)
-    sign = torch.tensor([-1.0, -1.0, 1.0][:nd]).view(nd, *([1] * nd))  # LPS -> RAS: x and y negated
-    torch.mul(vectors.permute(0, *range(nd, 0, -1)), sign, out=ras)  # to (nd, X, Y, Z) in one pass
-    return FieldTransform(ras, np.asarray(img.affine, dtype=np.float64), path)
+    return FieldTransform.from_file_order(vectors, np.asarray(img.affine, dtype=np.float64), path)
+
+
+# Note [A field in file order]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# An ITK field's file holds, column-major, (X, Y, Z, 1, 3): in memory that is (3, Z, Y, X), one
+# LPS component after the other, x fastest. `load_displacement_field` keeps it so
+# (FieldTransform.file_order) and makes the RAS (3, X, Y, Z) array only when something asks for
+# `displacement`: that transpose is a pass through 65 MB at 1 mm that `fastwarp apply` does not
+# need, because it samples in the file's axis order (Note [Sampling in the file's order] in
+# fastwarp/app/apply.py).
 
 
 _SPEC = re.compile(r"^\[\s*(.+?)\s*,\s*([01])\s*\]$")

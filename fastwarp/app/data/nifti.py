@@ -6,12 +6,13 @@ name the file."""
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from ..files import replacing
 
 __all__ = ["Volume", "load_volume", "save_nifti", "normalize_intensity", "NIFTI_SUFFIXES", "nifti_stem"]
 
@@ -45,10 +46,11 @@ class Volume:
         return tuple(self.image.shape)
 
 
-def _read_any(path: str | os.PathLike, what: str):
+def _read_any(path: str | os.PathLike, what: str, voxels: bool = True):
     """The voxels of a NIfTI file of any shape (scaled as stored) and the image; one-line errors
     naming the file for a missing, unreadable or non-NIfTI file. A ``.nii.gz`` is inflated in
-    memory, its members in parallel when fastwarp wrote it (Note [Gzip members])."""
+    memory, its members in parallel when fastwarp wrote it (Note [Gzip members]).
+    ``voxels=False``: the header alone (None for the voxels), nothing inflated beyond it."""
     import nibabel as nib
 
     path = os.fspath(path)
@@ -57,12 +59,14 @@ def _read_any(path: str | os.PathLike, what: str):
     if os.path.isdir(path):
         raise IsADirectoryError(f"{what}: expected a NIfTI file, got a directory: {path}")
     try:
-        img = _load_nii_gz(path) if path.endswith(".nii.gz") else None
+        img = _load_nii_gz(path) if path.endswith(".nii.gz") and voxels else None
         img = img if img is not None else nib.load(path)
     except Exception as e:  # nibabel raises ImageFileError, OSError, EOFError, ... for junk
         raise ValueError(f"{what}: {path} is not a readable NIfTI file ({type(e).__name__}: {e})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise ValueError(f"{what}: {path} is a {type(img).__name__}, not a NIfTI file")
+    if not voxels:
+        return None, img
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as e:
@@ -143,25 +147,127 @@ def gunzip(raw: bytes) -> bytes:
     return b"".join(_pool_map(inflate, spans))
 
 
+def _stored_members(path: str) -> np.ndarray | None:
+    """The bytes a fastwarp ``.nii.gz`` of stored members holds (a displacement field's, Note
+    [Gzip members]) copied once, from a memory map of the file into a fresh array, members in
+    parallel, each checked against its CRC; None for any other file (deflated members, another
+    tool's gzip), which is inflated instead (Note [Reading a stored field])."""
+    import mmap
+    import struct
+    import zlib
+
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size < 28:
+            return None
+        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    src = np.frombuffer(mm, np.uint8)
+    try:
+        members, pos, at = [], 0, 0  # (blocks [(offset in the file, length)], offset out, CRC, ISIZE)
+        while pos < size:
+            if mm[pos:pos + 4] != _GZIP_MAGIC or pos + 20 > size or mm[pos + 10:pos + 14] != b"\x08\x00FW":
+                return None
+            total = struct.unpack_from("<I", mm, pos + 16)[0]
+            if total < 28 or pos + total > size:
+                return None
+            end, q, blocks, final = pos + total - 8, pos + 20, [], False
+            while not final:  # each stored block: a byte (BFINAL, BTYPE 00), LEN, NLEN, LEN bytes
+                if q + 5 > end or mm[q] & 6:
+                    return None  # a compressed block: inflate the file
+                final = bool(mm[q] & 1)
+                n, n_not = struct.unpack_from("<HH", mm, q + 1)
+                if n ^ n_not != 0xFFFF or q + 5 + n > end:
+                    return None
+                blocks.append((q + 5, n))
+                q += 5 + n
+            if q != end:
+                return None
+            crc, isize = struct.unpack_from("<II", mm, end)
+            members.append((blocks, at, crc, isize))
+            at += sum(n for _, n in blocks)
+            pos += total
+        out = np.empty(at, np.uint8)
+
+        def copy(member):
+            blocks, start, crc, isize = member
+            o, c = start, 0
+            for s, n in blocks:
+                out[o:o + n] = src[s:s + n]
+                c = zlib.crc32(out[o:o + n], c)  # the block just copied, still in the cache
+                o += n
+            if c != crc or (o - start) & 0xFFFFFFFF != isize:
+                raise ValueError("gzip member fails its CRC check (a corrupt file)")
+
+        _pool_map(copy, members)
+        return out
+    finally:
+        del src
+        mm.close()
+
+
+# Note [Reading a stored field]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# A displacement field is most of what `fastwarp apply` reads (a 1 mm field: 65 MB). Inflated
+# as one stream and handed to nibabel, its bytes were copied four times (inflate, join, nibabel's
+# BytesIO, the array read from it): 0.3 s on 2 cores, more than the sampling. fastwarp's own
+# fields are stored members (Note [Gzip members]): their bytes sit in the file between block
+# headers, so they are copied once from a memory map into the array nibabel's header describes,
+# each block checksummed right after its copy (while in the cache), members in parallel. The
+# array is the file's own order, so the voxels come out Fortran-ordered as nibabel's do, and
+# `load_displacement_field` keeps them so (Note [A field in file order]).
+
+
+def _image_from_buffer(data: np.ndarray, kind):
+    """A nibabel image over ``data`` (the file's bytes, uint8) without copying its voxels; None
+    when its header needs what only nibabel's reader does (scaled voxels, a truncated file)."""
+    import io
+
+    head = kind.header_class.from_fileobj(io.BytesIO(data[:kind.header_class.sizeof_hdr].tobytes()))
+    offset = int(head.get_data_offset())
+    if offset > kind.header_class.sizeof_hdr:  # extensions: read the header again with them
+        head = kind.header_class.from_fileobj(io.BytesIO(data[:offset].tobytes()))
+    slope, inter = head.get_slope_inter()
+    shape, dtype = head.get_data_shape(), head.get_data_dtype()
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if (slope not in (None, 1.0)) or (inter not in (None, 0.0)) or offset + nbytes > data.size or dtype.hasobject:
+        return None
+    voxels = data[offset:offset + nbytes].view(dtype).reshape(shape[::-1]).T  # file order: Fortran
+    return kind(voxels, head.get_best_affine(), head)
+
+
 def _load_nii_gz(path: str):
-    """A ``.nii.gz`` inflated in memory (:func:`gunzip`) as a nibabel image; None when the
-    inflated bytes are not a NIfTI header (nibabel then reads it and says what it is)."""
+    """A ``.nii.gz`` as a nibabel image with its voxels in memory: a fastwarp field's stored
+    members copied once (Note [Reading a stored field]), anything else inflated
+    (:func:`gunzip`); None when the bytes are not a NIfTI header (nibabel then reads the file and
+    says what it is)."""
     import struct
 
     import nibabel as nib
 
-    with open(path, "rb") as fh:
-        data = gunzip(fh.read())
-    if len(data) < 4:
+    stored = _stored_members(path)
+    if stored is not None:
+        data = stored
+        first = data[:4].tobytes()
+    else:
+        with open(path, "rb") as fh:
+            data = gunzip(fh.read())
+        first = data[:4]
+    if len(first) < 4:
         return None
-    size = {struct.unpack("<i", data[:4])[0], struct.unpack(">i", data[:4])[0]}
+    size = {struct.unpack("<i", first)[0], struct.unpack(">i", first)[0]}
     kind = nib.Nifti1Image if 348 in size else nib.Nifti2Image if 540 in size else None
-    return None if kind is None else kind.from_bytes(data)
+    if kind is None:
+        return None
+    if stored is not None:
+        img = _image_from_buffer(stored, kind)
+        return img if img is not None else kind.from_bytes(stored.tobytes())
+    return kind.from_bytes(data)
 
 
-def _read(path: str | os.PathLike, what: str):
-    """The voxels of one 2-D or 3-D NIfTI file (a trailing axis of 1 dropped) and the image."""
-    data, img = _read_any(path, what)
+def _read(path: str | os.PathLike, what: str, voxels: bool = True):
+    """The voxels of one 2-D or 3-D NIfTI file (a trailing axis of 1 dropped) and the image;
+    ``voxels=False``: a zero-size stand-in of the volume's shape (the grid alone, nothing inflated)."""
+    data, img = _read_any(path, what, voxels)
     shape = img.shape
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
@@ -170,7 +276,7 @@ def _read(path: str | os.PathLike, what: str):
     if len(shape) not in (2, 3):
         raise ValueError(f"{what}: {os.fspath(path)} has shape {img.shape}; expected a single 2-D or 3-D volume "
                          f"(split 4-D series into one file per volume)")
-    return data.reshape(shape), img
+    return (data.reshape(shape) if voxels else np.broadcast_to(np.uint8(0), shape)), img
 
 
 def normalize_intensity(x: np.ndarray, percentile: float = 99.5) -> np.ndarray:
@@ -235,28 +341,15 @@ def save_nifti(path: str | os.PathLike, array, affine: np.ndarray, header=None, 
     path = os.fspath(path)
     if not path.endswith(NIFTI_SUFFIXES):
         raise ValueError(f"output file {path} must end in .nii or .nii.gz")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     hdr = header.copy() if header is not None else None
     img = nib.Nifti1Image(array, affine, hdr)
     img.set_data_dtype(array.dtype)
     if array.ndim in (4, 5):  # a vector field (fastwarp's, or ITK's 5-D): NIfTI intent "vector"
         img.header.set_intent("vector")
-    suffix = ".nii.gz" if path.endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=folder, prefix=".fastwarp-")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a plain new file follows the umask
-    try:
-        if suffix == ".nii.gz":  # in parallel members; a field stored (Note [Gzip members])
+    with replacing(path) as tmp:
+        if path.endswith(".nii.gz"):  # in parallel members; a field stored (Note [Gzip members])
             with open(tmp, "wb") as fh:
                 fh.write(gzip_members(img.to_bytes(), 0 if array.ndim in (4, 5) else 1))
         else:
             nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path

@@ -1,0 +1,42 @@
+"""fastwarp.app.files: outputs written whole or not at all."""
+
+import os
+import stat
+
+import pytest
+
+from fastwarp.app.files import TEMPORARY_PREFIX, replacing
+
+
+def test_replacing_renames_on_success_and_keeps_the_suffix(tmp_path):
+    target = tmp_path / "new" / "out.nii.gz"  # the folder is made
+    with replacing(target) as tmp:
+        assert os.path.dirname(tmp) == str(target.parent) and os.path.basename(tmp).startswith(TEMPORARY_PREFIX)
+        assert tmp.endswith(".nii.gz") and not target.exists()
+        with open(tmp, "w") as fh:
+            fh.write("one")
+    assert target.read_text() == "one" and os.listdir(target.parent) == ["out.nii.gz"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o666 & ~umask  # a new file's, not mkstemp's 0600
+    with replacing(target) as tmp:  # over an existing file
+        with open(tmp, "w") as fh:
+            fh.write("two")
+    assert target.read_text() == "two"
+
+
+@pytest.mark.parametrize("error", [ValueError, KeyboardInterrupt])
+def test_replacing_leaves_the_old_file_and_no_temporary_on_failure(tmp_path, error):
+    target = tmp_path / "metrics.csv"
+    target.write_text("old")
+    with pytest.raises(error):
+        with replacing(target) as tmp:
+            with open(tmp, "w") as fh:
+                fh.write("half")
+            raise error("killed halfway")
+    assert target.read_text() == "old" and os.listdir(tmp_path) == ["metrics.csv"]
+    with pytest.raises(RuntimeError):  # a writer that never made the file: nothing to remove, the error kept
+        with replacing(tmp_path / "x.json") as tmp:
+            os.unlink(tmp)
+            raise RuntimeError("no file")
+    assert os.listdir(tmp_path) == ["metrics.csv"]
