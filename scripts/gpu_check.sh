@@ -247,7 +247,7 @@ finalize() {
     fi
     cp "$REPORT/summary.txt" "$WORK/summary.txt" 2>/dev/null
     # (written beside WORK, then moved: REPORT_DIR never holds a partial archive)
-    tar -czf "$WORK.logs.tar.gz" -C "$WORK" --exclude='*.pt' --exclude='*.pt.tmp' --exclude='*.nii.gz' \
+    tar -czf "$WORK.logs.tar.gz" -C "$WORK" --exclude='*.pt' --exclude='.fastwarp-*' --exclude='*.nii.gz' \
         --exclude=build-temp --exclude=build-lib . 2>/dev/null &&
         mv -f "$WORK.logs.tar.gz" "$REPORT/logs.tar.gz"
 }

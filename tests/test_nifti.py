@@ -269,3 +269,20 @@ def test_stored_members_with_extensions_and_scaling(tmp_path):
     (tmp_path / "scaled.nii.gz").write_bytes(_gz_of(scaled, 0))
     data, _ = _read_any(tmp_path / "scaled.nii.gz", "image")
     np.testing.assert_allclose(data, ints * 0.5 + 2.0)
+
+
+def test_a_file_system_that_cannot_map_files_reads_by_inflating(tmp_path, monkeypatch):
+    """Where mmap fails (some network and FUSE mounts), a stored field is read as any gzip."""
+    import mmap
+
+    from fastwarp.app.data.nifti import _read_any, _stored_members
+
+    field = rng().standard_normal((6, 5, 4, 1, 3)).astype(np.float32)
+    path = fwdata.save_nifti(tmp_path / "w.nii.gz", field, affine_of(1))
+
+    def refuse(*args, **kwargs):
+        raise OSError(19, "No such device")
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    assert _stored_members(path) is None
+    np.testing.assert_array_equal(_read_any(path, "transform")[0], field)

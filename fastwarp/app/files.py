@@ -12,11 +12,11 @@ from collections.abc import Iterator
 __all__ = ["replacing", "TEMPORARY_PREFIX"]
 
 TEMPORARY_PREFIX = ".fastwarp-"
-_UMASK = os.umask(0)  # at import; where /proc/self/status says it, read there each time (setting it
-os.umask(_UMASK)  # back and forth later would race with other threads' new files)
 
 
 def _umask() -> int:
+    """The process's umask: read from /proc where it says it; else set and restored (which
+    briefly races with other threads' new files, as any umask query without /proc does)."""
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
@@ -24,7 +24,9 @@ def _umask() -> int:
                     return int(line.split()[1], 8)
     except (OSError, ValueError):
         pass
-    return _UMASK
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -40,9 +42,10 @@ def replacing(path: str | os.PathLike) -> Iterator[str]:
     os.makedirs(folder, exist_ok=True)
     suffix = ".nii.gz" if name.endswith(".nii.gz") else os.path.splitext(name)[1]
     fd, tmp = tempfile.mkstemp(suffix=suffix, dir=folder, prefix=TEMPORARY_PREFIX)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())
     try:
+        os.close(fd)
+        with contextlib.suppress(OSError):  # a file system without modes keeps its own
+            os.chmod(tmp, 0o666 & ~_umask())
         yield tmp
         os.replace(tmp, path)
     except BaseException:

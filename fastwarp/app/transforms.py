@@ -334,7 +334,7 @@ class FieldTransform:
                              f"got {lps.dtype} {tuple(lps.shape)}")
         self = cls.__new__(cls)
         self.nd = lps.shape[0]
-        self.file_order = lps
+        self.file_order = lps.contiguous()
         self._displacement = None
         self.affine = as_affine(f"{source}: the grid's affine", affine, self.nd)
         self.source = source

@@ -49,7 +49,8 @@ class Volume:
 def _read_any(path: str | os.PathLike, what: str, voxels: bool = True):
     """The voxels of a NIfTI file of any shape (scaled as stored) and the image; one-line errors
     naming the file for a missing, unreadable or non-NIfTI file. A ``.nii.gz`` is inflated in
-    memory, its members in parallel when fastwarp wrote it (Note [Gzip members]).
+    memory, its members in parallel when fastwarp wrote it (Note [Gzip members]); a field
+    fastwarp stored is copied out of the file instead (Note [Reading a stored field]).
     ``voxels=False``: the header alone (None for the voxels), nothing inflated beyond it."""
     import nibabel as nib
 
@@ -160,12 +161,15 @@ def _stored_members(path: str) -> np.ndarray | None:
         size = os.fstat(fh.fileno()).st_size
         if size < 28:
             return None
-        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):  # a file system that does not map files: read it the other way
+            return None
     src = np.frombuffer(mm, np.uint8)
     try:
         members, pos, at = [], 0, 0  # (blocks [(offset in the file, length)], offset out, CRC, ISIZE)
         while pos < size:
-            if mm[pos:pos + 4] != _GZIP_MAGIC or pos + 20 > size or mm[pos + 10:pos + 14] != b"\x08\x00FW":
+            if mm[pos:pos + 4] != _GZIP_MAGIC or pos + 20 > size or mm[pos + 10:pos + 16] != b"\x08\x00FW\x04\x00":
                 return None
             total = struct.unpack_from("<I", mm, pos + 16)[0]
             if total < 28 or pos + total > size:
@@ -214,7 +218,9 @@ def _stored_members(path: str) -> np.ndarray | None:
 # headers, so they are copied once from a memory map into the array nibabel's header describes,
 # each block checksummed right after its copy (while in the cache), members in parallel. The
 # array is the file's own order, so the voxels come out Fortran-ordered as nibabel's do, and
-# `load_displacement_field` keeps them so (Note [A field in file order]).
+# `load_displacement_field` keeps them so (Note [A field in file order]). The map is read only
+# while it is copied; a file truncated in place by another program during those milliseconds
+# would fault (SIGBUS), as with any mapped read; fastwarp itself replaces files by renaming.
 
 
 def _image_from_buffer(data: np.ndarray, kind):
@@ -266,7 +272,8 @@ def _load_nii_gz(path: str):
 
 def _read(path: str | os.PathLike, what: str, voxels: bool = True):
     """The voxels of one 2-D or 3-D NIfTI file (a trailing axis of 1 dropped) and the image;
-    ``voxels=False``: a zero-size stand-in of the volume's shape (the grid alone, nothing inflated)."""
+    ``voxels=False``: a stand-in of the volume's shape that holds no memory (the grid alone,
+    from the header; the voxels are neither read nor checked)."""
     data, img = _read_any(path, what, voxels)
     shape = img.shape
     if len(shape) == 4 and shape[3] == 1:
