@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..warp import grid_sample, warp
-from .transforms import AffineTransform, FieldTransform, load_transform
+from .transforms import AffineTransform, FieldTransform, load_transform, ras_to_lps
 
 __all__ = ["INTERPOLATIONS", "apply_transforms", "apply_files"]
 
@@ -187,7 +187,7 @@ def _fused_operands(A, field, R, image, reference_shape, device):
     if field is None:
         return A, None, axes
     if flip:  # the file's LPS components, (nd, *reversed(S)): u'[k] = sum_j (P R F)[k, j] lps[j]
-        src, T = field.file_order.to(device), P @ R @ np.diag([-1.0, -1.0, 1.0][:nd])
+        src, T = field.file_order.to(device), P @ R @ ras_to_lps(nd)[:nd, :nd]
     else:
         src, T = field.displacement.to(device), R
     if np.count_nonzero(T) == nd and np.all(np.count_nonzero(T, axis=1) == 1):  # one source per component

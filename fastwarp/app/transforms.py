@@ -29,7 +29,6 @@ __all__ = ["as_affine", "ras_to_lps", "itk_geometry", "itk_to_voxel_displacement
            "load_displacement_field", "voxel_to_world_displacement", "world_to_voxel_displacement",
            "transform_points", "grid_points"]
 
-_LPS = np.diag([-1.0, -1.0, 1.0])  # NIfTI world (RAS) -> ITK physical space (LPS), and back
 
 
 def as_affine(name: str, affine, ndim: int) -> np.ndarray:
@@ -66,9 +65,9 @@ def itk_geometry(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     physical point is ``diag(-1, -1, 1) @`` the world point; ITK index ``(i, j, k)`` is the numpy
     array index ``[i, j, k]`` as antspyx holds it (SimpleITK's arrays are ``[k, j, i]``). Then
     physical = origin + direction @ diag(spacing) @ index."""
-    M = _LPS @ np.asarray(affine, dtype=np.float64)[:3, :3]
+    M = _flip(3) @ np.asarray(affine, dtype=np.float64)[:3, :3]
     spacing = np.linalg.norm(M, axis=0)
-    return _LPS @ np.asarray(affine, dtype=np.float64)[:3, 3], spacing, M / spacing
+    return _flip(3) @ np.asarray(affine, dtype=np.float64)[:3, 3], spacing, M / spacing
 
 
 def itk_to_voxel_displacement(field: np.ndarray, affine: np.ndarray) -> torch.Tensor:
@@ -257,6 +256,7 @@ def load_matrix(path: str | os.PathLike) -> np.ndarray:
 # ants.apply_transforms list that as [field, affine] (transform_points).
 
 def _flip(nd: int) -> np.ndarray:
+    """RAS <-> LPS on vectors: :func:`ras_to_lps`'s linear part, ``nd`` square."""
     return ras_to_lps(nd)[:nd, :nd]
 
 
@@ -347,7 +347,7 @@ class FieldTransform:
         if self._displacement is None:
             nd, lps = self.nd, self.file_order
             ras = torch.empty(nd, *lps.shape[:0:-1], dtype=torch.float32, device=lps.device)
-            sign = torch.tensor([-1.0, -1.0, 1.0][:nd], device=lps.device).view(nd, *([1] * nd))  # LPS -> RAS
+            sign = torch.tensor(np.diag(_flip(nd)), dtype=torch.float32, device=lps.device).view(nd, *([1] * nd))  # LPS -> RAS
             torch.mul(lps.permute(0, *range(nd, 0, -1)), sign, out=ras)  # to (nd, X, Y, Z) in one pass
             self._displacement = ras
         return self._displacement

@@ -10,8 +10,9 @@ warped by the inverse of v_i (:func:`~fastwarp.app.inverse.invert_displacement`)
 S_i(p + v_i(p)) = B(p): then the v_i are what registering S_i to B finds, the fields the
 template's update averages, and their zero mean is the update's own criterion (forward fields
 have the inverses' mean at B, zero only to first order). The template built from them
-(:func:`~fastwarp.app.template.build_template`) should come back to the brain: its NCC (Pearson's correlation over the grid) with the brain, against the
-plain mean's, and the wall time. ``--resolution 1`` uses the 1 mm data when it is there
+(:func:`~fastwarp.app.template.build_template`) should come back to the brain: its NCC
+(Pearson's correlation over the grid) with the brain, against the plain mean's, and the wall
+time. ``--resolution 1`` uses the 1 mm data when it is there
 (``scripts/make_data.py --voxel-mm 1``).
 """
 

@@ -119,6 +119,25 @@ def gzip_members(raw: bytes, level: int = 1) -> bytes:
     return b"".join(_pool_map(lambda c: _gzip_member(c, level), chunks))
 
 
+def _member_spans(buf, size: int) -> list[tuple[int, int]] | None:
+    """Where the bodies of a file of fastwarp's gzip members lie in ``buf`` (its first ``size``
+    bytes): ``(start, end)`` each, the CRC and ISIZE at ``end``; None when it is not such a
+    file (another tool's gzip, a cut file), which is then read as one stream (Note [Gzip
+    members])."""
+    import struct
+
+    spans, pos = [], 0
+    while pos < size:
+        if pos + 20 > size or buf[pos:pos + 4] != _GZIP_MAGIC or buf[pos + 10:pos + 16] != b"\x08\x00FW\x04\x00":
+            return None
+        total = struct.unpack_from("<I", buf, pos + 16)[0]
+        if total < 28 or pos + total > size:
+            return None
+        spans.append((pos + 20, pos + total - 8))
+        pos += total
+    return spans
+
+
 def gunzip(raw: bytes) -> bytes:
     """Inflate a gzip file: fastwarp's members in parallel (Note [Gzip members]), anything else
     as one stream."""
@@ -126,15 +145,9 @@ def gunzip(raw: bytes) -> bytes:
     import struct
     import zlib
 
-    spans, pos = [], 0
-    while pos < len(raw):
-        if raw[pos:pos + 4] != _GZIP_MAGIC or raw[pos + 10:pos + 14] != b"\x08\x00FW" or pos + 20 > len(raw):
-            return gzip.decompress(raw)
-        total = struct.unpack_from("<I", raw, pos + 16)[0]
-        if total < 28 or pos + total > len(raw):
-            return gzip.decompress(raw)
-        spans.append((pos + 20, pos + total - 8))
-        pos += total
+    spans = _member_spans(raw, len(raw))
+    if spans is None:
+        return gzip.decompress(raw)
     view = memoryview(raw)
 
     def inflate(span):
@@ -167,14 +180,12 @@ def _stored_members(path: str) -> np.ndarray | None:
             return None
     src = np.frombuffer(mm, np.uint8)
     try:
-        members, pos, at = [], 0, 0  # (blocks [(offset in the file, length)], offset out, CRC, ISIZE)
-        while pos < size:
-            if mm[pos:pos + 4] != _GZIP_MAGIC or pos + 20 > size or mm[pos + 10:pos + 16] != b"\x08\x00FW\x04\x00":
-                return None
-            total = struct.unpack_from("<I", mm, pos + 16)[0]
-            if total < 28 or pos + total > size:
-                return None
-            end, q, blocks, final = pos + total - 8, pos + 20, [], False
+        spans = _member_spans(mm, size)
+        if spans is None:
+            return None
+        members, at = [], 0  # (blocks [(offset in the file, length)], offset out, CRC, ISIZE)
+        for q, end in spans:
+            blocks, final = [], False
             while not final:  # each stored block: a byte (BFINAL, BTYPE 00), LEN, NLEN, LEN bytes
                 if q + 5 > end or mm[q] & 6:
                     return None  # a compressed block: inflate the file
@@ -189,7 +200,6 @@ def _stored_members(path: str) -> np.ndarray | None:
             crc, isize = struct.unpack_from("<II", mm, end)
             members.append((blocks, at, crc, isize))
             at += sum(n for _, n in blocks)
-            pos += total
         out = np.empty(at, np.uint8)
 
         def copy(member):
