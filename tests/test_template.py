@@ -84,7 +84,7 @@ def test_template_command_writes_its_files(tmp_path, capsys):
     subjects = _write_subjects(tmp_path / "subjects")
     out = tmp_path / "out"
     assert cli.main(["template", "--list", subjects, "-o", str(out), "--iterations", "2", "--refine", "10",
-                     "--device", "cpu", "--quiet"]) == 0
+                     "--bending", "0.5", "--device", "cpu", "--quiet"]) == 0
     stdout = capsys.readouterr().out
     assert "4 subjects, 2 iterations" in stdout
     for name in ("template.nii.gz", "template_00.nii.gz", "template_01.nii.gz", "template_02.nii.gz",
@@ -95,6 +95,7 @@ def test_template_command_writes_its_files(tmp_path, capsys):
     np.testing.assert_array_equal(np.asarray(t.dataobj), np.asarray(nib.load(out / "template_02.nii.gz").dataobj))
     info = json.loads((out / "template.json").read_text())
     assert len(info["iterations"]) == 2 and len(info["iterations"][1]["ncc"]) == 4
+    assert info["config"]["bending"] == 0.5 and info["config"]["smooth"] is None
     assert nib.load(out / "s0_warp.nii.gz").shape == (*SHAPE, 1, 3)
 
 

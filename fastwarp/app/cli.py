@@ -147,6 +147,11 @@ def register_parser() -> argparse.ArgumentParser:
                         "of that with --diffeomorphic). More gives a smoother, more invertible map for less overlap: "
                         "--diffeomorphic --smooth 1 halves the inverse's residual on the embedded pair for 0.02-0.04 "
                         "less Dice")
+    p.add_argument("--bending", type=float, metavar="W",
+                   help="with --refine: a weight on the field's second differences (default 0). It keeps the map "
+                        "smooth between voxels, where a written field is interpolated: on the embedded pair at 2 mm "
+                        "--diffeomorphic --smooth 0.3 --bending 1 brings the inverse's residual to 0.03 voxel mean "
+                        "and < 0.5 at most inside the brain (0.11 / 2 at the defaults) for 0.03-0.05 less Dice")
     p.add_argument("--similarity", choices=SIMILARITIES,
                    help="of --affine and --refine: ncc (default), mse, or mi (mutual information: images of "
                         "different contrasts, e.g. T1 to T2)")
@@ -339,6 +344,7 @@ def _template_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine", type=int, default=30, metavar="STEPS",
                    help="the refinement's steps per level (default 30; 0: fastwarp register's measured defaults)")
     p.add_argument("--smooth", type=float, metavar="W", help="the refinement's smoothness weight")
+    p.add_argument("--bending", type=float, metavar="W", help="the refinement's bending weight (second differences)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", "-q", action="store_true")
     return p
@@ -350,7 +356,8 @@ def _template_main(argv: Sequence[str]) -> int:
 
     args = _template_parser().parse_args(argv)
     config = TemplateConfig(iterations=args.iterations, refine_steps=args.refine or None, affine=args.affine,
-                            diffeomorphic=args.diffeomorphic, similarity=args.similarity, smooth=args.smooth)
+                            diffeomorphic=args.diffeomorphic, similarity=args.similarity, smooth=args.smooth,
+                            bending=args.bending)
     procs = start_processes(args.device)
     out = template_files(args.list, args.output, config, args.initial, resolve_device(args.device, procs),
                          progress=not args.quiet)

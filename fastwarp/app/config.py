@@ -93,6 +93,7 @@ class RegisterConfig:
     refine: int | None = None  # refine for this pair: None no, 0 the default schedule, N steps per level
     diffeomorphic: bool = False  # refine a stationary velocity field (an invertible map; see --help)
     smooth: float | None = None  # the refinement's smoothness weight; None: the measured default
+    bending: float | None = None  # the refinement's bending weight (second differences); None: none
     similarity: str = "ncc"  # of the affine and the refinement: "ncc", "mse" or "mi"
     transform: str | None = None  # the ITK/ANTs transform files' prefix; None: the output's stem
     inverse: bool = False  # also write the inverse transform
@@ -108,9 +109,10 @@ class RegisterConfig:
             raise ValueError(f"--refine takes a number of steps per level >= 0, got {self.refine}")
         if self.diffeomorphic and self.refine is None:
             raise ValueError("--diffeomorphic applies to --refine: give both")
-        if self.smooth is not None and (self.refine is None or not self.smooth >= 0):
-            raise ValueError(f"--smooth takes a weight >= 0 for --refine, got {self.smooth}"
-                             + ("" if self.refine is not None else " without --refine"))
+        for option, weight in (("smooth", self.smooth), ("bending", self.bending)):
+            if weight is not None and (self.refine is None or not weight >= 0):
+                raise ValueError(f"--{option} takes a weight >= 0 for --refine, got {weight}"
+                                 + ("" if self.refine is not None else " without --refine"))
         if self.similarity not in SIMILARITIES:
             raise ValueError(f"--similarity must be one of {list(SIMILARITIES)}, got {self.similarity!r}")
         for option, path in (("output", self.output), ("flow", self.flow), ("labels-output", self.warped_labels)):

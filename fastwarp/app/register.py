@@ -271,6 +271,8 @@ def refine_config(config: RegisterConfig, voxel_mm: float = 2.0) -> RefineConfig
     steps = {} if not config.refine else {"iterations": config.refine}
     if config.smooth is not None:
         steps["smooth"] = config.smooth
+    if config.bending is not None:
+        steps["bending"] = config.bending
     return refine_defaults(voxel_mm, similarity=config.similarity, diffeomorphic=config.diffeomorphic, **steps)
 
 

@@ -88,6 +88,7 @@ class TemplateConfig:
     affine: bool = False
     similarity: str = "ncc"
     smooth: float | None = None
+    bending: float | None = None
     step: float = 1.0
 
     def __post_init__(self):
@@ -155,6 +156,8 @@ def build_template(images: Sequence, affines: Sequence, config: TemplateConfig =
     steps = {} if config.refine_steps is None else {"iterations": config.refine_steps}
     if config.smooth is not None:
         steps["smooth"] = config.smooth
+    if config.bending is not None:
+        steps["bending"] = config.bending
     refine = refine_defaults(voxel, similarity=config.similarity, diffeomorphic=config.diffeomorphic, **steps)
     affine_cfg = None
     if config.affine:
