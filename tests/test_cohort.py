@@ -13,6 +13,7 @@ import pytest
 
 from fastwarp.app import cli
 from fastwarp.app.cohort import read_pair_list, subjects_from_dir
+from fastwarp.app.files import TEMPORARY_PREFIX
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -94,6 +95,57 @@ def test_cohort_registers_every_subject_and_resumes_where_it_stopped(synth, tmp_
     assert not [p for p in os.listdir(out) if p.endswith(".tmp") or p.startswith(".fastwarp-")]
 
 
+def _subprocess_env():
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    return repo, env
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_outputs(synth, tmp_path):
+    """A real kill: SIGKILL once the first subject is complete; the second run finishes with
+    the uninterrupted run's outputs, bit for bit, and nothing else in the folder."""
+    import subprocess
+    import sys
+    import time
+
+    repo, env = _subprocess_env()
+    atlas, atlas_lab = synth["paths"]["atlas"]
+    names = ["sub0", "sub1", "sub2"]
+    pairs = _list(tmp_path, [f"{synth['paths'][n][0]} - {synth['paths'][n][1]}" for n in names])
+    cmd = [sys.executable, "-m", "fastwarp", "register", "--list", pairs, "--fixed", atlas, "--fixed-labels",
+           atlas_lab, "--affine"] + FAST
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    res = subprocess.run(cmd + ["-o", str(whole)], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    proc = subprocess.Popen(cmd + ["-o", str(killed)], cwd=repo, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (killed / "sub0.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.002)
+    proc.kill()
+    proc.wait()
+    assert not (killed / "metrics.csv").exists()  # killed before the end
+    # a kill while writing leaves a temporary; its timing is not ours, so plant one as it would be
+    (killed / f"{TEMPORARY_PREFIX}sub1_warp.nii.gz~0badf00d.nii.gz").write_bytes(b"half a field")
+    (killed / f"{TEMPORARY_PREFIX}sub1_warp.nii.gz~notours.nii.gz").write_bytes(b"not replacing's: kept")
+    res = subprocess.run(cmd + ["-o", str(killed)], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = _rows(killed / "metrics.csv")
+    assert rows[0]["status"] == "done earlier" and rows[2]["status"] == "registered"
+    (killed / f"{TEMPORARY_PREFIX}sub1_warp.nii.gz~notours.nii.gz").unlink()
+    assert sorted(os.listdir(killed)) == sorted(os.listdir(whole))
+    for name in os.listdir(whole):
+        if name.endswith(".nii.gz"):
+            a, b = nib.load(whole / name), nib.load(killed / name)
+            np.testing.assert_array_equal(np.asarray(b.dataobj), np.asarray(a.dataobj), err_msg=name)
+            np.testing.assert_array_equal(b.affine, a.affine)
+        elif name.endswith(".txt"):
+            assert (killed / name).read_text() == (whole / name).read_text(), name
+
+
 def test_a_failed_subject_is_reported_and_the_run_goes_on(synth, tmp_path, capsys):
     atlas, _ = synth["paths"]["atlas"]
     corrupt = tmp_path / "corrupt.nii.gz"
@@ -159,10 +211,7 @@ def test_torchrun_gloo_splits_the_subjects_and_matches_one_process(synth, tmp_pa
     import subprocess
     import sys
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
+    repo, env = _subprocess_env()
     atlas, atlas_lab = synth["paths"]["atlas"]
     names = ["sub0", "sub1", "sub2"]
     pairs = _list(tmp_path, [f"{synth['paths'][n][0]} - {synth['paths'][n][1]}" for n in names])

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from fastwarp.app.files import TEMPORARY_PREFIX, replacing
+from fastwarp.app.files import TEMPORARY_PREFIX, remove_stale, replacing
 
 
 def test_replacing_renames_on_success_and_keeps_the_suffix(tmp_path):
@@ -40,3 +40,19 @@ def test_replacing_leaves_the_old_file_and_no_temporary_on_failure(tmp_path, err
             os.unlink(tmp)
             raise RuntimeError("no file")
     assert os.listdir(tmp_path) == ["metrics.csv"]
+
+
+def test_remove_stale_takes_a_killed_writers_temporaries_of_that_output_only(tmp_path):
+    target = tmp_path / "sub1_warp.nii.gz"
+    with replacing(target) as tmp:  # the name a writer of target uses
+        live = os.path.basename(tmp)
+    assert live.startswith(TEMPORARY_PREFIX + "sub1_warp.nii.gz~") and live.endswith(".nii.gz")
+    left = [f"{TEMPORARY_PREFIX}sub1_warp.nii.gz~0123abcd.nii.gz", f"{TEMPORARY_PREFIX}sub1_warp.nii.gz~ffffffff.nii.gz"]
+    kept = [f"{TEMPORARY_PREFIX}sub10_warp.nii.gz~0123abcd.nii.gz",  # another output's
+            f"{TEMPORARY_PREFIX}sub1_warp.nii.gz~0123abcd.json",  # not this output's suffix
+            f"{TEMPORARY_PREFIX}sub1_warp.nii.gz~0123ABCDE.nii.gz",  # not replacing's token
+            "sub1_warp.nii.gz"]
+    for name in left + kept:
+        (tmp_path / name).write_text("x")
+    assert remove_stale(target) == 2 and sorted(os.listdir(tmp_path)) == sorted(kept)
+    assert remove_stale(target) == 0 and remove_stale(tmp_path / "none" / "x.csv") == 0

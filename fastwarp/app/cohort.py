@@ -15,7 +15,8 @@ register`` applying to every subject.
   ITK/ANTs files), ``NAME_labels.nii.gz`` (the warped labels), the inverses with ``--inverse``,
   and ``NAME.json`` (the metrics), written last: a subject whose JSON is there is complete, and a
   second run skips it (every file is written to a temporary name and renamed, so a killed run
-  leaves no partial file). ``metrics.csv``: one row per subject, then a summary row.
+  leaves no partial file under an output's name; the second run removes the hidden temporaries
+  it left). ``metrics.csv``: one row per subject, then a summary row.
 - The model and the fixed images are loaded once (``register_files``' cache); the subjects run
   one after another, each on all of torch's threads.
 - Under ``torchrun --nproc_per_node N -m fastwarp register --list ...`` (gloo on CPUs, NCCL on
@@ -44,7 +45,7 @@ import torch
 
 from .config import RegisterConfig
 from .data.nifti import nifti_stem
-from .files import replacing
+from .files import remove_stale, replacing
 
 __all__ = ["LIST_FORMAT", "Subject", "read_pair_list", "subjects_from_dir", "register_cohort", "CSV_COLUMNS"]
 
@@ -226,6 +227,8 @@ def register_cohort(subjects: Sequence[Subject], out_dir: str | os.PathLike, opt
                    unit="subject", disable=None)
     for i in mine:
         subject, config = subjects[i], configs[i]
+        for path in config.outputs.values():  # a killed run's temporaries (this rank owns the subject)
+            remove_stale(path)
         earlier = _complete(config)
         if earlier is not None:
             rows[i] = _row(subject, "done earlier", earlier)
@@ -250,6 +253,7 @@ def register_cohort(subjects: Sequence[Subject], out_dir: str | os.PathLike, opt
     rows = [rows[i] for i in sorted(rows)]
     csv_path = os.path.join(out_dir, "metrics.csv")
     if procs.main:
+        remove_stale(csv_path)
         _write_csv(csv_path, rows + [_summary(rows)])
     if procs.world > 1:
         dist.barrier()  # the CSV is there when any rank returns

@@ -1,32 +1,29 @@
 """Outputs written whole or not at all: :func:`replacing` gives a temporary name beside the
 output, renamed over it when the writing succeeds and removed when it fails, so that a reader
-(or a resumed cohort run) never sees a partial file. Every file fastwarp writes goes through it."""
+(or a resumed cohort run) never sees a partial file. Every file fastwarp writes goes through it.
+A killed process removes nothing: :func:`remove_stale` clears what it left, by name, where a
+resumed run writes the same output again."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import re
+import secrets
 from collections.abc import Iterator
 
-__all__ = ["replacing", "TEMPORARY_PREFIX"]
+__all__ = ["replacing", "remove_stale", "TEMPORARY_PREFIX"]
 
 TEMPORARY_PREFIX = ".fastwarp-"
 
 
-def _umask() -> int:
-    """The process's umask: read from /proc where it says it; else set and restored (which
-    briefly races with other threads' new files, as any umask query without /proc does)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _temporary(path: str) -> tuple[str, str, str]:
+    """``(folder, prefix, suffix)`` of ``path``'s temporaries, ``folder/prefix + 8 hex digits +
+    suffix``: the prefix names the output (cut to 100 characters), the suffix is the output's
+    (``.nii.gz`` whole)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    suffix = ".nii.gz" if name.endswith(".nii.gz") else os.path.splitext(name)[1]
+    return folder, f"{TEMPORARY_PREFIX}{name[:100]}~", suffix if len(suffix) <= 16 else ""
 
 
 @contextlib.contextmanager
@@ -34,21 +31,43 @@ def replacing(path: str | os.PathLike) -> Iterator[str]:
     """``with replacing(path) as tmp:`` write ``tmp``; on leaving the block it is renamed to
     ``path`` (atomically, on one file system), or removed when the block raises (a
     KeyboardInterrupt included). The name is unique in ``path``'s folder (which is made if
-    missing), hidden, ends as ``path`` does (writers that go by the suffix, ``.nii.gz``,
-    ``.png``, see it), and the file gets a new file's permissions (the umask's), not
-    mkstemp's 0600."""
+    missing), hidden, names ``path`` (:func:`remove_stale` finds it by that), ends as ``path``
+    does (writers that go by the suffix, ``.nii.gz``, ``.png``, see it), and the file gets a
+    new file's permissions (the umask's), not mkstemp's 0600."""
     path = os.fspath(path)
-    folder, name = os.path.split(os.path.abspath(path))
+    folder, prefix, suffix = _temporary(path)
     os.makedirs(folder, exist_ok=True)
-    suffix = ".nii.gz" if name.endswith(".nii.gz") else os.path.splitext(name)[1]
-    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=folder, prefix=TEMPORARY_PREFIX)
+    while True:
+        tmp = os.path.join(folder, prefix + secrets.token_hex(4) + suffix)
+        try:  # a new file's permissions: 0666 less the umask, as open() gives
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         os.close(fd)
-        with contextlib.suppress(OSError):  # a file system without modes keeps its own
-            os.chmod(tmp, 0o666 & ~_umask())
         yield tmp
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def remove_stale(path: str | os.PathLike) -> int:
+    """Remove the temporaries of ``path`` that a killed writer left (:func:`replacing`'s, by
+    name); returns how many. Only where nothing else is writing ``path`` now: a resumed cohort
+    run, on the process that owns the subject."""
+    folder, prefix, suffix = _temporary(os.fspath(path))
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return 0
+    pattern = re.compile(re.escape(prefix) + "[0-9a-f]{8}" + re.escape(suffix))
+    removed = 0
+    for name in names:
+        if pattern.fullmatch(name):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(folder, name))
+                removed += 1
+    return removed
