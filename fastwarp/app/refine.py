@@ -128,64 +128,41 @@ def refine_defaults(voxel_mm: float = 2.0, **options) -> RefineConfig:
     return RefineConfig(**options)
 
 
-class _Diffusion(torch.autograd.Function):
-    """VoxelMorph's l2 ``Grad`` penalty, the mean over the axes of the mean squared forward
-    difference, in two passes instead of autograd's dozen: the gradient of this quadratic form is
-    a second difference (Neumann at the borders), formed directly, and its value is half the
-    gradient's inner product with the field."""
+class _SquaredDifferences(torch.autograd.Function):
+    """The mean over the axes of the mean squared ``order``-th forward difference of a field:
+    order 1 is VoxelMorph's l2 ``Grad`` penalty (the diffusion), order 2 the bending. Two passes
+    instead of autograd's dozen: the gradient of this quadratic form, ``D^T D u`` (Neumann at the
+    borders: the differences scattered back with their stencil), is formed directly, and its
+    value is half the gradient's inner product with the field."""
+
+    _STENCILS = {1: (-1.0, 1.0), 2: (1.0, -2.0, 1.0)}
 
     @staticmethod
-    def forward(ctx, u):
+    def forward(ctx, u, order):
         nd = u.dim() - 2
         grad = torch.zeros_like(u)
         for axis in range(2, u.dim()):
             n = u.shape[axis]
-            if n < 2:
+            if n <= order:
                 continue
-            d = u.diff(dim=axis).mul_(2.0 / (nd * (u.numel() // n) * (n - 1)))
-            grad.narrow(axis, 0, n - 1).sub_(d)
-            grad.narrow(axis, 1, n - 1).add_(d)
+            d = u.diff(n=order, dim=axis).mul_(2.0 / (nd * (u.numel() // n) * (n - order)))
+            for k, c in enumerate(_SquaredDifferences._STENCILS[order]):
+                grad.narrow(axis, k, n - order).add_(d, alpha=c)
         ctx.save_for_backward(grad)
         return 0.5 * torch.dot(u.reshape(-1), grad.reshape(-1))
 
     @staticmethod
     def backward(ctx, grad_out):
         (grad,) = ctx.saved_tensors
-        return grad_out * grad
-
-
-class _Bending(torch.autograd.Function):
-    """The mean over the axes of the mean squared second difference, the same way: its gradient
-    is the fourth difference ``D2^T D2 u`` (the second differences scattered back), its value
-    half the gradient's inner product with the field."""
-
-    @staticmethod
-    def forward(ctx, u):
-        nd = u.dim() - 2
-        grad = torch.zeros_like(u)
-        for axis in range(2, u.dim()):
-            n = u.shape[axis]
-            if n < 3:
-                continue
-            d = u.diff(n=2, dim=axis).mul_(2.0 / (nd * (u.numel() // n) * (n - 2)))
-            grad.narrow(axis, 0, n - 2).add_(d)
-            grad.narrow(axis, 1, n - 2).sub_(d + d)
-            grad.narrow(axis, 2, n - 2).add_(d)
-        ctx.save_for_backward(grad)
-        return 0.5 * torch.dot(u.reshape(-1), grad.reshape(-1))
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        (grad,) = ctx.saved_tensors
-        return grad_out * grad
+        return grad_out * grad, None
 
 
 def _smoothness(u: torch.Tensor) -> torch.Tensor:
-    return _Diffusion.apply(u)
+    return _SquaredDifferences.apply(u, 1)
 
 
 def _bending(u: torch.Tensor) -> torch.Tensor:
-    return _Bending.apply(u)
+    return _SquaredDifferences.apply(u, 2)
 
 
 def _penalty(u: torch.Tensor, config: RefineConfig) -> torch.Tensor:
