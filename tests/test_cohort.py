@@ -112,21 +112,27 @@ def test_a_killed_run_resumes_to_the_uninterrupted_outputs(synth, tmp_path):
 
     repo, env = _subprocess_env()
     atlas, atlas_lab = synth["paths"]["atlas"]
-    names = ["sub0", "sub1", "sub2"]
-    pairs = _list(tmp_path, [f"{synth['paths'][n][0]} - {synth['paths'][n][1]}" for n in names])
+    lines = []  # eight subjects (the four, and copies under other names), so the kill lands mid-run
+    for k in range(8):
+        image, labels = synth["paths"][f"sub{k % 4}"]
+        if k >= 4:
+            image, labels = (shutil.copy(f, tmp_path / os.path.basename(f).replace("sub", "copy"))
+                             for f in (image, labels))
+        lines.append(f"{image} - {labels}")
+    pairs = _list(tmp_path, lines)
     cmd = [sys.executable, "-m", "fastwarp", "register", "--list", pairs, "--fixed", atlas, "--fixed-labels",
            atlas_lab, "--affine"] + FAST
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     res = subprocess.run(cmd + ["-o", str(whole)], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
-    proc = subprocess.Popen(cmd + ["-o", str(killed)], cwd=repo, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (killed / "sub0.json").exists():
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.002)
-    proc.kill()
-    proc.wait()
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen(cmd + ["-o", str(killed)], cwd=repo, env=env, stdout=log, stderr=log)
+        deadline = time.monotonic() + 300
+        while not (killed / "sub0.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "killed.log").read_text()
+            time.sleep(0.002)
+        proc.kill()
+        proc.wait()
     assert not (killed / "metrics.csv").exists()  # killed before the end
     # a kill while writing leaves a temporary; its timing is not ours, so plant one as it would be
     (killed / f"{TEMPORARY_PREFIX}sub1_warp.nii.gz~0badf00d.nii.gz").write_bytes(b"half a field")
@@ -134,7 +140,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_outputs(synth, tmp_path):
     res = subprocess.run(cmd + ["-o", str(killed)], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     rows = _rows(killed / "metrics.csv")
-    assert rows[0]["status"] == "done earlier" and rows[2]["status"] == "registered"
+    assert rows[0]["status"] == "done earlier" and rows[7]["status"] == "registered"
     (killed / f"{TEMPORARY_PREFIX}sub1_warp.nii.gz~notours.nii.gz").unlink()
     assert sorted(os.listdir(killed)) == sorted(os.listdir(whole))
     for name in os.listdir(whole):

@@ -76,10 +76,12 @@ def test_register_smooth_and_transform_outputs():
     b = register_config(["m", "f", "-o", "w.nii", "--refine", "--diffeomorphic", "--smooth", "0.3", "--bending", "1"])
     assert refine_config(b).bending == 1.0 and refine_config(b).smooth == 0.3
     assert refine_config(register_config(["m", "f", "-o", "w.nii", "--refine"])).bending == 0
-    with pytest.raises(ValueError, match="--bending takes a weight >= 0 for --refine, got 1.0 without --refine"):
+    with pytest.raises(ValueError, match="--bending takes a finite weight >= 0 for --refine, got 1.0 without --refine"):
         register_config(["m", "f", "-o", "w.nii", "--affine", "--bending", "1"])
-    with pytest.raises(ValueError, match="--bending takes a weight >= 0"):
+    with pytest.raises(ValueError, match="--bending takes a finite weight >= 0"):
         register_config(["m", "f", "-o", "w.nii", "--refine", "--bending", "-0.5"])
+    with pytest.raises(ValueError, match="--smooth takes a finite weight >= 0"):
+        register_config(["m", "f", "-o", "w.nii", "--refine", "--smooth", "inf"])
     # the transform files: beside the output by default, under --transform's prefix otherwise
     assert c.warp_output == "out/w_warp.nii.gz" and c.inverse_warp_output is None and c.matrix_output is None
     t = register_config(["m", "f", "-o", "w.nii", "--affine", "--refine", "-t", "x/reg", "--inverse"])

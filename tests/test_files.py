@@ -56,3 +56,28 @@ def test_remove_stale_takes_a_killed_writers_temporaries_of_that_output_only(tmp
         (tmp_path / name).write_text("x")
     assert remove_stale(target) == 2 and sorted(os.listdir(tmp_path)) == sorted(kept)
     assert remove_stale(target) == 0 and remove_stale(tmp_path / "none" / "x.csv") == 0
+
+
+def test_long_output_names_keep_their_own_temporaries(tmp_path):
+    """Two outputs whose long names share their first 200 bytes: each writer's temporary is its
+    own (a live writer of the one is never taken for the other's stale temporary), and names of
+    multi-byte characters stay under the 255-byte limit."""
+    stem = "sub-" + "x" * 190
+    one, two = tmp_path / f"{stem}_run-01_T1w_warp.nii.gz", tmp_path / f"{stem}_run-02_T1w_warp.nii.gz"
+    with replacing(two) as live:
+        assert remove_stale(one) == 0 and os.path.exists(live)
+        with open(live, "w") as fh:
+            fh.write("two")
+    assert two.read_text() == "two"
+    wide = tmp_path / ("脑" * 80 + ".nii.gz")  # 247 bytes
+    with replacing(wide) as tmp:
+        assert len(os.fsencode(os.path.basename(tmp))) <= 255
+        with open(tmp, "w") as fh:
+            fh.write("w")
+    assert wide.read_text() == "w"
+    for target in (one, wide):  # what a writer killed before its rename leaves: its temporary
+        with replacing(target) as tmp:
+            os.link(tmp, tmp + ".kept")
+        os.rename(tmp + ".kept", tmp)
+    assert remove_stale(one, wide, tmp_path / "none" / "x") == 2
+    assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in (one, two, wide))

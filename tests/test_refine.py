@@ -173,6 +173,7 @@ def test_bending_weight_makes_the_field_bend_less():
     (dict(levels=()), "levels must be positive"),
     (dict(bending=-1.0), "bending, steps and tol must be >= 0"),
     (dict(smooth=float("nan")), "bending, steps and tol must be >= 0"),
+    (dict(bending=float("inf")), "bending, steps and tol must be >= 0"),
     (dict(levels=(2, 1), iterations=(1, 2, 3)), "iterations: one value or one per level"),
     (dict(window=4), "window must be positive odd"),
     (dict(similarity="cc"), "similarity must be one of 'ncc', 'mse', 'mi'"),
@@ -217,3 +218,4 @@ def test_refine_defaults_by_voxel_size():
     assert refine_defaults(1.0).smooth == RefineConfig().smooth
     assert refine_defaults(1.0, iterations=7, smooth=0.5).iterations == (7, 7, 7)
     assert refine_defaults(1.0, smooth=0.5).smooth == 0.5
+    assert refine_defaults(1.0, smooth=None, bending=None, iterations=None) == refine_defaults(1.0)  # None: the default

@@ -105,6 +105,9 @@ def test_template_bad_input(tmp_path, capsys):
     subjects = _write_subjects(tmp_path / "subjects", 2)
     assert cli.main(["template", "--list", subjects, "-o", str(tmp_path / "o"), "--iterations", "0"]) == 2
     assert "--iterations must be >= 1" in capsys.readouterr().err
+    assert cli.main(["template", "--list", subjects, "-o", str(tmp_path / "o"), "--bending", "-1"]) == 2
+    assert "--bending takes a finite weight >= 0, got -1.0" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def _free_port():

@@ -148,10 +148,11 @@ def register_parser() -> argparse.ArgumentParser:
                         "--diffeomorphic --smooth 1 halves the inverse's residual on the embedded pair for 0.02-0.04 "
                         "less Dice")
     p.add_argument("--bending", type=float, metavar="W",
-                   help="with --refine: a weight on the field's second differences (default 0). It keeps the map "
-                        "smooth between voxels, where a written field is interpolated: on the embedded pair at 2 mm "
-                        "--diffeomorphic --smooth 0.3 --bending 1 brings the inverse's residual to 0.03 voxel mean "
-                        "and < 0.5 at most inside the brain (0.11 / 2 at the defaults) for 0.03-0.05 less Dice")
+                   help="with --refine: a weight on the second differences of the field (of the velocity with "
+                        "--diffeomorphic; default 0). It keeps the map smooth between voxels, where a written field "
+                        "is interpolated: on the embedded pair at 2 mm --diffeomorphic --smooth 0.3 --bending 1 brings "
+                        "the inverse's residual to 0.03 voxel mean and < 0.5 at most inside the brain (0.11 / 2 at "
+                        "the defaults) for 0.03-0.05 less Dice")
     p.add_argument("--similarity", choices=SIMILARITIES,
                    help="of --affine and --refine: ncc (default), mse, or mi (mutual information: images of "
                         "different contrasts, e.g. T1 to T2)")

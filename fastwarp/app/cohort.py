@@ -216,6 +216,8 @@ def register_cohort(subjects: Sequence[Subject], out_dir: str | os.PathLike, opt
         options = dict(options, device=f"cuda:{procs.local_rank}")
         configs = [subject_config(s, out_dir, options) for s in subjects]
     mine = list(range(procs.rank, len(subjects), procs.world))
+    # a killed run's temporaries of this rank's subjects (each is this rank's alone)
+    remove_stale(*(path for i in mine for path in configs[i].outputs.values()))
     cache: dict = {}
     rows = {}
     start = time.perf_counter()
@@ -227,8 +229,6 @@ def register_cohort(subjects: Sequence[Subject], out_dir: str | os.PathLike, opt
                    unit="subject", disable=None)
     for i in mine:
         subject, config = subjects[i], configs[i]
-        for path in config.outputs.values():  # a killed run's temporaries (this rank owns the subject)
-            remove_stale(path)
         earlier = _complete(config)
         if earlier is not None:
             rows[i] = _row(subject, "done earlier", earlier)

@@ -5,6 +5,7 @@ command-line option, under the option's name, with its default. The command line
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .data.nifti import NIFTI_SUFFIXES, nifti_stem
@@ -110,8 +111,8 @@ class RegisterConfig:
         if self.diffeomorphic and self.refine is None:
             raise ValueError("--diffeomorphic applies to --refine: give both")
         for option, weight in (("smooth", self.smooth), ("bending", self.bending)):
-            if weight is not None and (self.refine is None or not weight >= 0):
-                raise ValueError(f"--{option} takes a weight >= 0 for --refine, got {weight}"
+            if weight is not None and (self.refine is None or not (math.isfinite(weight) and weight >= 0)):
+                raise ValueError(f"--{option} takes a finite weight >= 0 for --refine, got {weight}"
                                  + ("" if self.refine is not None else " without --refine"))
         if self.similarity not in SIMILARITIES:
             raise ValueError(f"--similarity must be one of {list(SIMILARITIES)}, got {self.similarity!r}")

@@ -7,6 +7,7 @@ resumed run writes the same output again."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import secrets
@@ -19,11 +20,17 @@ TEMPORARY_PREFIX = ".fastwarp-"
 
 def _temporary(path: str) -> tuple[str, str, str]:
     """``(folder, prefix, suffix)`` of ``path``'s temporaries, ``folder/prefix + 8 hex digits +
-    suffix``: the prefix names the output (cut to 100 characters), the suffix is the output's
-    (``.nii.gz`` whole)."""
+    suffix``. The prefix names the output: whole when it fits (200 bytes), else its first 80
+    bytes and a hash of the whole name, so that two outputs never share temporaries (the
+    name stays under the file systems' 255 bytes). The suffix is the output's (``.nii.gz``
+    whole)."""
     folder, name = os.path.split(os.path.abspath(path))
     suffix = ".nii.gz" if name.endswith(".nii.gz") else os.path.splitext(name)[1]
-    return folder, f"{TEMPORARY_PREFIX}{name[:100]}~", suffix if len(suffix) <= 16 else ""
+    suffix = suffix if len(os.fsencode(suffix)) <= 16 else ""
+    raw = os.fsencode(name)
+    if len(raw) > 200:
+        name = os.fsdecode(raw[:80]) + "-" + hashlib.sha1(raw).hexdigest()[:16]
+    return folder, f"{TEMPORARY_PREFIX}{name}~", suffix
 
 
 @contextlib.contextmanager
@@ -54,20 +61,23 @@ def replacing(path: str | os.PathLike) -> Iterator[str]:
         raise
 
 
-def remove_stale(path: str | os.PathLike) -> int:
-    """Remove the temporaries of ``path`` that a killed writer left (:func:`replacing`'s, by
-    name); returns how many. Only where nothing else is writing ``path`` now: a resumed cohort
-    run, on the process that owns the subject."""
-    folder, prefix, suffix = _temporary(os.fspath(path))
-    try:
-        names = os.listdir(folder)
-    except FileNotFoundError:
-        return 0
-    pattern = re.compile(re.escape(prefix) + "[0-9a-f]{8}" + re.escape(suffix))
+def remove_stale(*paths: str | os.PathLike) -> int:
+    """Remove the temporaries of ``paths`` that a killed writer left (:func:`replacing`'s, by
+    name), listing each folder once; returns how many. Only where nothing else is writing those
+    paths now: a resumed cohort run, on the process that owns the subjects."""
+    wanted: dict[str, list[re.Pattern]] = {}
+    for path in paths:
+        folder, prefix, suffix = _temporary(os.fspath(path))
+        wanted.setdefault(folder, []).append(re.compile(re.escape(prefix) + "[0-9a-f]{8}" + re.escape(suffix)))
     removed = 0
-    for name in names:
-        if pattern.fullmatch(name):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(folder, name))
-                removed += 1
+    for folder, patterns in wanted.items():
+        try:
+            names = [n for n in os.listdir(folder) if n.startswith(TEMPORARY_PREFIX)]
+        except FileNotFoundError:
+            continue
+        for name in names:
+            if any(p.fullmatch(name) for p in patterns):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(folder, name))
+                    removed += 1
     return removed

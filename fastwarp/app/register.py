@@ -268,12 +268,8 @@ def refine_config(config: RegisterConfig, voxel_mm: float = 2.0) -> RefineConfig
     """The refinement that ``fastwarp register --refine [STEPS]`` runs on images of ``voxel_mm``
     voxels: the measured defaults (:func:`~fastwarp.app.refine.refine_defaults`), or STEPS at
     every level."""
-    steps = {} if not config.refine else {"iterations": config.refine}
-    if config.smooth is not None:
-        steps["smooth"] = config.smooth
-    if config.bending is not None:
-        steps["bending"] = config.bending
-    return refine_defaults(voxel_mm, similarity=config.similarity, diffeomorphic=config.diffeomorphic, **steps)
+    return refine_defaults(voxel_mm, similarity=config.similarity, diffeomorphic=config.diffeomorphic,
+                           iterations=config.refine or None, smooth=config.smooth, bending=config.bending)
 
 
 def register_files(config: RegisterConfig, cache: dict | None = None) -> dict:

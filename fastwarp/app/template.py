@@ -27,6 +27,7 @@ that map the template's grid onto the subject (``fastwarp apply -r template.nii.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -98,6 +99,9 @@ class TemplateConfig:
             raise ValueError(f"--refine takes a number of steps per level >= 1, got {self.refine_steps}")
         if not 0 < self.step <= 1:
             raise ValueError(f"step must be in (0, 1], got {self.step}")
+        for option, weight in (("smooth", self.smooth), ("bending", self.bending)):
+            if weight is not None and not (math.isfinite(weight) and weight >= 0):
+                raise ValueError(f"--{option} takes a finite weight >= 0, got {weight}")
 
 
 def _ncc(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -153,12 +157,8 @@ def build_template(images: Sequence, affines: Sequence, config: TemplateConfig =
     if on_iteration is not None:
         on_iteration(0, template.cpu())
     voxel = float(np.min(np.linalg.norm(grid_affine[:nd, :nd], axis=0))) or 2.0
-    steps = {} if config.refine_steps is None else {"iterations": config.refine_steps}
-    if config.smooth is not None:
-        steps["smooth"] = config.smooth
-    if config.bending is not None:
-        steps["bending"] = config.bending
-    refine = refine_defaults(voxel, similarity=config.similarity, diffeomorphic=config.diffeomorphic, **steps)
+    refine = refine_defaults(voxel, similarity=config.similarity, diffeomorphic=config.diffeomorphic,
+                             iterations=config.refine_steps, smooth=config.smooth, bending=config.bending)
     affine_cfg = None
     if config.affine:
         from .register import affine_defaults

@@ -30,7 +30,6 @@ __all__ = ["as_affine", "ras_to_lps", "itk_geometry", "itk_to_voxel_displacement
            "transform_points", "grid_points"]
 
 
-
 def as_affine(name: str, affine, ndim: int) -> np.ndarray:
     """``affine`` as a float64 ``(ndim + 1)`` square homogeneous matrix (None: the identity)."""
     if affine is None:
@@ -347,7 +346,8 @@ class FieldTransform:
         if self._displacement is None:
             nd, lps = self.nd, self.file_order
             ras = torch.empty(nd, *lps.shape[:0:-1], dtype=torch.float32, device=lps.device)
-            sign = torch.tensor(np.diag(_flip(nd)), dtype=torch.float32, device=lps.device).view(nd, *([1] * nd))  # LPS -> RAS
+            sign = torch.tensor(np.diag(_flip(nd)), dtype=torch.float32, device=lps.device)  # LPS -> RAS
+            sign = sign.view(nd, *([1] * nd))
             torch.mul(lps.permute(0, *range(nd, 0, -1)), sign, out=ras)  # to (nd, X, Y, Z) in one pass
             self._displacement = ras
         return self._displacement
