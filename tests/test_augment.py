@@ -28,3 +28,17 @@ def test_random_deformation_2d_scales_with_max_disp():
     assert small.shape == (1, 2, 33, 31)
     assert folding_fraction(big) == 0.0
     assert 2.0 < float(big.abs().max() / small.abs().max()) < 8.0
+
+
+def test_random_deformation_integrates_its_random_velocity():
+    # the velocity drawn alone, integrated, is the deformation drawn whole (on the half grid at
+    # 32 voxels or more a side, on the full grid below), so velocities can be shifted before
+    from fastwarp.app.data.augment import random_velocity
+
+    for shape in ((34, 36, 32), (21, 19)):
+        vel = random_velocity(shape, torch.Generator().manual_seed(4), 5.0, 6.0)
+        half = min(shape) >= 32
+        assert vel.shape[2:] == tuple((s + 1) // 2 if half else s for s in shape)
+        whole = fwdata.random_deformation(shape, torch.Generator().manual_seed(4), 5.0, 6.0)
+        assert torch.equal(fwdata.random_deformation(shape, None, velocity=vel), whole)
+        assert not torch.equal(fwdata.random_deformation(shape, None, velocity=-vel), whole)
