@@ -42,3 +42,22 @@ def test_random_deformation_integrates_its_random_velocity():
         whole = fwdata.random_deformation(shape, torch.Generator().manual_seed(4), 5.0, 6.0)
         assert torch.equal(fwdata.random_deformation(shape, None, velocity=vel), whole)
         assert not torch.equal(fwdata.random_deformation(shape, None, velocity=-vel), whole)
+
+
+def test_random_affines_have_mean_identity_and_their_ranges():
+    import numpy as np
+    import pytest
+
+    from fastwarp.app.data.augment import random_affines
+
+    maps = random_affines(7, (21, 24, 19), torch.Generator().manual_seed(5), degrees=10.0, scale=0.1, shift=3.0)
+    assert maps.shape == (7, 4, 4)
+    np.testing.assert_allclose(maps.mean(0), np.eye(4), atol=1e-12)
+    np.testing.assert_array_equal(maps[:, 3], np.tile([0.0, 0.0, 0.0, 1.0], (7, 1)))
+    assert 0.02 < np.abs(maps[:, :3, :3] - np.eye(3)).max() < 0.35  # turned and scaled, within the ranges
+    assert np.abs(maps[:, :3, 3]).max() > 0.5
+    again = random_affines(7, (21, 24, 19), torch.Generator().manual_seed(5), degrees=10.0, scale=0.1, shift=3.0)
+    np.testing.assert_array_equal(maps, again)
+    np.testing.assert_array_equal(random_affines(3, (5, 6, 7), torch.Generator()), np.tile(np.eye(4), (3, 1, 1)))
+    with pytest.raises(ValueError, match="3-D"):
+        random_affines(2, (5, 6), torch.Generator())

@@ -100,6 +100,9 @@ def random_affines(n: int, shape: Sequence[int], g: torch.Generator, degrees: fl
     identity (the maps a template's ``--affine`` registrations find, and average, for subjects
     ``B(M_i^-1 p)``)."""
 
+    if len(shape) != 3:
+        raise ValueError(f"random_affines: shape must be 3-D, got {tuple(shape)}")
+
     def draw(r):
         return (torch.rand(3, generator=g, dtype=torch.float64).numpy() * 2 - 1) * r
 
