@@ -58,6 +58,19 @@ def test_remove_stale_takes_a_killed_writers_temporaries_of_that_output_only(tmp
     assert remove_stale(target) == 0 and remove_stale(tmp_path / "none" / "x.csv") == 0
 
 
+def test_remove_stale_with_tildes_in_the_names_and_many_outputs(tmp_path):
+    # an output's own "~" (even before 8 hex digits) is not taken for the token's; one listing
+    # serves every output of the folder
+    outputs = [tmp_path / "a~0123abcd.nii.gz", tmp_path / "a~b.json"] + [tmp_path / f"s{i}.csv" for i in range(50)]
+    left = [f"{TEMPORARY_PREFIX}a~0123abcd.nii.gz~89abcdef.nii.gz", f"{TEMPORARY_PREFIX}a~b.json~00000000.json"]
+    left += [f"{TEMPORARY_PREFIX}s{i}.csv~{i:08x}.csv" for i in range(0, 50, 7)]
+    kept = [f"{TEMPORARY_PREFIX}a~0123abcd.nii.gz", f"{TEMPORARY_PREFIX}a~89abcdef.nii.gz",  # not outputs'
+            f"{TEMPORARY_PREFIX}a~b.json~0000000.json", f"{TEMPORARY_PREFIX}s50.csv~00000000.csv"]
+    for name in left + kept:
+        (tmp_path / name).write_text("x")
+    assert remove_stale(*outputs) == len(left) and sorted(os.listdir(tmp_path)) == sorted(kept)
+
+
 def test_long_output_names_keep_their_own_temporaries(tmp_path):
     """Two outputs whose long names share their first 200 bytes: each writer's temporary is its
     own (a live writer of the one is never taken for the other's stale temporary), and names of

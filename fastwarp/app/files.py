@@ -16,6 +16,7 @@ from collections.abc import Iterator
 __all__ = ["replacing", "remove_stale", "TEMPORARY_PREFIX"]
 
 TEMPORARY_PREFIX = ".fastwarp-"
+_HEX8 = re.compile("[0-9a-f]{8}")
 
 
 def _temporary(path: str) -> tuple[str, str, str]:
@@ -65,19 +66,25 @@ def remove_stale(*paths: str | os.PathLike) -> int:
     """Remove the temporaries of ``paths`` that a killed writer left (:func:`replacing`'s, by
     name), listing each folder once; returns how many. Only where nothing else is writing those
     paths now: a resumed cohort run, on the process that owns the subjects."""
-    wanted: dict[str, list[re.Pattern]] = {}
+    wanted: dict[str, set[tuple[str, str]]] = {}
     for path in paths:
         folder, prefix, suffix = _temporary(os.fspath(path))
-        wanted.setdefault(folder, []).append(re.compile(re.escape(prefix) + "[0-9a-f]{8}" + re.escape(suffix)))
+        wanted.setdefault(folder, set()).add((prefix, suffix))
     removed = 0
-    for folder, patterns in wanted.items():
+    for folder, keys in wanted.items():
         try:
             names = [n for n in os.listdir(folder) if n.startswith(TEMPORARY_PREFIX)]
         except FileNotFoundError:
             continue
         for name in names:
-            if any(p.fullmatch(name) for p in patterns):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(folder, name))
-                    removed += 1
+            # prefix (ends in "~") + 8 hex digits + suffix: try each "~" as the prefix's end,
+            # a set lookup each, so a folder costs its names, not names x outputs
+            end = name.find("~")
+            while end >= 0:
+                if _HEX8.fullmatch(name, end + 1, end + 9) and (name[:end + 1], name[end + 9:]) in keys:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(folder, name))
+                        removed += 1
+                    break
+                end = name.find("~", end + 1)
     return removed
