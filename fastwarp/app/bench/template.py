@@ -59,7 +59,7 @@ def run(subjects=16, iterations=4, resolution=2, max_disp=6.0, refine_steps=30, 
     if truth == "velocity":  # the velocities of zero mean, each subject the exponential of one
         vels = torch.cat([random_velocity(brain.shape, g, max_disp, spacing) for _ in range(subjects)])
         vels -= vels.mean(0, keepdim=True)
-        fields = torch.cat([random_deformation(brain.shape, g, velocity=vels[i:i + 1]) for i in range(subjects)])
+        fields = torch.cat([random_deformation(brain.shape, None, velocity=vels[i:i + 1]) for i in range(subjects)])
         del vels
     else:
         fields = torch.cat([random_deformation(brain.shape, g, max_disp=max_disp, spacing=spacing)

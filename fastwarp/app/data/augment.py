@@ -41,7 +41,7 @@ def random_deformation(shape: Sequence[int], g: torch.Generator, max_disp: float
 
 def random_velocity(shape: Sequence[int], g: torch.Generator, max_disp: float = 4.0, spacing: float = 6.0) -> torch.Tensor:
     """The velocity :func:`random_deformation` integrates, on its grid: half of ``shape`` (rounded
-    up) in half voxels for fields of 32 voxels or more a side, else ``shape`` in voxels."""
+    up), in that grid's voxels, for fields of 32 voxels or more a side; else ``shape``, in voxels."""
     shape = tuple(int(s) for s in shape)
     half = min(shape) >= 32
     work = tuple((s + 1) // 2 for s in shape) if half else shape
